@@ -1,0 +1,295 @@
+package main
+
+// UEFI Secure Boot keys and signing: RSA-2048 keys with a self-signed
+// certificate made the way Debusine's `openssl req -x509` makes them, and
+// Authenticode signatures of PE images, detached (as `sbsign --detached`
+// writes) or attached (as `sbsign` writes).
+//
+// Already-signed inputs: the image hash never covers the certificate table,
+// so a detached signature of a signed image is the same as one of the
+// unsigned image and can later be attached with sbattach. In attached mode
+// the new signature is added as one more WIN_CERTIFICATE entry after the
+// existing ones, which is what sbsign and sbattach do: existing signatures
+// are kept, and UEFI firmware (EDK2) and shim accept an image if any entry
+// verifies. osslsigncode only understands a table with a single entry and
+// reports such a file as corrupt, exactly as it does for sbsign's output.
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+)
+
+const (
+	uefiKeyBits         = 2048
+	uefiValidity        = 15 * 365 * 24 * time.Hour
+	uefiMaxCommonName   = 64 // ub-common-name; openssl req refuses longer names
+	uefiModeDetached    = "detached"
+	uefiModeAttached    = "attached"
+	uefiSerialNumberLen = 20
+)
+
+var (
+	oidCommonName             = asn1.ObjectIdentifier{2, 5, 4, 3}
+	oidSubjectKeyIdentifier   = asn1.ObjectIdentifier{2, 5, 29, 14}
+	oidAuthorityKeyIdentifier = asn1.ObjectIdentifier{2, 5, 29, 35}
+	oidBasicConstraints       = asn1.ObjectIdentifier{2, 5, 29, 19}
+)
+
+// uefiFingerprint is the key fingerprint of a UEFI key: SHA-256 of the
+// certificate's DER, uppercase hex.
+func uefiFingerprint(certDER []byte) string {
+	sum := sha256.Sum256(certDER)
+	return strings.ToUpper(hex.EncodeToString(sum[:]))
+}
+
+// uefiSelfSignedCertificate makes the certificate `openssl req -x509 -subj
+// /CN=description -days 5475` makes: subject and issuer CN=description as a
+// UTF8String, a random positive 20-byte serial, validity from now for
+// 15 × 365 days, sha256WithRSAEncryption, and openssl's default extensions
+// in openssl's order (subjectKeyIdentifier as the SHA-1 of the public key,
+// authorityKeyIdentifier with that key id, basicConstraints critical
+// CA:TRUE). The signer may be a hardware token.
+func uefiSelfSignedCertificate(description string, pub crypto.PublicKey, signer crypto.Signer, now time.Time) ([]byte, error) {
+	if description == "" {
+		return nil, errors.New("the description (certificate common name) must not be empty")
+	}
+	if !utf8.ValidString(description) || utf8.RuneCountInString(description) > uefiMaxCommonName {
+		return nil, fmt.Errorf("the description must be valid UTF-8 of at most %d characters (it becomes the certificate's common name)", uefiMaxCommonName)
+	}
+	if _, ok := pub.(*rsa.PublicKey); !ok {
+		return nil, fmt.Errorf("UEFI keys must be RSA, not %T", pub)
+	}
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, err
+	}
+	var info struct {
+		Algorithm pkix.AlgorithmIdentifier
+		PublicKey asn1.BitString
+	}
+	if _, err := asn1.Unmarshal(spki, &info); err != nil {
+		return nil, err
+	}
+	keyID := sha1.Sum(info.PublicKey.Bytes)
+
+	serial := make([]byte, uefiSerialNumberLen)
+	if _, err := rand.Read(serial); err != nil {
+		return nil, err
+	}
+	serial[0] &= 0x7f
+	serial[0] |= 0x01 // keep the full 20 bytes and the value positive and non-zero
+
+	var name cryptobyte.Builder
+	name.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) {
+			b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+				b.AddASN1ObjectIdentifier(oidCommonName)
+				b.AddASN1(cbasn1.UTF8String, func(b *cryptobyte.Builder) { b.AddBytes([]byte(description)) })
+			})
+		})
+	})
+	rawName, err := name.Bytes()
+	if err != nil {
+		return nil, err
+	}
+	skid, err := asn1.Marshal(keyID[:])
+	if err != nil {
+		return nil, err
+	}
+	var akid cryptobyte.Builder
+	akid.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(b *cryptobyte.Builder) { b.AddBytes(keyID[:]) })
+	})
+	basicConstraints := []byte{0x30, 0x03, 0x01, 0x01, 0xff} // SEQUENCE { cA TRUE }
+
+	notBefore := now.UTC().Truncate(time.Second)
+	tmpl := &x509.Certificate{
+		SerialNumber:       new(big.Int).SetBytes(serial),
+		RawSubject:         rawName,
+		NotBefore:          notBefore,
+		NotAfter:           notBefore.Add(uefiValidity),
+		SignatureAlgorithm: x509.SHA256WithRSA,
+		// The extensions go in ExtraExtensions rather than IsCA and
+		// SubjectKeyId so that their order and key id method are openssl's.
+		ExtraExtensions: []pkix.Extension{
+			{Id: oidSubjectKeyIdentifier, Value: skid},
+			{Id: oidAuthorityKeyIdentifier, Value: akid.BytesOrPanic()},
+			{Id: oidBasicConstraints, Critical: true, Value: basicConstraints},
+		},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, signer)
+	if err != nil {
+		return nil, fmt.Errorf("creating certificate: %w", err)
+	}
+	return der, nil
+}
+
+// newUEFIKeyPair generates an RSA key and its certificate, returning the
+// PKCS#8 PEM private key (the form `openssl req -nodes` writes) and the PEM
+// certificate.
+func newUEFIKeyPair(description string, now time.Time) (keyPEM, certPEM []byte, err error) {
+	key, err := rsa.GenerateKey(rand.Reader, uefiKeyBits)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := uefiSelfSignedCertificate(description, &key.PublicKey, key, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})
+	clear(pkcs8)
+	return keyPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
+}
+
+// parseUEFIKeyPair parses a PEM RSA private key (PKCS#8 or PKCS#1) and a
+// PEM certificate, and checks that they belong together. Errors never
+// include key material.
+func parseUEFIKeyPair(keyPEM, certPEM []byte) (crypto.Signer, *x509.Certificate, error) {
+	cert, err := parseUEFICertificate(certPEM)
+	if err != nil {
+		return nil, nil, err
+	}
+	block, _ := pem.Decode(keyPEM)
+	if block == nil {
+		return nil, nil, errors.New("private key: no PEM block found")
+	}
+	var key any
+	switch block.Type {
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		if len(block.Headers) > 0 {
+			return nil, nil, errors.New("private key: encrypted PEM keys are not supported")
+		}
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	case "ENCRYPTED PRIVATE KEY":
+		return nil, nil, errors.New("private key: encrypted keys are not supported")
+	default:
+		return nil, nil, fmt.Errorf("private key: unexpected PEM block %q", block.Type)
+	}
+	clear(block.Bytes)
+	if err != nil {
+		return nil, nil, errors.New("private key: cannot parse it as a PKCS#8 or PKCS#1 key")
+	}
+	rsaKey, ok := key.(*rsa.PrivateKey)
+	if !ok {
+		return nil, nil, fmt.Errorf("private key: UEFI keys must be RSA, not %T", key)
+	}
+	if !rsaKey.PublicKey.Equal(cert.PublicKey) {
+		return nil, nil, errors.New("the private key does not match the certificate")
+	}
+	return rsaKey, cert, nil
+}
+
+// parseUEFICertificate parses the PEM certificate stored as a UEFI key's
+// public key.
+func parseUEFICertificate(certPEM []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("certificate: no PEM CERTIFICATE block found")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("certificate: %w", err)
+	}
+	if _, ok := cert.PublicKey.(*rsa.PublicKey); !ok {
+		return nil, fmt.Errorf("certificate: UEFI keys must be RSA, not %T", cert.PublicKey)
+	}
+	return cert, nil
+}
+
+// uefiSignedImage is a signature made in memory for one PE image, not yet
+// released: the caller audits it, then writes it out.
+type uefiSignedImage struct {
+	pe         *peFile
+	pkcs7      []byte
+	dataSHA256 string // SHA-256 of the whole input, for the audit log
+}
+
+// signPEImage parses and signs the PE image of size bytes read from r.
+// Errors do not name the file; callers do.
+func signPEImage(r io.ReaderAt, size int64, signer crypto.Signer, cert *x509.Certificate, now time.Time, buf []byte) (*uefiSignedImage, error) {
+	pe, err := parsePE(r, size)
+	if err != nil {
+		return nil, err
+	}
+	imageHash, err := pe.imageHash(buf)
+	if err != nil {
+		return nil, err
+	}
+	pkcs7, err := authenticodeSignature(imageHash, signer, cert, now)
+	if err != nil {
+		return nil, err
+	}
+	sum, err := hashFile(r, size, buf)
+	if err != nil {
+		return nil, err
+	}
+	return &uefiSignedImage{pe: pe, pkcs7: pkcs7, dataSHA256: hex.EncodeToString(sum)}, nil
+}
+
+// checkUEFIMode validates a signing mode.
+func checkUEFIMode(mode string) error {
+	if mode != uefiModeDetached && mode != uefiModeAttached {
+		return fmt.Errorf("unknown UEFI signing mode %q (want %s or %s)", mode, uefiModeDetached, uefiModeAttached)
+	}
+	return nil
+}
+
+// uefiOutputName is the default output name for a mode: FILE.sig for a
+// detached signature (what Debusine's Sign task uploads), FILE.signed for a
+// signed image (sbsign's default).
+func uefiOutputName(in, mode string) string {
+	if mode == uefiModeAttached {
+		return in + ".signed"
+	}
+	return in + ".sig"
+}
+
+// signUEFIBytes signs a PE image held in memory and returns the output for
+// mode: the detached signature or the signed image.
+func signUEFIBytes(data []byte, mode string, signer crypto.Signer, cert *x509.Certificate, now time.Time) (out []byte, dataSHA256 string, err error) {
+	if err := checkUEFIMode(mode); err != nil {
+		return nil, "", err
+	}
+	buf := make([]byte, peCopyBufferSize)
+	s, err := signPEImage(bytes.NewReader(data), int64(len(data)), signer, cert, now, buf)
+	if err != nil {
+		return nil, "", err
+	}
+	if mode == uefiModeDetached {
+		return s.pkcs7, s.dataSHA256, nil
+	}
+	var b bytes.Buffer
+	ck, err := s.pe.writeAttached(&b, s.pkcs7, buf)
+	if err != nil {
+		return nil, "", err
+	}
+	out = b.Bytes()
+	binary.LittleEndian.PutUint32(out[s.pe.checksumOffset:], ck)
+	return out, s.dataSHA256, nil
+}
