@@ -498,7 +498,6 @@ func auditRows(t testing.TB, st *Store, f AuditFilter) []AuditRow {
 	return rows
 }
 
-
 // FuzzParseProtectedKey feeds the private_key JSON parser, which reads rows
 // that may come from another Debusine database or a hand edit.
 func FuzzParseProtectedKey(f *testing.F) {
