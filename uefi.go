@@ -55,10 +55,10 @@ var (
 	oidBasicConstraints       = asn1.ObjectIdentifier{2, 5, 29, 19}
 )
 
-// uefiFingerprint is the key fingerprint of a UEFI key: SHA-256 of the
-// certificate's DER, uppercase hex.
-func uefiFingerprint(certDER []byte) string {
-	sum := sha256.Sum256(certDER)
+// certificateFingerprint is the key fingerprint of a UEFI key: SHA-256 of
+// the certificate's DER, uppercase hex.
+func certificateFingerprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
 	return strings.ToUpper(hex.EncodeToString(sum[:]))
 }
 
@@ -205,9 +205,8 @@ func parseUEFIKeyPair(keyPEM, certPEM []byte) (crypto.Signer, *x509.Certificate,
 	return rsaKey, cert, nil
 }
 
-// parseUEFICertificate parses the PEM certificate stored as a UEFI key's
-// public key.
-func parseUEFICertificate(certPEM []byte) (*x509.Certificate, error) {
+// parseCertificatePEM parses one PEM certificate.
+func parseCertificatePEM(certPEM []byte) (*x509.Certificate, error) {
 	block, _ := pem.Decode(certPEM)
 	if block == nil || block.Type != "CERTIFICATE" {
 		return nil, errors.New("certificate: no PEM CERTIFICATE block found")
@@ -215,6 +214,16 @@ func parseUEFICertificate(certPEM []byte) (*x509.Certificate, error) {
 	cert, err := x509.ParseCertificate(block.Bytes)
 	if err != nil {
 		return nil, fmt.Errorf("certificate: %w", err)
+	}
+	return cert, nil
+}
+
+// parseUEFICertificate parses the PEM certificate of a UEFI key, which
+// must hold an RSA key.
+func parseUEFICertificate(certPEM []byte) (*x509.Certificate, error) {
+	cert, err := parseCertificatePEM(certPEM)
+	if err != nil {
+		return nil, err
 	}
 	if _, ok := cert.PublicKey.(*rsa.PublicKey); !ok {
 		return nil, fmt.Errorf("certificate: UEFI keys must be RSA, not %T", cert.PublicKey)

@@ -128,15 +128,6 @@ func needTool(t testing.TB, name string) {
 	}
 }
 
-func writeFile(t testing.TB, dir, name string, data []byte) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // sbverify runs sbverify on image (with the detached signature sig if not
 // empty) and returns its combined output and whether it succeeded.
 func sbverify(t testing.TB, certPath, image, sig string) (string, bool) {
@@ -643,8 +634,8 @@ func TestUEFICertificate(t *testing.T) {
 		t.Errorf("extension order differs from openssl req -x509")
 	}
 	fpr := strings.ReplaceAll(strings.TrimSpace(text[strings.LastIndex(text, "=")+1:]), ":", "")
-	if fpr != uefiFingerprint(c.Raw) {
-		t.Errorf("fingerprint %s, openssl %s", uefiFingerprint(c.Raw), fpr)
+	if fpr != certificateFingerprint(c) {
+		t.Errorf("fingerprint %s, openssl %s", certificateFingerprint(c), fpr)
 	}
 	// The key id is openssl's (SHA-1 of the public key): generate with
 	// openssl's defaults from our key and compare.
