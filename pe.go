@@ -108,8 +108,11 @@ func parsePE(r io.ReaderAt, size int64) (*peFile, error) {
 	// PE signature, COFF header and the optional header up to the end of
 	// the certificate table entry (offset 152 in PE32+, the larger).
 	var hdr [4 + peCoffHeaderSize + 152]byte
-	if e+int64(len(hdr)) > size {
+	if e >= size {
 		return nil, fmt.Errorf("not a PE image: PE header offset %d is past the end of the file", e)
+	}
+	if e+int64(len(hdr)) > size {
+		return nil, fmt.Errorf("truncated PE header at offset %d (the file has %d bytes)", e, size)
 	}
 	if err := readAt(r, hdr[:], e, "PE header"); err != nil {
 		return nil, err

@@ -31,6 +31,8 @@ import (
 	"fmt"
 	"io"
 	"math/big"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -301,4 +303,225 @@ func signUEFIBytes(data []byte, mode string, signer crypto.Signer, cert *x509.Ce
 	out = b.Bytes()
 	binary.LittleEndian.PutUint32(out[s.pe.checksumOffset:], ck)
 	return out, s.dataSHA256, nil
+}
+
+// generateUEFIKey generates a UEFI key, stores it sealed to the service key
+// and audits the "generate" event, returning the fingerprint.
+func generateUEFIKey(st *Store, description string, workRequest *int64) (string, error) {
+	keyPEM, certPEM, err := newUEFIKeyPair(description, time.Now())
+	if err != nil {
+		return "", fmt.Errorf("generating UEFI key: %w", err)
+	}
+	sealed, err := st.Seal(keyPEM)
+	clear(keyPEM)
+	if err != nil {
+		return "", err
+	}
+	cert, err := parseCertificatePEM(certPEM)
+	if err != nil {
+		return "", err
+	}
+	k := &Key{
+		Purpose:     purposeUEFI,
+		Fingerprint: certificateFingerprint(cert),
+		PrivateKey:  sealed,
+		PublicKey:   certPEM,
+		Description: description,
+	}
+	if err := st.AddKey(k, "generate", workRequest); err != nil {
+		return "", err
+	}
+	return k.Fingerprint, nil
+}
+
+// uefiSigner returns the signer and certificate of a stored UEFI key: the
+// private key unsealed in memory (never written anywhere), or a handle on
+// the hardware token holding it.
+func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
+	if k.Purpose != purposeUEFI {
+		return nil, nil, fmt.Errorf("key %s is a %s key, not %s", k.Fingerprint, k.Purpose, purposeUEFI)
+	}
+	cert, err := parseUEFICertificate(k.PublicKey)
+	if err != nil {
+		return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
+	}
+	storage, err := k.Storage()
+	if err != nil {
+		return nil, nil, err
+	}
+	switch storage {
+	case storageNaCl:
+		plain, err := st.Unseal(k)
+		if err != nil {
+			return nil, nil, err
+		}
+		defer clear(plain)
+		signer, cert, err := parseUEFIKeyPair(plain, k.PublicKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
+		}
+		return signer, cert, nil
+	case storagePKCS11:
+		uri, err := k.PKCS11URI()
+		if err != nil {
+			return nil, nil, err
+		}
+		signer, err := tokenSigner(st.yubikey, uri)
+		if err != nil {
+			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
+		}
+		if pub, ok := signer.Public().(*rsa.PublicKey); !ok || !pub.Equal(cert.PublicKey) {
+			return nil, nil, fmt.Errorf("key %s: the key on the token does not match the stored certificate", k.Fingerprint)
+		}
+		return signer, cert, nil
+	default:
+		return nil, nil, fmt.Errorf("key %s: unsupported storage %q", k.Fingerprint, storage)
+	}
+}
+
+// signUEFIFile signs the PE image in and writes the result for mode to out.
+// The signature is made in memory and audited before anything is written;
+// out then appears atomically (temporary file in the same directory, then
+// rename), mode 0644. If anything fails, no output is left behind.
+func signUEFIFile(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, in, out, mode string, ac auditContext) error {
+	if err := checkUEFIMode(mode); err != nil {
+		return err
+	}
+	f, err := os.Open(in)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", in)
+	}
+	buf := make([]byte, peCopyBufferSize)
+	s, err := signPEImage(f, fi.Size(), signer, cert, time.Now(), buf)
+	if err != nil {
+		return fmt.Errorf("%s: %w", in, err)
+	}
+	if err := st.Audit(ac.signEntry(k, s.dataSHA256)); err != nil {
+		return fmt.Errorf("%s: %w", in, err)
+	}
+	return writeFileAtomic(out, func(w *os.File) error {
+		if mode == uefiModeDetached {
+			_, err := w.Write(s.pkcs7)
+			return err
+		}
+		ck, err := s.pe.writeAttached(w, s.pkcs7, buf)
+		if err != nil {
+			return fmt.Errorf("%s: %w", in, err)
+		}
+		var field [4]byte
+		binary.LittleEndian.PutUint32(field[:], ck)
+		_, err = w.WriteAt(field[:], s.pe.checksumOffset)
+		return err
+	})
+}
+
+// writeFileAtomic creates path through a temporary file in the same
+// directory, which is removed if fill or anything else fails.
+func writeFileAtomic(path string, fill func(*os.File) error) (err error) {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := fill(tmp); err != nil {
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// signUEFIData is signUEFIFile for an image held in memory: it signs,
+// audits, and only then returns the output.
+func signUEFIData(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, name string, data []byte, mode string, ac auditContext) ([]byte, error) {
+	out, dataSHA256, err := signUEFIBytes(data, mode, signer, cert, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := st.Audit(ac.signEntry(k, dataSHA256)); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return out, nil
+}
+
+// signUEFIFiles is the sign command for UEFI keys: every FILE is signed
+// with the key fpr, into FILE.sig (detached) or FILE.signed (attached), or
+// into output when there is a single FILE. All inputs are checked before
+// the first is signed, so that a bad file in the list leaves nothing signed.
+func signUEFIFiles(st *Store, fpr, mode, output string, files []string) error {
+	if mode == "" {
+		mode = uefiModeDetached
+	}
+	if err := checkUEFIMode(mode); err != nil {
+		return usagef("%v", err)
+	}
+	if len(files) == 0 {
+		return usagef("sign needs at least one FILE")
+	}
+	if output != "" && len(files) > 1 {
+		return usagef("--output needs exactly one FILE, not %d", len(files))
+	}
+	k, err := st.Key(purposeUEFI, fpr)
+	if err != nil {
+		return err
+	}
+	for _, in := range files {
+		if err := checkPEFile(in); err != nil {
+			return err
+		}
+	}
+	signer, cert, err := uefiSigner(st, k)
+	if err != nil {
+		return err
+	}
+	for _, in := range files {
+		out := output
+		if out == "" {
+			out = uefiOutputName(in, mode)
+		}
+		if err := signUEFIFile(st, k, signer, cert, in, out, mode, auditContext{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkPEFile parses the headers of the PE image in path.
+func checkPEFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", path)
+	}
+	if _, err := parsePE(f, fi.Size()); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
 }

@@ -532,7 +532,7 @@ func TestUEFIBadPE(t *testing.T) {
 	}{
 		{"empty", func() []byte { return nil }, "not a PE image"},
 		{"text", func() []byte { return []byte(strings.Repeat("hello world\n", 20)) }, "no MZ signature"},
-		{"truncated headers", func() []byte { return good()[:0x100] }, "past the end of the file"},
+		{"truncated headers", func() []byte { return good()[:0x100] }, "truncated PE header"},
 		{"lfanew past end", func() []byte { b := good(); le.PutUint32(b[0x3c:], 0xfffffff0); return b }, "PE header offset"},
 		{"no PE signature", func() []byte { b := good(); b[e] = 'X'; return b }, "no PE signature"},
 		{"bad magic", func() []byte { b := good(); le.PutUint16(b[opt:], 0x999); return b }, "magic"},
@@ -681,5 +681,198 @@ func TestParseUEFIKeyPair(t *testing.T) {
 	}
 	if _, err := uefiSelfSignedCertificate("", k.signer.Public(), k.signer, time.Now()); err == nil {
 		t.Error("empty common name accepted")
+	}
+}
+
+// uefiStoreKey is a store with a generated UEFI key, its certificate
+// written to cert.pem in the test directory.
+func uefiStoreKey(t *testing.T) (te *testEnv, st *Store, k *Key, certPath string) {
+	t.Helper()
+	te = newTestEnv(t)
+	st = te.store(t)
+	fpr, err := generateUEFIKey(st, "Debusine UEFI test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err = st.Key(purposeUEFI, fpr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return te, st, k, writeFile(t, te.dir, "cert.pem", k.PublicKey)
+}
+
+func TestGenerateUEFIKey(t *testing.T) {
+	_, st, k, _ := uefiStoreKey(t)
+	if !regexp.MustCompile(`^[0-9A-F]{64}$`).MatchString(k.Fingerprint) {
+		t.Errorf("fingerprint %q", k.Fingerprint)
+	}
+	if bytes.Contains(k.PrivateKey, []byte("PRIVATE KEY")) {
+		t.Fatal("private key stored in the clear")
+	}
+	if s, err := k.Storage(); err != nil || s != storageNaCl {
+		t.Errorf("storage %q, %v", s, err)
+	}
+	signer, cert, err := uefiSigner(st, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if certificateFingerprint(cert) != k.Fingerprint || cert.Subject.CommonName != "Debusine UEFI test" || k.Description != "Debusine UEFI test" {
+		t.Errorf("certificate %s (%s), key %s", cert.Subject, certificateFingerprint(cert), k.Fingerprint)
+	}
+	if !signer.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(cert.PublicKey) {
+		t.Error("signer does not match the certificate")
+	}
+	rows := auditRows(t, st, AuditFilter{Fingerprint: k.Fingerprint})
+	if len(rows) != 1 || rows[0].Event != "generate" || rows[0].Purpose != purposeUEFI || !strings.Contains(string(rows[0].Data), `"Debusine UEFI test"`) {
+		t.Errorf("audit rows %+v", rows)
+	}
+}
+
+func TestSignUEFIFiles(t *testing.T) {
+	te, st, k, certPath := uefiStoreKey(t)
+	a := writeFile(t, te.dir, "a.efi", testPE{plus: true, sections: []int{0x400}, trailing: 3}.build())
+	b := writeFile(t, te.dir, "b.efi", testPE{sections: []int{0x200, 0x200}, seed: 1}.build())
+	if err := signUEFIFiles(st, k.Fingerprint, "", "", []string{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []string{a, b} {
+		sbOK, osslOK, log := verifyBoth(t, certPath, in, in+".sig", uefiModeDetached)
+		if !sbOK || !osslOK {
+			t.Fatalf("%s: sbverify ok=%v, osslsigncode ok=%v\n%s", in, sbOK, osslOK, log)
+		}
+		if fi, err := os.Stat(in + ".sig"); err != nil || fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s.sig: %v %v", in, fi.Mode(), err)
+		}
+	}
+	out := filepath.Join(te.dir, "signed.efi")
+	if err := signUEFIFiles(st, k.Fingerprint, uefiModeAttached, out, []string{a}); err != nil {
+		t.Fatal(err)
+	}
+	if sbOK, osslOK, log := verifyBoth(t, certPath, a, out, uefiModeAttached); !sbOK || !osslOK {
+		t.Fatalf("attached: sbverify ok=%v, osslsigncode ok=%v\n%s", sbOK, osslOK, log)
+	}
+	if err := signUEFIFiles(st, k.Fingerprint, uefiModeAttached, "", []string{b}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(b + ".signed"); err != nil {
+		t.Error(err)
+	}
+
+	var got []string
+	for _, r := range auditRows(t, st, AuditFilter{Fingerprint: k.Fingerprint}) {
+		if r.Event == "sign" {
+			got = append(got, string(r.Data))
+		}
+	}
+	var want []string
+	for _, in := range []string{a, b, a, b} {
+		data, _ := os.ReadFile(in)
+		sum := sha256.Sum256(data)
+		want = append(want, `{"data_sha256":"`+hex.EncodeToString(sum[:])+`"}`)
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("sign audit rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if entries, _ := filepath.Glob(filepath.Join(te.dir, ".*tmp*")); len(entries) > 0 {
+		t.Errorf("temporary files left: %v", entries)
+	}
+}
+
+// TestSignUEFIFilesErrors: every refusal is one line naming the file or key
+// and the problem, leaves no output file and adds no audit row.
+func TestSignUEFIFilesErrors(t *testing.T) {
+	te, st, k, _ := uefiStoreKey(t)
+	good := writeFile(t, te.dir, "good.efi", testPE{plus: true, sections: []int{0x200}}.build())
+	pe := testPE{plus: true, sections: []int{0x400, 0x200}, seed: 5}.build()
+	le := binary.LittleEndian
+	const e, opt = 0x80, 0x80 + 24
+	secTable := opt + 240
+	mutate := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(pe)) }
+	bad := map[string][]byte{
+		"not-pe.efi":           []byte("#!/bin/sh\necho hello\n"),
+		"truncated.efi":        pe[:0x100],
+		"section-table.efi":    mutate(func(b []byte) []byte { le.PutUint16(b[e+6:], 90); return b[:0x600] }),
+		"overlap.efi":          mutate(func(b []byte) []byte { le.PutUint32(b[secTable+40+20:], 0x500); return b }),
+		"section-past-end.efi": mutate(func(b []byte) []byte { le.PutUint32(b[secTable+16:], 0x7ffffe00); return b }),
+		"absurd-headers.efi":   mutate(func(b []byte) []byte { le.PutUint32(b[opt+60:], 0xfffffe00); return b }),
+		"cert-not-at-end.efi": mutate(func(b []byte) []byte {
+			b = append(b, make([]byte, 64)...)
+			le.PutUint32(b[opt+144:], uint32(len(b)-64))
+			le.PutUint32(b[opt+148:], 32)
+			return b
+		}),
+	}
+	sealed, err := st.Seal([]byte("not a key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	openpgp := &Key{Purpose: purposeOpenPGP, Fingerprint: strings.Repeat("AB", 20), PrivateKey: sealed, PublicKey: []byte("x"), Description: "other"}
+	if err := st.AddKey(openpgp, "register", nil); err != nil {
+		t.Fatal(err)
+	}
+	rowsBefore := len(auditRows(t, st, AuditFilter{}))
+
+	type call struct {
+		fpr, mode, output string
+		files             []string
+		want              []string // substrings of the error
+	}
+	calls := []call{
+		{fpr: strings.Repeat("0", 64), files: []string{good}, want: []string{"unknown key", strings.Repeat("0", 64)}},
+		{fpr: openpgp.Fingerprint, files: []string{good}, want: []string{openpgp.Fingerprint, "openpgp"}},
+		{fpr: k.Fingerprint, mode: "clear", files: []string{good}, want: []string{"mode"}},
+		{fpr: k.Fingerprint, output: "x", files: []string{good, good}, want: []string{"--output"}},
+		{fpr: k.Fingerprint, files: []string{good, filepath.Join(te.dir, "missing.efi")}, want: []string{"missing.efi"}},
+	}
+	for name, data := range bad {
+		p := writeFile(t, te.dir, name, data)
+		for _, mode := range []string{uefiModeDetached, uefiModeAttached} {
+			// The good file comes first: the bad one must stop it too.
+			calls = append(calls, call{fpr: k.Fingerprint, mode: mode, files: []string{good, p}, want: []string{p}})
+		}
+	}
+	for _, c := range calls {
+		err := signUEFIFiles(st, c.fpr, c.mode, c.output, c.files)
+		if err == nil {
+			t.Errorf("%v: no error", c)
+			continue
+		}
+		msg := err.Error()
+		for _, w := range c.want {
+			if !strings.Contains(msg, w) || strings.Contains(msg, "\n") {
+				t.Errorf("%v: error %q, want one line containing %q", c.files, msg, w)
+			}
+		}
+		t.Logf("%s", msg)
+	}
+	if outs, _ := filepath.Glob(filepath.Join(te.dir, "*.sig")); len(outs) > 0 {
+		t.Errorf("outputs left: %v", outs)
+	}
+	if outs, _ := filepath.Glob(filepath.Join(te.dir, "*.signed")); len(outs) > 0 {
+		t.Errorf("outputs left: %v", outs)
+	}
+	if n := len(auditRows(t, st, AuditFilter{})); n != rowsBefore {
+		t.Errorf("%d audit rows added", n-rowsBefore)
+	}
+}
+
+// TestSignUEFIFileAuditFailure: when the audit row cannot be written, no
+// signature is released.
+func TestSignUEFIFileAuditFailure(t *testing.T) {
+	te, st, k, _ := uefiStoreKey(t)
+	signer, cert, err := uefiSigner(st, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := writeFile(t, te.dir, "in.efi", testPE{sections: []int{0x200}}.build())
+	st.Close()
+	for _, mode := range []string{uefiModeDetached, uefiModeAttached} {
+		out := filepath.Join(te.dir, "out-"+mode)
+		if err := signUEFIFile(st, k, signer, cert, in, out, mode, auditContext{}); err == nil {
+			t.Errorf("%s: signed without an audit row", mode)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Errorf("%s: output written without an audit row", mode)
+		}
 	}
 }
