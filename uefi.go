@@ -282,7 +282,9 @@ func uefiOutputName(in, mode string) string {
 }
 
 // signUEFIBytes signs a PE image held in memory and returns the output for
-// mode: the detached signature or the signed image.
+// mode (the detached signature or the signed image) and the input's
+// SHA-256. It does not audit: a caller that releases the output must first
+// write the audit row, as signUEFIFile does.
 func signUEFIBytes(data []byte, mode string, signer crypto.Signer, cert *x509.Certificate, now time.Time) (out []byte, dataSHA256 string, err error) {
 	if err := checkUEFIMode(mode); err != nil {
 		return nil, "", err
@@ -449,19 +451,6 @@ func writeFileAtomic(path string, fill func(*os.File) error) (err error) {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return os.Rename(tmp.Name(), path)
-}
-
-// signUEFIData is signUEFIFile for an image held in memory: it signs,
-// audits, and only then returns the output.
-func signUEFIData(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, name string, data []byte, mode string, ac auditContext) ([]byte, error) {
-	out, dataSHA256, err := signUEFIBytes(data, mode, signer, cert, time.Now())
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	if err := st.Audit(ac.signEntry(k, dataSHA256)); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	return out, nil
 }
 
 // signUEFIFiles is the sign command for UEFI keys: every FILE is signed
