@@ -1,0 +1,384 @@
+package main
+
+import (
+	"bytes"
+	"crypto"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/ProtonMail/go-crypto/openpgp/clearsign"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
+)
+
+// OpenPGP signing modes accepted by signOpenPGPData. "debsign" is handled by
+// debsignUpload because it signs several files of an upload at once.
+const (
+	openpgpModeDetached = "detached"
+	openpgpModeClear    = "clear"
+	openpgpModeDebsign  = "debsign"
+)
+
+// openpgpConfig fixes the digest to SHA-512 for every signature: Debusine
+// configures GnuPG to prefer SHA-512 (an Ed25519 signature needs a digest of
+// at least 256 bits, and SHA-512 is what Ed25519 itself uses), and one fixed
+// digest for all key types keeps outputs predictable.
+func openpgpConfig(now time.Time) *packet.Config {
+	return &packet.Config{
+		DefaultHash: crypto.SHA512,
+		Algorithm:   packet.PubKeyAlgoEdDSA,
+		Curve:       packet.Curve25519,
+		Time:        func() time.Time { return now },
+		// go-crypto otherwise adds a random "salt@notations.openpgpjs.org"
+		// notation to every signature; GnuPG adds none and needs none.
+		NonDeterministicSignaturesViaNotation: new(bool),
+	}
+}
+
+// newOpenPGPEntity makes the key Debusine makes with GnuPG: a v4 Ed25519
+// (EdDSA legacy, which every GnuPG 2.2+ reads) primary key flagged sign and
+// certify, no expiry, no subkeys, and one user ID that is the description
+// verbatim. The description is used as is rather than split into name,
+// comment and e-mail, so "Archive key <ftp@example.org>" works like in gpg.
+func newOpenPGPEntity(description string, now time.Time) (*openpgp.Entity, error) {
+	if description == "" || strings.ContainsAny(description, "\x00\r\n") {
+		return nil, fmt.Errorf("OpenPGP key description %q: must be one non-empty line", description)
+	}
+	cfg := openpgpConfig(now)
+	// NewEntity generates the Ed25519 key pair; its placeholder identity and
+	// encryption subkey are replaced below.
+	gen, err := openpgp.NewEntity("placeholder", "", "", cfg)
+	if err != nil {
+		return nil, fmt.Errorf("generating Ed25519 key: %w", err)
+	}
+	priv := gen.PrivateKey
+	isPrimary := true
+	var noExpiry uint32
+	self := &packet.Signature{
+		Version:              4,
+		SigType:              packet.SigTypePositiveCert,
+		PubKeyAlgo:           priv.PubKeyAlgo,
+		Hash:                 crypto.SHA512,
+		CreationTime:         now,
+		IssuerKeyId:          &priv.KeyId,
+		IssuerKeyVersion:     4,
+		IssuerFingerprint:    priv.Fingerprint,
+		KeyLifetimeSecs:      &noExpiry,
+		FlagsValid:           true,
+		FlagSign:             true,
+		FlagCertify:          true,
+		IsPrimaryId:          &isPrimary,
+		PreferredHash:        []uint8{10, 9, 8}, // SHA-512, SHA-384, SHA-256
+		PreferredSymmetric:   []uint8{uint8(packet.CipherAES256), uint8(packet.CipherAES128)},
+		PreferredCompression: []uint8{uint8(packet.CompressionNone)},
+		SEIPDv1:              true,
+	}
+	if err := self.SignUserId(description, &priv.PublicKey, priv, cfg); err != nil {
+		return nil, fmt.Errorf("self-signing user ID %q: %w", description, err)
+	}
+	uid := &packet.UserId{Id: description}
+	return &openpgp.Entity{
+		PrimaryKey: &priv.PublicKey,
+		PrivateKey: priv,
+		Identities: map[string]*openpgp.Identity{description: {
+			Name:          description,
+			UserId:        uid,
+			SelfSignature: self,
+			Signatures:    []*packet.Signature{self},
+		}},
+	}, nil
+}
+
+// openpgpFingerprint is the key's v4 fingerprint in uppercase hex, the form
+// the keys table and the server use.
+func openpgpFingerprint(e *openpgp.Entity) string {
+	return fmt.Sprintf("%X", e.PrimaryKey.Fingerprint)
+}
+
+// armoredOpenPGPSecret is what gets sealed in the database: the transferable
+// secret key with its own signatures, unencrypted (the sealed box protects it).
+func armoredOpenPGPSecret(e *openpgp.Entity) ([]byte, error) {
+	var buf bytes.Buffer
+	w, err := armor.Encode(&buf, openpgp.PrivateKeyType, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.SerializePrivateWithoutSigning(w, nil); err != nil {
+		return nil, fmt.Errorf("serialising secret key %s: %w", openpgpFingerprint(e), err)
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return endLine(buf.Bytes()), nil
+}
+
+// armoredOpenPGPPublic is the equivalent of gpg --export-options
+// export-minimal: the public keys, user IDs and only the key's own
+// signatures (certifications by other keys are dropped).
+func armoredOpenPGPPublic(e *openpgp.Entity) ([]byte, error) {
+	minimal := *e
+	minimal.Identities = make(map[string]*openpgp.Identity, len(e.Identities))
+	for name, id := range e.Identities {
+		own := *id
+		own.Signatures = nil
+		for _, sig := range id.Signatures {
+			if sig.CheckKeyIdOrFingerprint(e.PrimaryKey) {
+				own.Signatures = append(own.Signatures, sig)
+			}
+		}
+		minimal.Identities[name] = &own
+	}
+	minimal.Signatures = nil
+	for _, sig := range e.Signatures {
+		if sig.CheckKeyIdOrFingerprint(e.PrimaryKey) {
+			minimal.Signatures = append(minimal.Signatures, sig)
+		}
+	}
+	var buf bytes.Buffer
+	w, err := armor.Encode(&buf, openpgp.PublicKeyType, nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := minimal.Serialize(w); err != nil {
+		return nil, fmt.Errorf("serialising public key %s: %w", openpgpFingerprint(e), err)
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return endLine(buf.Bytes()), nil
+}
+
+// parseOpenPGPSecretKey reads one armoured transferable secret key (as
+// written by gpg --armor --export-secret-keys or by this service), decrypts
+// it with passphrase when it is protected, and checks it can sign now.
+func parseOpenPGPSecretKey(armoured, passphrase []byte, now time.Time) (*openpgp.Entity, error) {
+	block, err := armor.Decode(bytes.NewReader(armoured))
+	if err != nil {
+		return nil, fmt.Errorf("malformed OpenPGP secret key: not ASCII armour: %v", err)
+	}
+	if block.Type != openpgp.PrivateKeyType {
+		return nil, fmt.Errorf("armour block is %q, want %q (export it with gpg --armor --export-secret-keys)", block.Type, openpgp.PrivateKeyType)
+	}
+	entities, err := openpgp.ReadKeyRing(block.Body)
+	if err != nil {
+		return nil, fmt.Errorf("malformed OpenPGP secret key: %v", err)
+	}
+	if len(entities) != 1 {
+		return nil, fmt.Errorf("armour holds %d keys, want exactly one", len(entities))
+	}
+	e := entities[0]
+	if e.PrivateKey == nil {
+		return nil, errors.New("armour holds a public key only, not a secret key")
+	}
+	fpr := openpgpFingerprint(e)
+	if e.PrimaryKey.Version != 4 {
+		return nil, fmt.Errorf("key %s: version %d keys are not supported, only v4", fpr, e.PrimaryKey.Version)
+	}
+	if openpgpEncrypted(e) {
+		if len(passphrase) == 0 {
+			return nil, fmt.Errorf("key %s is protected by a passphrase: give it with --passphrase-file", fpr)
+		}
+		if err := e.DecryptPrivateKeys(passphrase); err != nil {
+			// A wrong passphrase shows up as a bad checksum of the
+			// decrypted key material, so it cannot be told apart from a
+			// damaged key.
+			return nil, fmt.Errorf("key %s: wrong passphrase (or damaged key): %v", fpr, err)
+		}
+	}
+	if err := checkOpenPGPSigner(e, now); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// openpgpEncrypted reports whether any secret key material still needs a
+// passphrase. GnuPG stubs (gnu-dummy, secret part held elsewhere) do not.
+func openpgpEncrypted(e *openpgp.Entity) bool {
+	if e.PrivateKey != nil && !e.PrivateKey.Dummy() && e.PrivateKey.Encrypted {
+		return true
+	}
+	for _, sub := range e.Subkeys {
+		if sub.PrivateKey != nil && !sub.PrivateKey.Dummy() && sub.PrivateKey.Encrypted {
+			return true
+		}
+	}
+	return false
+}
+
+// checkOpenPGPSigner refuses a key that cannot make a signature a verifier
+// would accept now, and says why: revoked (with the stated reason), expired,
+// or without a key flagged for signing whose secret part is present.
+func checkOpenPGPSigner(e *openpgp.Entity, now time.Time) error {
+	fpr := openpgpFingerprint(e)
+	for _, rev := range e.Revocations {
+		if !e.Revoked(now) {
+			break
+		}
+		reason := "no reason given"
+		if rev.RevocationReason != nil {
+			reason = revocationReasonName(*rev.RevocationReason)
+		}
+		if rev.RevocationReasonText != "" {
+			reason += ": " + rev.RevocationReasonText
+		}
+		return fmt.Errorf("key %s is revoked (%s)", fpr, reason)
+	}
+	self, id := e.PrimarySelfSignature()
+	if self == nil {
+		return fmt.Errorf("key %s has no valid self-signature", fpr)
+	}
+	if e.PrimaryKey.KeyExpired(self, now) {
+		expiry := e.PrimaryKey.CreationTime.Add(time.Duration(*self.KeyLifetimeSecs) * time.Second)
+		return fmt.Errorf("key %s expired on %s", fpr, expiry.UTC().Format(time.RFC3339))
+	}
+	if self.SigExpired(now) {
+		return fmt.Errorf("key %s: its self-signature expired", fpr)
+	}
+	if id != nil && id.Revoked(now) {
+		return fmt.Errorf("key %s: its user ID %q is revoked", fpr, id.Name)
+	}
+	k, ok := e.SigningKey(now)
+	if !ok {
+		return fmt.Errorf("key %s has no valid key with signing capability (neither the primary key nor a subkey is flagged for signing, or they are expired or revoked)", fpr)
+	}
+	if k.PrivateKey == nil || k.PrivateKey.Dummy() {
+		return fmt.Errorf("key %s: the secret part of signing key %X is not in this export", fpr, k.PublicKey.Fingerprint)
+	}
+	if k.PrivateKey.Encrypted {
+		return fmt.Errorf("key %s: signing key %X is still passphrase-protected", fpr, k.PublicKey.Fingerprint)
+	}
+	return nil
+}
+
+func revocationReasonName(r packet.ReasonForRevocation) string {
+	switch r {
+	case packet.NoReason:
+		return "no reason specified"
+	case packet.KeySuperseded:
+		return "key is superseded"
+	case packet.KeyCompromised:
+		return "key has been compromised"
+	case packet.KeyRetired:
+		return "key is no longer used"
+	}
+	return fmt.Sprintf("reason code %d", r)
+}
+
+// signOpenPGP signs data with every entity into one output, the way
+// gpg -u A -u B does: mode "detached" gives one armoured block holding a
+// binary-document signature per key (Release.gpg); mode "clear" gives one
+// cleartext-signed message with a signature per key (InRelease, .dsc).
+func signOpenPGP(entities []*openpgp.Entity, data []byte, mode string, now time.Time) ([]byte, error) {
+	if len(entities) == 0 {
+		return nil, errors.New("no signing key given")
+	}
+	cfg := openpgpConfig(now)
+	var signers []*packet.PrivateKey
+	for _, e := range entities {
+		if err := checkOpenPGPSigner(e, now); err != nil {
+			return nil, err
+		}
+		k, _ := e.SigningKey(now)
+		signers = append(signers, k.PrivateKey)
+	}
+	var out bytes.Buffer
+	switch mode {
+	case openpgpModeDetached:
+		w, err := armor.Encode(&out, openpgp.SignatureType, nil)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entities {
+			if err := openpgp.DetachSign(w, e, bytes.NewReader(data), cfg); err != nil {
+				return nil, fmt.Errorf("signing with key %s: %w", openpgpFingerprint(e), err)
+			}
+		}
+		if err := w.Close(); err != nil {
+			return nil, err
+		}
+	case openpgpModeClear:
+		w, err := clearsign.EncodeMulti(&out, signers, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("clear-signing: %w", err)
+		}
+		// The line break that ends the text belongs to the armour, not to
+		// the signed text (RFC 4880 §7.1), so drop the input's final one:
+		// the output then has the layout gpg --clearsign writes, and a
+		// verifier's extracted text equals the input.
+		body := data
+		if bytes.HasSuffix(body, []byte("\r\n")) {
+			body = body[:len(body)-2]
+		} else if bytes.HasSuffix(body, []byte("\n")) {
+			body = body[:len(body)-1]
+		}
+		if _, err := w.Write(body); err != nil {
+			return nil, fmt.Errorf("clear-signing: %w", err)
+		}
+		if err := w.Close(); err != nil {
+			return nil, fmt.Errorf("clear-signing: %w", err)
+		}
+		return withArmourChecksum(out.Bytes())
+	default:
+		return nil, fmt.Errorf("unknown OpenPGP signing mode %q (want %s or %s)", mode, openpgpModeDetached, openpgpModeClear)
+	}
+	return endLine(out.Bytes()), nil
+}
+
+// withArmourChecksum re-armours the signature block of a clear-signed
+// message with the CRC-24 line go-crypto leaves out. GnuPG 2.2 (gpgv, and so
+// dscverify and apt in Debian 12) misreads an armour that has neither that
+// line nor base64 padding, which happens for one signature in three.
+func withArmourChecksum(signed []byte) ([]byte, error) {
+	at := bytes.Index(signed, []byte("\n-----BEGIN PGP SIGNATURE-----"))
+	if at < 0 {
+		return nil, errors.New("clear-signing: no signature block in the output")
+	}
+	block, err := armor.Decode(bytes.NewReader(signed[at+1:]))
+	if err != nil {
+		return nil, fmt.Errorf("clear-signing: re-reading the signature block: %w", err)
+	}
+	packets, err := io.ReadAll(block.Body)
+	if err != nil {
+		return nil, fmt.Errorf("clear-signing: re-reading the signature block: %w", err)
+	}
+	out := bytes.NewBuffer(append([]byte(nil), signed[:at+1]...))
+	w, err := armor.Encode(out, openpgp.SignatureType, nil)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(packets); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return endLine(out.Bytes()), nil
+}
+
+// endLine makes armoured output end with a line break, as gpg writes it;
+// go-crypto's armour stops right after the final dashes.
+func endLine(b []byte) []byte {
+	if !bytes.HasSuffix(b, []byte("\n")) {
+		b = append(b, '\n')
+	}
+	return b
+}
+
+// stripClearSignature returns the text of a cleartext-signed message (ending
+// in a line break), or data unchanged when it is not signed. The old
+// signature is not checked: re-signing replaces it, as debsign --re-sign does.
+func stripClearSignature(name string, data []byte) ([]byte, error) {
+	trimmed := bytes.TrimLeft(data, " \t\r\n")
+	if !bytes.HasPrefix(trimmed, []byte("-----BEGIN PGP SIGNED MESSAGE-----")) {
+		return data, nil
+	}
+	block, _ := clearsign.Decode(data)
+	if block == nil {
+		return nil, fmt.Errorf("%s: starts a PGP signed message but its signature block is malformed", name)
+	}
+	return append(block.Plaintext, '\n'), nil
+}
