@@ -248,9 +248,15 @@ func readUpload(changesPath string) (*debUpload, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %w", filepath.Join(u.dir, name), err)
 		}
-		for _, c := range claims[name] {
-			if got := d.column(c.col); !strings.EqualFold(got, c.value) {
-				return nil, fmt.Errorf("%s: field %s gives %s %s for %s, but the file has %s", changesPath, c.field, c.col, c.value, name, got)
+		// Sizes first: a wrong size is the plainer message.
+		for _, sizes := range []bool{true, false} {
+			for _, c := range claims[name] {
+				if (c.col == "size") != sizes {
+					continue
+				}
+				if got := d.column(c.col); !strings.EqualFold(got, c.value) {
+					return nil, fmt.Errorf("%s: field %s gives %s %s for %s, but the file has %s", changesPath, c.field, c.col, c.value, name, got)
+				}
 			}
 		}
 		u.digests[name] = d

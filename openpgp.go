@@ -3,9 +3,13 @@ package main
 import (
 	"bytes"
 	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -381,4 +385,212 @@ func stripClearSignature(name string, data []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%s: starts a PGP signed message but its signature block is malformed", name)
 	}
 	return append(block.Plaintext, '\n'), nil
+}
+
+// generateOpenPGPKey makes a new key, stores it sealed with the first
+// service key and records the "generate" audit row (workRequest is nil for
+// the command line).
+func generateOpenPGPKey(st *Store, description string, workRequest *int64) (string, error) {
+	e, err := newOpenPGPEntity(description, time.Now())
+	if err != nil {
+		return "", err
+	}
+	return storeOpenPGPKey(st, e, description, "generate", workRequest)
+}
+
+// importOpenPGPKey stores a secret key exported by GnuPG (gpg --armor
+// --export-secret-keys) or by Debusine, decrypted with passphrase when it is
+// protected, and records the "register" audit row. Without a description
+// the key's primary user ID is used.
+func importOpenPGPKey(st *Store, armouredSecret, passphrase []byte, description string) (string, error) {
+	e, err := parseOpenPGPSecretKey(armouredSecret, passphrase, time.Now())
+	if err != nil {
+		return "", err
+	}
+	if description == "" {
+		if id := e.PrimaryIdentity(); id != nil {
+			description = id.Name
+		}
+	}
+	return storeOpenPGPKey(st, e, description, "register", nil)
+}
+
+func storeOpenPGPKey(st *Store, e *openpgp.Entity, description, event string, workRequest *int64) (string, error) {
+	fpr := openpgpFingerprint(e)
+	secret, err := armoredOpenPGPSecret(e)
+	if err != nil {
+		return "", err
+	}
+	defer clear(secret)
+	sealed, err := st.Seal(secret)
+	if err != nil {
+		return "", err
+	}
+	public, err := armoredOpenPGPPublic(e)
+	if err != nil {
+		return "", err
+	}
+	k := &Key{Purpose: purposeOpenPGP, Fingerprint: fpr, PrivateKey: sealed, PublicKey: public, Description: description}
+	if err := st.AddKey(k, event, workRequest); err != nil {
+		return "", err
+	}
+	return fpr, nil
+}
+
+// openpgpEntity unseals a stored key in memory and checks it can sign now:
+// a key that has expired, or was revoked since it was stored, is refused
+// with the reason.
+func openpgpEntity(st *Store, k *Key) (*openpgp.Entity, error) {
+	if k.Purpose != purposeOpenPGP {
+		return nil, fmt.Errorf("key %s is not an OpenPGP key", k)
+	}
+	secret, err := st.Unseal(k)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(secret)
+	e, err := parseOpenPGPSecretKey(secret, nil, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("stored key %s: %w", k, err)
+	}
+	if got := openpgpFingerprint(e); got != k.Fingerprint {
+		return nil, fmt.Errorf("stored key %s holds the secret key of %s", k, got)
+	}
+	return e, nil
+}
+
+// signOpenPGPData signs data with every key into one output (mode detached
+// or clear) and records one "sign" audit row per key. The signature is
+// returned only when every row was written.
+func signOpenPGPData(st *Store, keys []*Key, data []byte, mode string, ac auditContext) ([]byte, error) {
+	entities := make([]*openpgp.Entity, len(keys))
+	for i, k := range keys {
+		e, err := openpgpEntity(st, k)
+		if err != nil {
+			return nil, err
+		}
+		entities[i] = e
+	}
+	return signOpenPGPAudited(st, keys, entities, data, mode, ac)
+}
+
+func signOpenPGPAudited(st *Store, keys []*Key, entities []*openpgp.Entity, data []byte, mode string, ac auditContext) ([]byte, error) {
+	sig, err := signOpenPGP(entities, data, mode, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(data)
+	for _, k := range keys {
+		if err := st.Audit(ac.signEntry(k, hex.EncodeToString(sum[:]))); err != nil {
+			return nil, fmt.Errorf("auditing signature by %s (nothing was released): %w", k, err)
+		}
+	}
+	return sig, nil
+}
+
+// debsignUpload re-signs the upload described by changesPath into outDir
+// (which must not exist or be empty), as debsign --re-sign does, and
+// returns the path of the signed .changes. One "sign" audit row is written
+// per signed file (.dsc, .buildinfo, .changes), data_sha256 being the file
+// as given; nothing is written to outDir unless all of them succeeded.
+func debsignUpload(st *Store, k *Key, changesPath, outDir string, ac auditContext) (string, error) {
+	if err := debsignCheckOutputDir(outDir); err != nil {
+		return "", err
+	}
+	e, err := openpgpEntity(st, k)
+	if err != nil {
+		return "", err
+	}
+	u, err := readUpload(changesPath)
+	if err != nil {
+		return "", err
+	}
+	res, err := debsignPrepare(u, e, time.Now())
+	if err != nil {
+		return "", err
+	}
+	for _, name := range res.order {
+		if err := st.Audit(ac.signEntry(k, res.inputSHA256[name])); err != nil {
+			return "", fmt.Errorf("auditing signature of %s (nothing was written): %w", name, err)
+		}
+	}
+	return writeDebsign(res, u.dir, outDir)
+}
+
+// signOpenPGPFiles is the sign command for OpenPGP keys. Modes detached and
+// clear write FILE.asc (the name gpg --armor gives both) or --output;
+// debsign writes the re-signed upload to --output or to
+// <dir of FILE>/<FILE without .changes>.signed/.
+func signOpenPGPFiles(st *Store, fprs []string, mode, output string, files []string) error {
+	if mode == "" {
+		mode = openpgpModeClear
+	}
+	if len(fprs) == 0 {
+		return usagef("sign --purpose openpgp needs --key")
+	}
+	if len(files) == 0 {
+		return usagef("sign needs at least one FILE")
+	}
+	if output != "" && len(files) != 1 {
+		return usagef("--output needs exactly one FILE")
+	}
+	switch mode {
+	case openpgpModeDetached, openpgpModeClear:
+	case openpgpModeDebsign:
+		if len(fprs) != 1 {
+			return usagef("--mode debsign signs with exactly one --key")
+		}
+	default:
+		return usagef("--mode for openpgp must be %s, %s or %s, not %q", openpgpModeDetached, openpgpModeClear, openpgpModeDebsign, mode)
+	}
+	seen := map[string]bool{}
+	var keys []*Key
+	var entities []*openpgp.Entity
+	for _, fpr := range fprs {
+		if seen[strings.ToUpper(fpr)] {
+			return usagef("--key %s given twice", fpr)
+		}
+		seen[strings.ToUpper(fpr)] = true
+		k, err := st.Key(purposeOpenPGP, fpr)
+		if err != nil {
+			return err
+		}
+		e, err := openpgpEntity(st, k)
+		if err != nil {
+			return err
+		}
+		keys = append(keys, k)
+		entities = append(entities, e)
+	}
+	for _, file := range files {
+		if mode == openpgpModeDebsign {
+			outDir := output
+			if outDir == "" {
+				outDir = strings.TrimSuffix(file, ".changes") + ".signed"
+			}
+			if _, err := debsignUpload(st, keys[0], file, outDir, auditContext{}); err != nil {
+				return err
+			}
+			continue
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		out := output
+		if out == "" {
+			out = file + ".asc"
+		}
+		if filepath.Clean(out) == filepath.Clean(file) {
+			return usagef("--output %s is the input file", out)
+		}
+		sig, err := signOpenPGPAudited(st, keys, entities, data, mode, auditContext{})
+		if err != nil {
+			return fmt.Errorf("%s: %w", file, err)
+		}
+		if err := pgpWriteFile(out, sig); err != nil {
+			return err
+		}
+	}
+	return nil
 }
