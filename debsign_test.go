@@ -20,7 +20,7 @@ import (
 func fakeUpload(t *testing.T, dir string) string {
 	t.Helper()
 	files := map[string][]byte{
-		"hello_1.0.tar.xz": []byte("\xfd7zXZ\x00 not really xz, but dscverify only checks sums"),
+		"hello_1.0.tar.xz":    []byte("\xfd7zXZ\x00 not really xz, but dscverify only checks sums"),
 		"hello_1.0_amd64.deb": []byte("!<arch>\ndebian-binary   0           0     0     100644  4         `\n2.0\n"),
 	}
 	tarSum := sha256.Sum256(files["hello_1.0.tar.xz"])

@@ -218,11 +218,10 @@ func openpgpEncrypted(e *openpgp.Entity) bool {
 // or without a key flagged for signing whose secret part is present.
 func checkOpenPGPSigner(e *openpgp.Entity, now time.Time) error {
 	fpr := openpgpFingerprint(e)
-	for _, rev := range e.Revocations {
-		if !e.Revoked(now) {
-			break
-		}
+	if e.Revoked(now) {
+		// The reason of the first revocation signature is the one reported.
 		reason := "no reason given"
+		rev := e.Revocations[0]
 		if rev.RevocationReason != nil {
 			reason = revocationReasonName(*rev.RevocationReason)
 		}

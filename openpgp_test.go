@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -476,5 +480,237 @@ func TestOpenPGPArmourTypes(t *testing.T) {
 	}
 	if got := armourType(t, publicOf(t, e)); got != "PGP PUBLIC KEY BLOCK" {
 		t.Errorf("public key armour %q", got)
+	}
+}
+
+func signRows(t *testing.T, st *Store, fpr string) []AuditRow {
+	t.Helper()
+	var out []AuditRow
+	for _, r := range auditRows(t, st, AuditFilter{Fingerprint: fpr}) {
+		if r.Event == "sign" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func TestOpenPGPCommandLine(t *testing.T) {
+	te := newTestEnv(t)
+	fpr1 := strings.TrimSpace(te.mustRun(t, "generate-key", "--purpose", "openpgp", "--description", "Archive key one"))
+	fpr2 := strings.TrimSpace(te.mustRun(t, "generate-key", "--purpose", "openpgp", "--description", "Archive key two"))
+	pub1 := te.mustRun(t, "export-public-key", "--purpose", "openpgp", "--key", fpr1)
+	pub2 := te.mustRun(t, "export-public-key", "--purpose", "openpgp", "--key", fpr2)
+	keyring := keyringFile(t, []byte(pub1), []byte(pub2))
+
+	dir := t.TempDir()
+	data := []byte("Origin: test\n")
+	release := writeTemp(t, dir, "Release", data)
+	te.mustRun(t, "sign", "--purpose", "openpgp", "--key", fpr1, "--key", fpr2, "--mode", "detached", release)
+	if fprs, err := gpgv(t, keyring, release+".asc", release); err != nil || !sameSet(fprs, []string{fpr1, fpr2}) {
+		t.Fatalf("Release.asc: good signatures %v, err %v", fprs, err)
+	}
+	inRelease := filepath.Join(dir, "InRelease")
+	te.mustRun(t, "sign", "--purpose", "openpgp", "--key", fpr1, "--key", fpr2, "--mode", "clear", "--output", inRelease, release)
+	if fprs, err := gpgv(t, keyring, inRelease); err != nil || !sameSet(fprs, []string{fpr1, fpr2}) {
+		t.Fatalf("InRelease: good signatures %v, err %v", fprs, err)
+	}
+
+	st := te.store(t)
+	sum := sha256.Sum256(data)
+	for _, fpr := range []string{fpr1, fpr2} {
+		rows := signRows(t, st, fpr)
+		if len(rows) != 2 {
+			t.Fatalf("%s: %d sign rows, want 2 (one per file signed)", fpr, len(rows))
+		}
+		var d map[string]any
+		if err := json.Unmarshal(rows[0].Data, &d); err != nil || d["data_sha256"] != hex.EncodeToString(sum[:]) || rows[0].WorkRequest != nil {
+			t.Fatalf("sign row %s: %v", rows[0].Data, err)
+		}
+	}
+
+	// debsign through the command line, to the default output directory.
+	src := t.TempDir()
+	changes := fakeUpload(t, src)
+	te.mustRun(t, "sign", "--purpose", "openpgp", "--key", fpr1, "--mode", "debsign", changes)
+	signed := filepath.Join(src, "hello_1.0_amd64.signed", "hello_1.0_amd64.changes")
+	if out, err := dscverify(t, keyringFile(t, []byte(pub1)), signed); err != nil {
+		t.Fatalf("dscverify: %v\n%s", err, out)
+	}
+	if n := len(signRows(t, st, fpr1)); n != 2+3 {
+		t.Fatalf("%d sign rows after debsign, want 5 (.dsc, .buildinfo, .changes)", n)
+	}
+	// A second run refuses the now non-empty directory and audits nothing.
+	if status, _, stderr := te.run(t, "sign", "--purpose", "openpgp", "--key", fpr1, "--mode", "debsign", changes); status != exitError || !strings.Contains(stderr, "not empty") {
+		t.Fatalf("second debsign: exit %d, %s", status, stderr)
+	}
+
+	for _, bad := range [][]string{
+		{"sign", "--purpose", "openpgp", "--mode", "clear", release},
+		{"sign", "--purpose", "openpgp", "--key", fpr1, "--mode", "attached", release},
+		{"sign", "--purpose", "openpgp", "--key", fpr1, "--key", fpr2, "--mode", "debsign", changes},
+		{"sign", "--purpose", "openpgp", "--key", fpr1, "--key", fpr1, release},
+		{"sign", "--purpose", "openpgp", "--key", fpr1, "--output", "x", release, release},
+	} {
+		if status, _, stderr := te.run(t, bad...); status != exitUsage {
+			t.Errorf("%v: exit %d (%s), want %d", bad, status, stderr, exitUsage)
+		}
+	}
+	if status, _, stderr := te.run(t, "sign", "--purpose", "openpgp", "--key", strings.Repeat("A", 40), release); status != exitError || !strings.Contains(stderr, "unknown key") {
+		t.Errorf("unknown key: exit %d, %s", status, stderr)
+	}
+	if n := len(signRows(t, st, fpr1)); n != 5 {
+		t.Fatalf("failed commands audited something: %d sign rows", n)
+	}
+}
+
+func TestOpenPGPImportCommand(t *testing.T) {
+	te := newTestEnv(t)
+	home := gpgHome(t)
+	fpr, secret := gpgSecretKey(t, home, "Imported <imp@example.org>", "rsa2048", "sign", [][2]string{{"rsa2048", "encr"}}, "pass phrase")
+	keyFile := writeTemp(t, t.TempDir(), "key.asc", secret)
+	status, _, stderr := te.run(t, "import-key", "--purpose", "openpgp", "--private-key", keyFile)
+	if status != exitError || !strings.Contains(stderr, "--passphrase-file") {
+		t.Fatalf("import without passphrase: exit %d, %s", status, stderr)
+	}
+	passFile := writeTemp(t, t.TempDir(), "pass", []byte("pass phrase\n"))
+	got := strings.TrimSpace(te.mustRun(t, "import-key", "--purpose", "openpgp", "--private-key", keyFile, "--passphrase-file", passFile))
+	if got != fpr {
+		t.Fatalf("imported %s, gpg says %s", got, fpr)
+	}
+	st := te.store(t)
+	k, err := st.Key(purposeOpenPGP, fpr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Description != "Imported <imp@example.org>" {
+		t.Errorf("description %q", k.Description)
+	}
+	if bytes.Contains(k.PrivateKey, []byte("PGP PRIVATE KEY")) {
+		t.Fatal("the private key is stored in clear")
+	}
+	rows := auditRows(t, st, AuditFilter{Fingerprint: fpr})
+	if len(rows) != 1 || rows[0].Event != "register" {
+		t.Fatalf("audit rows %+v, want one register row", rows)
+	}
+	sig, err := signOpenPGPData(st, []*Key{k}, []byte("data\n"), openpgpModeClear, auditContext{Extra: map[string]any{"username": "alice"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigPath := writeTemp(t, t.TempDir(), "data.asc", sig)
+	if fprs, err := gpgv(t, keyringFile(t, k.PublicKey), sigPath); err != nil || !sameSet(fprs, []string{fpr}) {
+		t.Fatalf("good signatures %v, err %v", fprs, err)
+	}
+	rows = signRows(t, st, fpr)
+	if len(rows) != 1 || !strings.Contains(string(rows[0].Data), `"username":"alice"`) {
+		t.Fatalf("sign rows %+v", rows)
+	}
+}
+
+// With the database gone, auditing fails: no signature is returned and no
+// output directory is created.
+func TestOpenPGPNothingReleasedWithoutAudit(t *testing.T) {
+	te := newTestEnv(t)
+	st := te.store(t)
+	fpr, err := generateOpenPGPKey(st, "Audit key", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := st.Key(purposeOpenPGP, fpr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if sig, err := signOpenPGPData(st, []*Key{k}, []byte("x"), openpgpModeDetached, auditContext{}); err == nil || sig != nil {
+		t.Fatalf("signature released without audit: %v", err)
+	}
+	src := t.TempDir()
+	outDir := filepath.Join(t.TempDir(), "out")
+	if _, err := debsignUpload(st, k, fakeUpload(t, src), outDir, auditContext{}); err == nil {
+		t.Fatal("debsign succeeded without audit")
+	}
+	if _, err := os.Stat(outDir); !os.IsNotExist(err) {
+		t.Fatalf("output directory exists after a failed audit: %v", err)
+	}
+}
+
+// aptUpdate runs apt-get update against a temporary root that holds only
+// a flat file: repository, signed-by keyring, and returns its output.
+func aptUpdate(t *testing.T, repo, keyring string) (string, error) {
+	t.Helper()
+	root := t.TempDir()
+	for _, d := range []string{"etc/apt/sources.list.d", "etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/trusted.gpg.d", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/lib/dpkg", "var/log/apt"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeTemp(t, filepath.Join(root, "var/lib/dpkg"), "status", nil)
+	writeTemp(t, filepath.Join(root, "etc/apt"), "sources.list", []byte("deb [signed-by="+keyring+"] file:"+repo+" ./\n"))
+	cmd := exec.Command("apt-get", "update",
+		"-o", "Dir="+root,
+		"-o", "Dir::State="+filepath.Join(root, "var/lib/apt"),
+		"-o", "Dir::State::status="+filepath.Join(root, "var/lib/dpkg/status"),
+		"-o", "Dir::Cache="+filepath.Join(root, "var/cache/apt"),
+		"-o", "Dir::Etc="+filepath.Join(root, "etc/apt"),
+		"-o", "Dir::Etc::SourceList="+filepath.Join(root, "etc/apt/sources.list"),
+		"-o", "Dir::Etc::SourceParts="+filepath.Join(root, "etc/apt/sources.list.d"),
+		"-o", "Dir::Etc::Trusted="+filepath.Join(root, "etc/apt/trusted.gpg"),
+		"-o", "Dir::Etc::TrustedParts="+filepath.Join(root, "etc/apt/trusted.gpg.d"),
+		"-o", "Dir::Log="+filepath.Join(root, "var/log/apt"),
+		"-o", "APT::Sandbox::User=root",
+		"-o", "Debug::NoLocking=1",
+		"-o", "APT::Update::Error-Mode=any",
+	)
+	// An empty main configuration keeps the host's apt.conf out.
+	cmd.Env = append(os.Environ(), "APT_CONFIG="+writeTemp(t, filepath.Join(root, "etc/apt"), "apt.conf", nil))
+	out, err := cmd.CombinedOutput()
+	if err == nil && strings.Contains(string(out), "W: ") {
+		err = fmt.Errorf("apt-get update warned")
+	}
+	return string(out), err
+}
+
+func TestOpenPGPRepositoryAcceptedByAPT(t *testing.T) {
+	requireTool(t, "apt-get")
+	if os.Geteuid() != 0 {
+		t.Skip("apt-get update needs root here")
+	}
+	keys := []*openpgp.Entity{newTestEntity(t, "Repo key one"), newTestEntity(t, "Repo key two")}
+	keyring := keyringFile(t, publicOf(t, keys[0]), publicOf(t, keys[1]))
+	for _, mode := range []string{openpgpModeClear, openpgpModeDetached} {
+		t.Run(mode, func(t *testing.T) {
+			repo := t.TempDir()
+			packages := []byte("Package: hello\nVersion: 1.0\nArchitecture: all\nMaintainer: Test <test@example.org>\nFilename: ./hello_1.0_all.deb\nSize: 4\nSHA256: 0000000000000000000000000000000000000000000000000000000000000000\nDescription: test\n")
+			writeTemp(t, repo, "Packages", packages)
+			sum := sha256.Sum256(packages)
+			release := []byte(fmt.Sprintf("Origin: Debusine test\nLabel: test\nSuite: test\nCodename: test\nDate: %s\nArchitectures: all amd64\nSHA256:\n %x %d Packages\n",
+				time.Now().UTC().Format(time.RFC1123Z), sum, len(packages)))
+			writeTemp(t, repo, "Release", release)
+			sig, err := signOpenPGP(keys, release, mode, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			sigName := "InRelease"
+			if mode == openpgpModeDetached {
+				sigName = "Release.gpg"
+			}
+			writeTemp(t, repo, sigName, sig)
+			if out, err := aptUpdate(t, repo, keyring); err != nil {
+				t.Fatalf("apt-get update refused the repository: %v\n%s", err, out)
+			}
+			// One byte of Release changed: apt must refuse.
+			tampered := bytes.Replace(release, []byte("Label: test"), []byte("Label: tesT"), 1)
+			if mode == openpgpModeDetached {
+				writeTemp(t, repo, "Release", tampered)
+			} else {
+				writeTemp(t, repo, sigName, bytes.Replace(sig, []byte("Label: test"), []byte("Label: tesT"), 1))
+			}
+			out, err := aptUpdate(t, repo, keyring)
+			if err == nil {
+				t.Fatalf("apt-get update accepted a changed Release:\n%s", out)
+			}
+			if !strings.Contains(out, "BADSIG") {
+				t.Errorf("apt-get update failed for another reason than the signature:\n%s", out)
+			}
+		})
 	}
 }
