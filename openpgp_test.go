@@ -714,3 +714,32 @@ func TestOpenPGPRepositoryAcceptedByAPT(t *testing.T) {
 		})
 	}
 }
+
+func BenchmarkOpenPGPSign(b *testing.B) {
+	var keys []*openpgp.Entity
+	for _, name := range []string{"Bench one", "Bench two", "Bench three"} {
+		e, err := newOpenPGPEntity(name, time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		keys = append(keys, e)
+	}
+	data := bytes.Repeat([]byte("SHA256:\n 0123456789abcdef 1234 main/binary-amd64/Packages\n"), 20000) // ~1 MB, a large Release
+	for _, mode := range []string{openpgpModeClear, openpgpModeDetached} {
+		b.Run(mode+"/3keys", func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				if _, err := signOpenPGP(keys, data, mode, time.Now()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	b.Run("generate", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := newOpenPGPEntity("Bench", time.Now()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
