@@ -876,3 +876,51 @@ func TestSignUEFIFileAuditFailure(t *testing.T) {
 		}
 	}
 }
+
+func TestUEFICommands(t *testing.T) {
+	te := newTestEnv(t)
+	status, stdout, stderr := te.run(t, "generate-key", "--purpose", "uefi", "--description", "CLI key")
+	fpr := strings.TrimSpace(stdout)
+	if status != 0 || !regexp.MustCompile(`^[0-9A-F]{64}$`).MatchString(fpr) {
+		t.Fatalf("generate-key: status %d, stdout %q, stderr %q", status, stdout, stderr)
+	}
+	certPath := filepath.Join(te.dir, "cert.pem")
+	if err := os.WriteFile(certPath, []byte(te.mustRun(t, "export-public-key", "--purpose", "uefi", "--key", fpr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := writeFile(t, te.dir, "a.efi", testPE{plus: true, sections: []int{0x400}, trailing: 7}.build())
+	b := writeFile(t, te.dir, "b.efi", testPE{sections: []int{0x200}}.build())
+	te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, a, b)
+	signed := filepath.Join(te.dir, "a-signed.efi")
+	te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, "--mode", "attached", "--output", signed, a)
+	for _, c := range [][2]string{{a, a + ".sig"}, {b, b + ".sig"}, {a, signed}} {
+		mode := uefiModeDetached
+		if c[1] == signed {
+			mode = uefiModeAttached
+		}
+		if sbOK, osslOK, log := verifyBoth(t, certPath, c[0], c[1], mode); !sbOK || !osslOK {
+			t.Fatalf("%s: sbverify ok=%v, osslsigncode ok=%v\n%s", c[1], sbOK, osslOK, log)
+		}
+	}
+
+	bad := writeFile(t, te.dir, "bad.efi", []byte("MZ not really"))
+	for _, c := range []struct {
+		args   []string
+		status int
+		want   string
+	}{
+		{[]string{"--key", fpr, bad}, 3, "bad.efi: not a PE image"},
+		{[]string{"--key", strings.Repeat("1", 64), a}, 3, "unknown key"},
+		{[]string{"--key", fpr, "--output", "x", a, b}, 2, "--output"},
+		{[]string{"--key", fpr, "--mode", "clear", a}, 2, "mode"},
+		{[]string{a}, 2, "--key"},
+	} {
+		status, _, stderr := te.run(t, append([]string{"sign", "--purpose", "uefi"}, c.args...)...)
+		if status != c.status || !strings.Contains(stderr, c.want) || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("sign %v: status %d, stderr %q; want %d and one line with %q", c.args, status, stderr, c.status, c.want)
+		}
+	}
+	if _, err := os.Stat(bad + ".sig"); err == nil {
+		t.Error("bad.efi.sig written")
+	}
+}
