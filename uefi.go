@@ -33,7 +33,9 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -389,38 +391,71 @@ func signUEFIFile(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificat
 	if err := checkUEFIMode(mode); err != nil {
 		return err
 	}
+	buf := make([]byte, peCopyBufferSize)
+	p, err := prepareUEFISignature(in, signer, cert, buf)
+	if err != nil {
+		return err
+	}
+	defer p.f.Close()
+	return p.release(st, k, out, mode, ac, buf)
+}
+
+// uefiPending is a signature made in memory for the file in, not yet
+// released; f stays open for the attached mode's copy.
+type uefiPending struct {
+	in string
+	f  *os.File
+	s  *uefiSignedImage
+}
+
+// prepareUEFISignature opens and signs in. On success the caller closes
+// p.f.
+func prepareUEFISignature(in string, signer crypto.Signer, cert *x509.Certificate, buf []byte) (p *uefiPending, err error) {
 	f, err := os.Open(in)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer f.Close()
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
 	fi, err := f.Stat()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s: not a regular file", in)
+		return nil, fmt.Errorf("%s: not a regular file", in)
 	}
-	buf := make([]byte, peCopyBufferSize)
 	s, err := signPEImage(f, fi.Size(), signer, cert, time.Now(), buf)
 	if err != nil {
-		return fmt.Errorf("%s: %w", in, err)
+		return nil, fmt.Errorf("%s: %w", in, err)
 	}
-	if err := st.Audit(ac.signEntry(k, s.dataSHA256)); err != nil {
-		return fmt.Errorf("%s: %w", in, err)
+	return &uefiPending{in: in, f: f, s: s}, nil
+}
+
+// release writes the audit row, then the output.
+func (p *uefiPending) release(st *Store, k *Key, out, mode string, ac auditContext, buf []byte) error {
+	if err := st.Audit(ac.signEntry(k, p.s.dataSHA256)); err != nil {
+		return fmt.Errorf("%s: %w", p.in, err)
 	}
+	return p.write(out, mode, buf)
+}
+
+// write writes the output of an audited signature.
+func (p *uefiPending) write(out, mode string, buf []byte) error {
 	return writeFileAtomic(out, func(w *os.File) error {
 		if mode == uefiModeDetached {
-			_, err := w.Write(s.pkcs7)
+			_, err := w.Write(p.s.pkcs7)
 			return err
 		}
-		ck, err := s.pe.writeAttached(w, s.pkcs7, buf)
+		ck, err := p.s.pe.writeAttached(w, p.s.pkcs7, buf)
 		if err != nil {
-			return fmt.Errorf("%s: %w", in, err)
+			return fmt.Errorf("%s: %w", p.in, err)
 		}
 		var field [4]byte
 		binary.LittleEndian.PutUint32(field[:], ck)
-		_, err = w.WriteAt(field[:], s.pe.checksumOffset)
+		_, err = w.WriteAt(field[:], p.s.pe.checksumOffset)
 		return err
 	})
 }
@@ -441,11 +476,11 @@ func writeFileAtomic(path string, fill func(*os.File) error) (err error) {
 	if err := fill(tmp); err != nil {
 		return err
 	}
+	// No fsync: the audit row is the durable record, and an output lost
+	// in a crash is made again by signing again; syncing every output
+	// would double the cost of signing many small files.
 	if err := tmp.Chmod(0o644); err != nil {
 		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
 	}
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
@@ -483,16 +518,130 @@ func signUEFIFiles(st *Store, fpr, mode, output string, files []string) error {
 	if err != nil {
 		return err
 	}
-	for _, in := range files {
-		out := output
-		if out == "" {
-			out = uefiOutputName(in, mode)
+	outputs := make([]string, len(files))
+	for i, in := range files {
+		outputs[i] = output
+		if output == "" {
+			outputs[i] = uefiOutputName(in, mode)
 		}
-		if err := signUEFIFile(st, k, signer, cert, in, out, mode, auditContext{}); err != nil {
+	}
+	return signUEFIBatches(st, k, signer, cert, files, outputs, mode)
+}
+
+// uefiBatchSize is how many files signUEFIBatches signs between two audit
+// transactions; it also bounds the files held open at once.
+const uefiBatchSize = 32
+
+// signUEFIBatches signs files[i] into outputs[i], a batch at a time: the
+// batch's files are hashed and signed in memory on every core, then their
+// audit rows are appended in one transaction (one fsync instead of one per
+// file), and only then are their outputs written. The first error stops
+// everything; outputs of earlier batches stay, as each was audited.
+func signUEFIBatches(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, files, outputs []string, mode string) error {
+	if _, ok := signer.(*rsa.PrivateKey); !ok {
+		// A hardware token signs one request at a time.
+		signer = &serialSigner{Signer: signer}
+	}
+	buf := make([]byte, peCopyBufferSize)
+	for start := 0; start < len(files); start += uefiBatchSize {
+		end := min(start+uefiBatchSize, len(files))
+		pending, err := prepareUEFISignatures(files[start:end], signer, cert)
+		if err != nil {
+			return err
+		}
+		err = releaseUEFISignatures(st, k, pending, outputs[start:end], mode, buf)
+		for _, p := range pending {
+			p.f.Close()
+		}
+		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// prepareUEFISignatures signs files concurrently. It returns all of them
+// or, closing the others, the error of the first file that failed.
+func prepareUEFISignatures(files []string, signer crypto.Signer, cert *x509.Certificate) ([]*uefiPending, error) {
+	pending := make([]*uefiPending, len(files))
+	errs := make([]error, len(files))
+	next := make(chan int, len(files))
+	for i := range files {
+		next <- i
+	}
+	close(next)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(files)) {
+		wg.Go(func() {
+			buf := make([]byte, peCopyBufferSize)
+			for i := range next {
+				pending[i], errs[i] = prepareUEFISignature(files[i], signer, cert, buf)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, p := range pending {
+			if p != nil {
+				p.f.Close()
+			}
+		}
+		for _, err := range errs {
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	return pending, nil
+}
+
+// releaseUEFISignatures audits the signatures in one transaction, then
+// writes their outputs.
+func releaseUEFISignatures(st *Store, k *Key, pending []*uefiPending, outputs []string, mode string, buf []byte) error {
+	entries := make([]AuditEntry, len(pending))
+	for i, p := range pending {
+		entries[i] = auditContext{}.signEntry(k, p.s.dataSHA256)
+	}
+	if err := st.auditAll(entries); err != nil {
+		return fmt.Errorf("%s: %w", pending[0].in, err)
+	}
+	for i, p := range pending {
+		if err := p.write(outputs[i], mode, buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// auditAll appends the entries to the audit log in one transaction: all of
+// them or none.
+func (s *Store) auditAll(entries []AuditEntry) error {
+	tx, err := s.db.Begin()
+	if err != nil {
+		return fmt.Errorf("audit log: %w", sqliteError(err))
+	}
+	defer tx.Rollback()
+	for _, e := range entries {
+		if err := appendAudit(tx, e); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	return nil
+}
+
+// serialSigner lets one Sign call through at a time.
+type serialSigner struct {
+	mu sync.Mutex
+	crypto.Signer
+}
+
+func (s *serialSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.Signer.Sign(rand, digest, opts)
 }
 
 // checkPEFile parses the headers of the PE image in path.
