@@ -3,12 +3,12 @@ package main
 import (
 	"bytes"
 	"crypto"
-	"fmt"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
