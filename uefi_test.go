@@ -192,6 +192,61 @@ func verifyBoth(t *testing.T, certPath, in, out, mode string) (sbOK, osslOK bool
 	return sbOK, osslOK, "sbverify:\n" + sb + "\nosslsigncode:\n" + ossl
 }
 
+// peWithGap is a PE32+ image whose middle section has no raw data, leaving
+// a gap in the file between the other two: the trailing data then starts
+// at SizeOfHeaders plus the section sizes, inside the last section.
+func peWithGap() []byte {
+	b := testPE{plus: true, sections: []int{0x200, 0x200, 0x400}, trailing: 5, seed: 6}.build()
+	const secTable = 0x80 + 24 + 240
+	binary.LittleEndian.PutUint32(b[secTable+40+16:], 0)
+	return b
+}
+
+// TestUEFISectionGap: with a gap between sections, the image hash follows
+// the Authenticode specification, as sbsign/sbverify, EDK2 and shim do
+// (trailing data counted from SizeOfHeaders plus the section sizes).
+// osslsigncode hashes the file linearly instead and disagrees on such
+// images, so only sbverify can check them.
+func TestUEFISectionGap(t *testing.T) {
+	k := getTestUEFIKey(t)
+	dir := t.TempDir()
+	certPath := writeFile(t, dir, "cert.pem", k.certPEM)
+	zeroSig, err := authenticodeSignature(make([]byte, 32), k.signer, k.cert, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := peWithGap()
+	in := writeFile(t, dir, "gap.efi", data)
+	p, err := parsePE(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := p.imageHash(make([]byte, 4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := sbverify(t, certPath, in, writeFile(t, dir, "zero.sig", zeroSig))
+	if m := sbverifyExpecting.FindStringSubmatch(out); m == nil || m[1] != hex.EncodeToString(h) {
+		t.Fatalf("image hash %x, sbverify:\n%s", h, out)
+	}
+	for _, mode := range []string{uefiModeDetached, uefiModeAttached} {
+		signed, _, err := signUEFIBytes(data, mode, k.signer, k.cert, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		outPath := writeFile(t, dir, "gap."+mode, signed)
+		var ok bool
+		if mode == uefiModeDetached {
+			out, ok = sbverify(t, certPath, in, outPath)
+		} else {
+			out, ok = sbverify(t, certPath, outPath, "")
+		}
+		if !ok {
+			t.Errorf("%s: sbverify failed:\n%s", mode, out)
+		}
+	}
+}
+
 // realEFIFiles are the Debian EFI binaries the tests use (shim-unsigned,
 // systemd-boot-efi).
 var realEFIFiles = []string{
