@@ -258,7 +258,8 @@ type peRange struct{ offset, size int64 }
 // entry, the sections sorted by file offset, then whatever follows the
 // sections, up to the certificate table. Counting the trailing data from
 // SizeOfHeaders plus the section sizes (rather than from the end of the last
-// section) is what the specification, sbsign and EDK2 do.
+// section) is what the specification, sbsign, EDK2 and shim do; it differs
+// from osslsigncode's linear hash only when there are gaps between sections.
 func (p *peFile) hashedRanges() []peRange {
 	rs := []peRange{
 		{0, p.checksumOffset},

@@ -10,9 +10,10 @@ package main
 // unsigned image and can later be attached with sbattach. In attached mode
 // the new signature is added as one more WIN_CERTIFICATE entry after the
 // existing ones, which is what sbsign and sbattach do: existing signatures
-// are kept, and UEFI firmware (EDK2) and shim accept an image if any entry
-// verifies. osslsigncode only understands a table with a single entry and
-// reports such a file as corrupt, exactly as it does for sbsign's output.
+// are kept, and UEFI firmware (EDK2) walks every entry and accepts the image
+// if one verifies. osslsigncode only understands a table with a single
+// entry and reports such a file as corrupt, exactly as it does for sbsign's
+// output.
 
 import (
 	"bytes"
@@ -74,11 +75,8 @@ func certificateFingerprint(cert *x509.Certificate) string {
 // authorityKeyIdentifier with that key id, basicConstraints critical
 // CA:TRUE). The signer may be a hardware token.
 func uefiSelfSignedCertificate(description string, pub crypto.PublicKey, signer crypto.Signer, now time.Time) ([]byte, error) {
-	if description == "" {
-		return nil, errors.New("the description (certificate common name) must not be empty")
-	}
-	if !utf8.ValidString(description) || utf8.RuneCountInString(description) > uefiMaxCommonName {
-		return nil, fmt.Errorf("the description must be valid UTF-8 of at most %d characters (it becomes the certificate's common name)", uefiMaxCommonName)
+	if err := checkUEFIDescription(description); err != nil {
+		return nil, err
 	}
 	if _, ok := pub.(*rsa.PublicKey); !ok {
 		return nil, fmt.Errorf("UEFI keys must be RSA, not %T", pub)
@@ -148,10 +146,25 @@ func uefiSelfSignedCertificate(description string, pub crypto.PublicKey, signer 
 	return der, nil
 }
 
+// checkUEFIDescription checks that description can be a certificate's
+// common name.
+func checkUEFIDescription(description string) error {
+	if description == "" {
+		return errors.New("the description (certificate common name) must not be empty")
+	}
+	if !utf8.ValidString(description) || utf8.RuneCountInString(description) > uefiMaxCommonName {
+		return fmt.Errorf("the description must be valid UTF-8 of at most %d characters (it becomes the certificate's common name)", uefiMaxCommonName)
+	}
+	return nil
+}
+
 // newUEFIKeyPair generates an RSA key and its certificate, returning the
 // PKCS#8 PEM private key (the form `openssl req -nodes` writes) and the PEM
 // certificate.
 func newUEFIKeyPair(description string, now time.Time) (keyPEM, certPEM []byte, err error) {
+	if err := checkUEFIDescription(description); err != nil {
+		return nil, nil, err
+	}
 	key, err := rsa.GenerateKey(rand.Reader, uefiKeyBits)
 	if err != nil {
 		return nil, nil, err
