@@ -300,6 +300,10 @@ func TestUEFISignVerifies(t *testing.T) {
 				}
 				if mode == uefiModeAttached {
 					checkAttachedLayout(t, in.data, out)
+					// osslsigncode recomputes the CheckSum and warns on a mismatch.
+					if strings.Contains(log, "invalid PE checksum") {
+						t.Errorf("osslsigncode disagrees with the CheckSum:\n%s", log)
+					}
 				}
 			})
 		}
