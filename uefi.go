@@ -538,74 +538,109 @@ func signUEFIFiles(st *Store, fpr, mode, output string, files []string) error {
 			outputs[i] = uefiOutputName(in, mode)
 		}
 	}
-	return signUEFIBatches(st, k, signer, cert, files, outputs, mode)
+	return signUEFIPipelined(st, k, signer, cert, files, outputs, mode)
 }
 
-// uefiBatchSize is how many files signUEFIBatches signs between two audit
-// transactions; it also bounds the files held open at once.
-const uefiBatchSize = 32
+// uefiMaxAhead bounds how many files are signed ahead of the one being
+// released, and so how many are open at once.
+const uefiMaxAhead = 32
 
-// signUEFIBatches signs files[i] into outputs[i], a batch at a time: the
-// batch's files are hashed and signed in memory on every core, then their
-// audit rows are appended in one transaction (one fsync instead of one per
-// file), and only then are their outputs written. The first error stops
-// everything; outputs of earlier batches stay, as each was audited.
-func signUEFIBatches(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, files, outputs []string, mode string) error {
+// signUEFIPipelined signs files[i] into outputs[i]. Hashing and RSA signing
+// run on every core, ahead of the release; the release takes every
+// signature ready so far, in order, appends their audit rows in one
+// transaction (one fsync for the group instead of one per file), and only
+// then writes their outputs, while the next files are being signed. The
+// first error stops everything: signatures not yet audited are dropped,
+// outputs already released stay.
+func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, files, outputs []string, mode string) error {
 	if _, ok := signer.(*rsa.PrivateKey); !ok {
 		// A hardware token signs one request at a time.
 		signer = &serialSigner{Signer: signer}
 	}
-	buf := make([]byte, peCopyBufferSize)
-	for start := 0; start < len(files); start += uefiBatchSize {
-		end := min(start+uefiBatchSize, len(files))
-		pending, err := prepareUEFISignatures(files[start:end], signer, cert)
-		if err != nil {
-			return err
-		}
-		err = releaseUEFISignatures(st, k, pending, outputs[start:end], mode, buf)
-		for _, p := range pending {
-			p.f.Close()
-		}
-		if err != nil {
-			return err
-		}
+	type result struct {
+		p   *uefiPending
+		err error
 	}
-	return nil
-}
-
-// prepareUEFISignatures signs files concurrently. It returns all of them
-// or, closing the others, the error of the first file that failed.
-func prepareUEFISignatures(files []string, signer crypto.Signer, cert *x509.Certificate) ([]*uefiPending, error) {
-	pending := make([]*uefiPending, len(files))
-	errs := make([]error, len(files))
-	next := make(chan int, len(files))
-	for i := range files {
-		next <- i
+	results := make([]chan result, len(files))
+	for i := range results {
+		results[i] = make(chan result, 1)
 	}
-	close(next)
+	ahead := make(chan struct{}, uefiMaxAhead)
+	next := make(chan int)
+	stop := make(chan struct{})
+	go func() {
+		defer close(next)
+		for i := range files {
+			select {
+			case ahead <- struct{}{}:
+			case <-stop:
+				return
+			}
+			select {
+			case next <- i:
+			case <-stop:
+				return
+			}
+		}
+	}()
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), len(files)) {
 		wg.Go(func() {
 			buf := make([]byte, peCopyBufferSize)
 			for i := range next {
-				pending[i], errs[i] = prepareUEFISignature(files[i], signer, cert, buf)
+				p, err := prepareUEFISignature(files[i], signer, cert, buf)
+				results[i] <- result{p, err}
 			}
 		})
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		for _, p := range pending {
-			if p != nil {
-				p.f.Close()
+	var group []*uefiPending
+	defer func() {
+		close(stop)
+		wg.Wait()
+		for _, p := range group {
+			p.f.Close()
+		}
+		for _, c := range results {
+			select {
+			case r := <-c:
+				if r.p != nil {
+					r.p.f.Close()
+				}
+			default:
 			}
 		}
-		for _, err := range errs {
-			if err != nil {
-				return nil, err
+	}()
+
+	buf := make([]byte, peCopyBufferSize)
+	for done := 0; done < len(files); {
+		r := <-results[done]
+		for {
+			if r.err != nil {
+				return r.err
 			}
+			group = append(group, r.p)
+			if done+len(group) == len(files) {
+				break
+			}
+			select {
+			case r = <-results[done+len(group)]:
+				continue
+			default:
+			}
+			break
+		}
+		err := releaseUEFISignatures(st, k, group, outputs[done:done+len(group)], mode, buf)
+		for _, p := range group {
+			p.f.Close()
+			<-ahead
+		}
+		done += len(group)
+		group = nil
+		if err != nil {
+			return err
 		}
 	}
-	return pending, nil
+	return nil
 }
 
 // releaseUEFISignatures audits the signatures in one transaction, then

@@ -931,7 +931,7 @@ func TestSignUEFIFileAuditFailure(t *testing.T) {
 		if err := signUEFIFile(st, k, signer, cert, in, out, mode, auditContext{}); err == nil {
 			t.Errorf("%s: signed without an audit row", mode)
 		}
-		if err := signUEFIBatches(st, k, signer, cert, []string{in, in}, []string{out + "1", out + "2"}, mode); err == nil {
+		if err := signUEFIPipelined(st, k, signer, cert, []string{in, in}, []string{out + "1", out + "2"}, mode); err == nil {
 			t.Errorf("%s: batch signed without audit rows", mode)
 		}
 		if entries, _ := filepath.Glob(filepath.Join(te.dir, "*out*")); len(entries) > 0 {
@@ -940,17 +940,17 @@ func TestSignUEFIFileAuditFailure(t *testing.T) {
 	}
 }
 
-// TestSignUEFIFilesManyBatches signs more files than one batch holds.
-func TestSignUEFIFilesManyBatches(t *testing.T) {
+// TestSignUEFIFilesMany signs more files than are signed ahead at once.
+func TestSignUEFIFilesMany(t *testing.T) {
 	te, st, k, certPath := uefiStoreKey(t)
 	var files []string
-	for i := range uefiBatchSize + 5 {
+	for i := range uefiMaxAhead + 5 {
 		files = append(files, writeFile(t, te.dir, fmt.Sprintf("f%02d.efi", i), testPE{sections: []int{0x200}, trailing: i, seed: uint64(i)}.build()))
 	}
 	if err := signUEFIFiles(st, k.Fingerprint, uefiModeAttached, "", files); err != nil {
 		t.Fatal(err)
 	}
-	for _, i := range []int{0, uefiBatchSize, len(files) - 1} {
+	for _, i := range []int{0, uefiMaxAhead, len(files) - 1} {
 		if sbOK, osslOK, log := verifyBoth(t, certPath, files[i], files[i]+".signed", uefiModeAttached); !sbOK || !osslOK {
 			t.Fatalf("%s: sbverify ok=%v, osslsigncode ok=%v\n%s", files[i], sbOK, osslOK, log)
 		}
