@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/rand/v2"
@@ -1011,5 +1012,55 @@ func TestUEFICommands(t *testing.T) {
 	}
 	if _, err := os.Stat(bad + ".sig"); err == nil {
 		t.Error("bad.efi.sig written")
+	}
+}
+
+// TestSignUEFIPipelinedError: a file that fails while others are being
+// signed stops the run; every output written has its audit row and every
+// audit row its output.
+func TestSignUEFIPipelinedError(t *testing.T) {
+	te, st, k, _ := uefiStoreKey(t)
+	signer, cert, err := uefiSigner(st, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files, outputs []string
+	for i := range 12 {
+		data := testPE{sections: []int{0x200}, trailing: i, seed: uint64(i)}.build()
+		if i == 7 {
+			data = []byte("not a PE image")
+		}
+		f := writeFile(t, te.dir, fmt.Sprintf("f%02d.efi", i), data)
+		files, outputs = append(files, f), append(outputs, f+".sig")
+	}
+	err = signUEFIPipelined(st, k, signer, cert, files, outputs, uefiModeDetached)
+	if err == nil || !strings.Contains(err.Error(), "f07.efi") {
+		t.Fatalf("error %v, want one naming f07.efi", err)
+	}
+	written := map[string]bool{}
+	for i, out := range outputs {
+		if _, err := os.Stat(out); err == nil {
+			if i >= 7 {
+				t.Errorf("%s written after the failure", out)
+			}
+			data, _ := os.ReadFile(files[i])
+			sum := sha256.Sum256(data)
+			written[hex.EncodeToString(sum[:])] = true
+		}
+	}
+	audited := map[string]bool{}
+	for _, r := range auditRows(t, st, AuditFilter{Fingerprint: k.Fingerprint}) {
+		if r.Event == "sign" {
+			var d struct {
+				DataSHA256 string `json:"data_sha256"`
+			}
+			if err := json.Unmarshal(r.Data, &d); err != nil {
+				t.Fatal(err)
+			}
+			audited[d.DataSHA256] = true
+		}
+	}
+	if fmt.Sprint(written) != fmt.Sprint(audited) {
+		t.Errorf("outputs for %v, audit rows for %v", written, audited)
 	}
 }
