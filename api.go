@@ -169,9 +169,9 @@ type request struct {
 	url    string // absolute
 	body   []byte
 	header http.Header
-	noAuth bool   // registration sends the activation token or nothing
-	ok     []int  // success statuses; anything else is an apiError
-	limit  int64  // response body bytes to keep (maxJSONBody when 0)
+	noAuth bool  // registration sends the activation token or nothing
+	ok     []int // success statuses; anything else is an apiError
+	limit  int64 // response body bytes to keep (maxJSONBody when 0)
 	sink   func(*http.Response) error
 }
 
