@@ -436,20 +436,21 @@ func (c *apiClient) download(ctx context.Context, root *os.Root, name string, fi
 	return nil
 }
 
-// outFile is a file to put in a new artifact: Data in memory, or the file
-// Name under Root.
+// outFile is a file to put in a new artifact under Name: Data in memory,
+// or the file Path under Root.
 type outFile struct {
 	Name        string
 	ContentType string
 	Data        []byte
 	Root        *os.Root
+	Path        string
 }
 
 func (o *outFile) open() (io.ReaderAt, int64, func(), error) {
 	if o.Root == nil {
 		return bytes.NewReader(o.Data), int64(len(o.Data)), func() {}, nil
 	}
-	f, err := o.Root.Open(o.Name)
+	f, err := o.Root.Open(o.Path)
 	if err != nil {
 		return nil, 0, nil, err
 	}

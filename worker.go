@@ -10,18 +10,22 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -29,6 +33,7 @@ import (
 
 type worker struct {
 	api                 *apiClient
+	st                  *Store
 	log                 *slog.Logger
 	fqdn                string
 	tokenFile           string
@@ -429,7 +434,11 @@ func (w *worker) metadata() (map[string]any, error) {
 	for name, t := range w.tasks() {
 		md["signing:"+name+":version"] = t.version
 		for k, v := range t.available {
-			md["signing:"+name+":available:"+k] = v
+			if k == "" {
+				md["signing:"+name+":available"] = v
+			} else {
+				md["signing:"+name+":available:"+k] = v
+			}
 		}
 	}
 	keys, err := w.usableKeys()
@@ -519,5 +528,117 @@ func (w *worker) flushPendingCompletion(ctx context.Context) error {
 
 // usableKeys lists purpose:fingerprint of the keys this worker can use.
 func (w *worker) usableKeys() ([]string, error) {
-	return []string{}, nil
+	keys, err := w.st.Keys()
+	if err != nil {
+		return nil, err
+	}
+	out := []string{}
+	for _, k := range keys {
+		if w.keyUsable(k) == nil {
+			out = append(out, k.Purpose+":"+k.Fingerprint)
+		}
+	}
+	return out, nil
+}
+
+// keyUsable says why a key cannot be used on this worker, or nil: a key
+// held on a hardware token is usable only while the token is plugged in.
+func (w *worker) keyUsable(k *Key) error {
+	storage, err := k.Storage()
+	if err != nil {
+		return err
+	}
+	switch storage {
+	case storageNaCl:
+		return nil
+	case storagePKCS11:
+		// The token-presence check (yubikey.go) has not landed on this
+		// branch yet: until it does, no token is considered present.
+		return fmt.Errorf("key %s is held on a hardware token that is not present on this worker", k)
+	}
+	return fmt.Errorf("key %s: unsupported storage %q", k, storage)
+}
+
+// cmdWorker is `debusine-signing worker [--once]`.
+func cmdWorker(e *env, args []string) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	once := fs.Bool("once", false, "take work until the server has none, then exit (for cron)")
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("worker takes no positional arguments")
+	}
+	cfg, err := e.config()
+	if err != nil {
+		return err
+	}
+	wc := cfg.Worker
+	if wc.APIURL == "" || wc.TokenFile == "" {
+		return fmt.Errorf("configuration %s: the worker needs [worker] api_url and token_file", cfg.path)
+	}
+	trusted := map[string]bool{}
+	for _, c := range cfg.TrustedCerts {
+		f := normalFingerprint(c)
+		if _, err := hex.DecodeString(f); err != nil || len(f) != 64 {
+			return fmt.Errorf("configuration %s: trusted_certs: %q is not a SHA-256 fingerprint", cfg.path, c)
+		}
+		trusted[f] = true
+	}
+	log, closeLog, err := workerLogger(wc, e.stderr)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	api, err := newAPIClient(wc.APIURL, wc.CAFile, log)
+	if err != nil {
+		return err
+	}
+	st, err := e.openStore()
+	if err != nil {
+		return err
+	}
+	fqdn := wc.FQDN
+	if fqdn == "" {
+		if fqdn, err = os.Hostname(); err != nil {
+			return fmt.Errorf("fqdn: %w (set [worker] fqdn)", err)
+		}
+	}
+	w := &worker{
+		api: api, st: st, log: log, fqdn: fqdn,
+		tokenFile: wc.TokenFile, activationTokenFile: wc.ActivationTokenFile,
+		trusted: trusted, once: *once, workDir: os.TempDir(),
+		wsDelay: wsJitter, onceQuiet: 10 * time.Second,
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log.Info("signing worker starting", "api_url", wc.APIURL, "fqdn", fqdn, "once", *once)
+	return w.run(ctx)
+}
+
+// workerLogger logs to log_file (appending) or to stderr, which systemd
+// sends to the journal.
+func workerLogger(wc WorkerConfig, stderr io.Writer) (*slog.Logger, func(), error) {
+	var level slog.Level
+	switch strings.ToLower(wc.LogLevel) {
+	case "", "info":
+		level = slog.LevelInfo
+	case "debug":
+		level = slog.LevelDebug
+	case "warning", "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	default:
+		return nil, nil, fmt.Errorf("configuration: [worker] log_level %q: want debug, info, warning or error", wc.LogLevel)
+	}
+	out, done := stderr, func() {}
+	if wc.LogFile != "" {
+		f, err := os.OpenFile(wc.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("log_file: %w", err)
+		}
+		out, done = f, func() { f.Close() }
+	}
+	return slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level})), done, nil
 }

@@ -51,6 +51,7 @@ func testWorker(t testing.TB, srv *fakeServer) (*worker, *syncBuffer) {
 	api.delay = func(int) time.Duration { return time.Millisecond }
 	w := &worker{
 		api:       api,
+		st:        newTestEnv(t).store(t),
 		log:       log,
 		fqdn:      "signing1.example.org",
 		tokenFile: filepath.Join(dir, "token"),
