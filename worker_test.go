@@ -11,11 +11,13 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -217,15 +219,19 @@ func TestWorkerRegistrationThenEnablement(t *testing.T) {
 	arch := debianArch(runtime.GOARCH)
 	want := map[string]any{
 		"system:worker_type": "signing", "system:host_architecture": arch, "system:architectures": []any{arch},
-		"signing:noop:version": 1.0,
+		"signing:noop:version": 1.0, "signing:generatekey:version": nil, "signing:sign:version": 1.0,
+		"signing:debsign:version": 1.0, "signing:debsign:available": true, "signing:signrepositoryindex:version": 1.0,
+		"signing:keys": []any{},
 	}
 	for k, v := range want {
-		if fmt.Sprint(md[k]) != fmt.Sprint(v) {
-			t.Errorf("metadata %s = %v, want %v", k, md[k], v)
+		if got, ok := md[k]; !ok || fmt.Sprint(got) != fmt.Sprint(v) {
+			t.Errorf("metadata %s = %v, want %v", k, got, v)
 		}
 	}
-	if _, ok := md["signing:keys"].([]any); !ok {
-		t.Errorf("metadata signing:keys = %#v", md["signing:keys"])
+	for k := range md {
+		if _, ok := want[k]; !ok {
+			t.Errorf("metadata has %s, which the scheduler does not need", k)
+		}
 	}
 	checkNoSecretsLogged(t, logs, reg.Token)
 }
@@ -708,5 +714,112 @@ func TestDownloadChecks(t *testing.T) {
 	other.URL = "https://elsewhere.example.org/file"
 	if err := w.api.download(context.Background(), root, "c.efi", other); err == nil || !strings.Contains(err.Error(), "is not on") {
 		t.Errorf("download from another host = %v", err)
+	}
+}
+
+func TestSigningTomlExampleWorker(t *testing.T) {
+	cfg, err := loadConfig("signing.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Worker.APIURL != "https://debusine.example.org/api" || cfg.Worker.TokenFile == "" {
+		t.Errorf("[worker] = %+v", cfg.Worker)
+	}
+}
+
+// TestWorkerProcessSIGTERM runs `debusine-signing worker` as a process (this
+// test binary, re-executed) and sends it SIGTERM in the middle of a task:
+// it must exit 0 at once without reporting the task.
+func TestWorkerProcessSIGTERM(t *testing.T) {
+	if os.Getenv("DEBUSINE_SIGNING_WORKER_HELPER") != "" {
+		return
+	}
+	srv := newFakeServer(t)
+	te := newTestEnv(t)
+	tok, _ := newSecret()
+	srv.addWorker(tok, true)
+	tokenFile := filepath.Join(te.dir, "token")
+	os.WriteFile(tokenFile, []byte(tok), 0o600)
+	te.writeConfig(t, fmt.Sprintf("database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n[worker]\napi_url = %q\ntoken_file = %q\nca_file = %q\nlog_level = \"debug\"\n",
+		srv.apiURL(), tokenFile, srv.caFile(te.dir)))
+	inTask := make(chan struct{})
+	srv.hook = func(rw http.ResponseWriter, r *http.Request) bool {
+		if r.Method == "POST" && r.URL.Path == "/api/1.0/artifact/" {
+			io.ReadAll(r.Body)
+			close(inTask)
+			select {
+			case <-r.Context().Done():
+			case <-time.After(10 * time.Second):
+			}
+			return true
+		}
+		return false
+	}
+	id := srv.addWorkRequest("noop", map[string]any{"result": true}, nil)
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestWorkerProcessHelper$")
+	cmd.Env = append(os.Environ(), "DEBUSINE_SIGNING_WORKER_HELPER=--config="+te.configPath)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-inTask:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("the task never started:\n%s", stderr.String())
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("worker exited with %v:\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("worker did not stop on SIGTERM:\n%s", stderr.String())
+	}
+	if c := srv.completionsOf(id); len(c) != 0 {
+		t.Errorf("an abandoned task was reported: %+v", c)
+	}
+	if !strings.Contains(stderr.String(), "abandoned") {
+		t.Errorf("no log of the abandoned task:\n%s", stderr.String())
+	}
+	if strings.Contains(stderr.String(), tok) {
+		t.Error("the token was logged")
+	}
+}
+
+// TestWorkerProcessHelper is the worker process of TestWorkerProcessSIGTERM.
+func TestWorkerProcessHelper(t *testing.T) {
+	arg := os.Getenv("DEBUSINE_SIGNING_WORKER_HELPER")
+	if arg == "" {
+		return // only run as TestWorkerProcessSIGTERM's subprocess
+	}
+	os.Exit(run([]string{arg, "worker"}, os.Stdout, os.Stderr))
+}
+
+// TestWorkerMetadataKeys: signing:keys lists the keys this worker can use;
+// one on a hardware token that is not here is left out.
+func TestWorkerMetadataKeys(t *testing.T) {
+	srv := newFakeServer(t)
+	w, _ := testWorker(t, srv)
+	fpr, err := generateOpenPGPKey(w.st, "Archive", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, certPEM := testCertificate(t, "token key")
+	if _, err := registerPKCS11Key(w.st, "pkcs11:serial=99999999;id=%02", certPEM, "on a YubiKey"); err != nil {
+		t.Fatal(err)
+	}
+	md, err := w.metadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := md["signing:keys"]; !slices.Equal(got.([]string), []string{"openpgp:" + fpr}) {
+		t.Errorf("signing:keys = %v", got)
 	}
 }
