@@ -413,6 +413,20 @@ func signUEFIFile(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificat
 	return p.release(st, k, out, mode, ac, buf)
 }
 
+// signUEFIDetached signs the PE image read from r (size bytes, named name
+// in errors), writes its audit row, and only then returns the detached
+// signature: what the worker's Sign task uploads as FILE.sig.
+func signUEFIDetached(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, name string, r io.ReaderAt, size int64, ac auditContext) ([]byte, error) {
+	s, err := signPEImage(r, size, signer, cert, time.Now(), make([]byte, peCopyBufferSize))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if err := st.Audit(ac.signEntry(k, s.dataSHA256)); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return s.pkcs7, nil
+}
+
 // uefiPending is a signature made in memory for the file in, not yet
 // released; f stays open for the attached mode's copy.
 type uefiPending struct {

@@ -1064,3 +1064,40 @@ func TestSignUEFIPipelinedError(t *testing.T) {
 		t.Errorf("outputs for %v, audit rows for %v", written, audited)
 	}
 }
+
+// TestSignUEFIDetached is the worker's path: the audit row carries the work
+// request and the permission check's answer.
+func TestSignUEFIDetached(t *testing.T) {
+	te, st, k, certPath := uefiStoreKey(t)
+	signer, cert, err := uefiSigner(st, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+	if err != nil {
+		data = testPE{plus: true, sections: []int{0x400}, trailing: 11}.build()
+	}
+	in := writeFile(t, te.dir, "boot.efi", data)
+	wr := int64(42)
+	ac := auditContext{WorkRequest: &wr, Extra: map[string]any{"username": "alice", "user_id": 7, "resource": map[string]any{"package": "systemd"}}}
+	sig, err := signUEFIDetached(st, k, signer, cert, "boot.efi", bytes.NewReader(data), int64(len(data)), ac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigPath := writeFile(t, te.dir, "boot.efi.sig", sig)
+	if sbOK, osslOK, log := verifyBoth(t, certPath, in, sigPath, uefiModeDetached); !sbOK || !osslOK {
+		t.Fatalf("sbverify ok=%v, osslsigncode ok=%v\n%s", sbOK, osslOK, log)
+	}
+	rows := auditRows(t, st, AuditFilter{WorkRequest: &wr})
+	sum := sha256.Sum256(data)
+	if len(rows) != 1 || rows[0].Event != "sign" || !strings.Contains(string(rows[0].Data), hex.EncodeToString(sum[:])) || !strings.Contains(string(rows[0].Data), `"username":"alice"`) {
+		t.Errorf("audit rows %+v", rows)
+	}
+
+	if _, err := signUEFIDetached(st, k, signer, cert, "junk.efi", strings.NewReader("junk"), 4, ac); err == nil || !strings.Contains(err.Error(), "junk.efi") {
+		t.Errorf("junk: %v", err)
+	}
+	if n := len(auditRows(t, st, AuditFilter{WorkRequest: &wr})); n != 1 {
+		t.Errorf("%d audit rows after a refused input", n)
+	}
+}
