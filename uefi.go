@@ -504,8 +504,8 @@ func writeFileAtomic(path string, fill func(*os.File) error) (err error) {
 		return err
 	}
 	// No fsync: the audit row is the durable record, and an output lost
-	// in a crash is made again by signing again; syncing every output
-	// would double the cost of signing many small files.
+	// in a crash is made again by signing again; an fsync per output was
+	// the largest single cost of signing many small files.
 	if err := tmp.Chmod(0o644); err != nil {
 		return err
 	}
