@@ -71,6 +71,7 @@ func (w *worker) run(ctx context.Context) error {
 	if w.wake == nil {
 		w.wake = make(chan struct{}, 1)
 	}
+	w.metadataSent.Store(false)
 	if err := w.ensureToken(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
