@@ -1,4 +1,574 @@
-// Command debusine-signing is a signing service for the Debusine build system.
+// Command debusine-signing is a signing service for the Debusine build
+// system: a key store with an append-only audit log, UEFI Secure Boot and
+// OpenPGP signing, a Debusine signing worker and an offline command line.
 package main
 
-func main() {}
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Exit statuses, as Debusine's own debusine-signing uses them.
+const (
+	exitOK         = 0
+	exitUnexpected = 1
+	exitUsage      = 2
+	exitError      = 3
+)
+
+// usageError is a mistake in the command line: exit status 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(format, args...)} }
+
+// Config is the TOML configuration; signing.toml.example documents it.
+type Config struct {
+	Database     string        `toml:"database"`
+	ServiceKeys  []string      `toml:"service_keys"`
+	TrustedCerts []string      `toml:"trusted_certs"`
+	Worker       WorkerConfig  `toml:"worker"`
+	YubiKey      YubiKeyConfig `toml:"yubikey"`
+
+	// path is the file the configuration came from, "" for the embedded
+	// default.
+	path string
+}
+
+// WorkerConfig is the [worker] table.
+type WorkerConfig struct {
+	APIURL              string `toml:"api_url"`
+	TokenFile           string `toml:"token_file"`
+	ActivationTokenFile string `toml:"activation_token_file"`
+	CAFile              string `toml:"ca_file"`
+	FQDN                string `toml:"fqdn"`
+	LogFile             string `toml:"log_file"`
+	LogLevel            string `toml:"log_level"`
+}
+
+// YubiKeyConfig is the [yubikey] table.
+type YubiKeyConfig struct {
+	PINFile           string `toml:"pin_file"`
+	ManagementKeyFile string `toml:"management_key_file"`
+	PINPolicy         string `toml:"pin_policy"`
+	TouchPolicy       string `toml:"touch_policy"`
+}
+
+// loadConfig reads a configuration file. Unknown keys are errors, with the
+// line they are on, so that a misspelt key never silently falls back to a
+// default. Relative paths are taken relative to the file's directory.
+func loadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	cfg := &Config{path: path}
+	md, err := toml.Decode(string(data), cfg)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return nil, fmt.Errorf("configuration %s:%d: %s", path, perr.Position.Line, perr.Message)
+		}
+		return nil, fmt.Errorf("configuration %s: %w", path, err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		k := undecoded[0]
+		return nil, fmt.Errorf("configuration %s:%d: unknown key %q", path, keyLine(data, k), k.String())
+	}
+	if cfg.Database == "" {
+		return nil, fmt.Errorf("configuration %s: \"database\" is not set", path)
+	}
+	dir := filepath.Dir(path)
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	abs(&cfg.Database)
+	for i := range cfg.ServiceKeys {
+		abs(&cfg.ServiceKeys[i])
+	}
+	for _, p := range []*string{&cfg.Worker.TokenFile, &cfg.Worker.ActivationTokenFile, &cfg.Worker.CAFile,
+		&cfg.Worker.LogFile, &cfg.YubiKey.PINFile, &cfg.YubiKey.ManagementKeyFile} {
+		abs(p)
+	}
+	return cfg, nil
+}
+
+// keyLine finds the line of a TOML key for error messages: the first line
+// defining its last component inside its table. BurntSushi/toml keeps key
+// positions to itself.
+func keyLine(data []byte, key toml.Key) int {
+	table := strings.Join(key[:len(key)-1], ".")
+	name := key[len(key)-1]
+	current := ""
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for line := 1; sc.Scan(); line++ {
+		text := strings.TrimSpace(sc.Text())
+		if strings.HasPrefix(text, "[") {
+			current = strings.Trim(text, "[] ")
+			if current == strings.Join(key, ".") {
+				return line
+			}
+			continue
+		}
+		if k, _, ok := strings.Cut(text, "="); ok && current == table && strings.Trim(strings.TrimSpace(k), `"'`) == name {
+			return line
+		}
+	}
+	return 0
+}
+
+// defaultConfig is the embedded default: a state directory holding the
+// database and a service key created on first use.
+func defaultConfig(stderr io.Writer) (*Config, error) {
+	dir, err := defaultStateDir()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	cfg := &Config{
+		Database:    filepath.Join(dir, "signing.sqlite3"),
+		ServiceKeys: []string{filepath.Join(dir, "service-key")},
+	}
+	fmt.Fprintf(stderr, "debusine-signing: no configuration file (--config or DEBUSINE_SIGNING_CONFIG); using the default store in %s\n", dir)
+	if _, err := os.Stat(cfg.ServiceKeys[0]); errors.Is(err, os.ErrNotExist) {
+		if err := generateServiceKey(cfg.ServiceKeys[0]); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(stderr, "debusine-signing: created service key %s (mode 0600); back it up: without it the stored keys are lost\n", cfg.ServiceKeys[0])
+	}
+	return cfg, nil
+}
+
+// env is what a command runs with.
+type env struct {
+	configPath string
+	cfg        *Config
+	store      *Store
+	stdout     io.Writer
+	stderr     io.Writer
+}
+
+func (e *env) config() (*Config, error) {
+	if e.cfg != nil {
+		return e.cfg, nil
+	}
+	var err error
+	if e.configPath != "" {
+		e.cfg, err = loadConfig(e.configPath)
+	} else {
+		e.cfg, err = defaultConfig(e.stderr)
+	}
+	return e.cfg, err
+}
+
+func (e *env) openStore() (*Store, error) {
+	if e.store != nil {
+		return e.store, nil
+	}
+	cfg, err := e.config()
+	if err != nil {
+		return nil, err
+	}
+	st, err := openStore(cfg.Database, cfg.ServiceKeys)
+	if err != nil {
+		return nil, err
+	}
+	st.yubikey = cfg.YubiKey
+	e.store = st
+	return st, nil
+}
+
+type command struct {
+	name, args, summary string
+	run                 func(e *env, args []string) error
+}
+
+var commands []command
+
+func init() {
+	commands = []command{
+		{"generate-service-key", "PATH", "create a service key file (mode 0600)", cmdGenerateServiceKey},
+		{"reencrypt-keys", "", "re-seal every stored key to the first service key", cmdReencryptKeys},
+		{"keys", "[--json]", "list the stored keys", cmdKeys},
+		{"import-key", "--purpose P --private-key FILE ...", "import an existing private key", cmdImportKey},
+		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
+		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
+		{"audit", "[--json] [--key FPR] [--work-request N] | verify", "list or verify the audit log", cmdAudit},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "usage: debusine-signing [--config FILE] COMMAND [ARGS]\n\ncommands:\n")
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	for _, c := range commands {
+		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "\nThe configuration file may also be named by DEBUSINE_SIGNING_CONFIG; without one,\na default store in the per-user state directory is used.\n")
+}
+
+// run is the whole program; main only maps it to the process.
+func run(args []string, stdout, stderr io.Writer) (status int) {
+	e := &env{stdout: stdout, stderr: stderr, configPath: os.Getenv("DEBUSINE_SIGNING_CONFIG")}
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(stderr, "debusine-signing: internal error: %v\n%s", r, debug.Stack())
+			status = exitUnexpected
+		}
+		if e.store != nil {
+			e.store.Close()
+		}
+	}()
+	fs := flag.NewFlagSet("debusine-signing", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { usage(stderr) }
+	fs.StringVar(&e.configPath, "config", e.configPath, "configuration `file`")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() == 0 {
+		usage(stderr)
+		return exitUsage
+	}
+	name := fs.Arg(0)
+	if name == "help" {
+		usage(stdout)
+		return exitOK
+	}
+	for _, c := range commands {
+		if c.name == name {
+			return report(stderr, c.run(e, fs.Args()[1:]))
+		}
+	}
+	fmt.Fprintf(stderr, "debusine-signing: unknown command %q (see debusine-signing help)\n", name)
+	return exitUsage
+}
+
+func report(stderr io.Writer, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "debusine-signing: %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+	var ue usageError
+	if errors.As(err, &ue) || errors.Is(err, errFlagParse) {
+		return exitUsage
+	}
+	return exitError
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+var errFlagParse = errors.New("bad arguments")
+
+// parseFlags parses a command's flags; the flag package has already said
+// what was wrong when it fails.
+func parseFlags(fs *flag.FlagSet, e *env, args []string) error {
+	fs.SetOutput(e.stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%s: %w", fs.Name(), errFlagParse)
+	}
+	return nil
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+func cmdGenerateServiceKey(e *env, args []string) error {
+	fs := flag.NewFlagSet("generate-service-key", flag.ContinueOnError)
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("generate-service-key takes one argument: the PATH of the new key file")
+	}
+	return generateServiceKey(fs.Arg(0))
+}
+
+func cmdReencryptKeys(e *env, args []string) error {
+	fs := flag.NewFlagSet("reencrypt-keys", flag.ContinueOnError)
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("reencrypt-keys takes no arguments")
+	}
+	st, err := e.openStore()
+	if err != nil {
+		return err
+	}
+	moved, err := st.ReencryptKeys()
+	if err != nil {
+		return err
+	}
+	for _, k := range moved {
+		fmt.Fprintf(e.stdout, "re-encrypted %s\n", k)
+	}
+	fmt.Fprintf(e.stderr, "debusine-signing: %d key(s) re-encrypted to %s\n", len(moved), st.serviceKeys[0].path)
+	return nil
+}
+
+func cmdKeys(e *env, args []string) error {
+	fs := flag.NewFlagSet("keys", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("keys takes no arguments")
+	}
+	st, err := e.openStore()
+	if err != nil {
+		return err
+	}
+	keys, err := st.Keys()
+	if err != nil {
+		return err
+	}
+	type keyInfo struct {
+		Purpose     string `json:"purpose"`
+		Fingerprint string `json:"fingerprint"`
+		Storage     string `json:"storage"`
+		CreatedAt   string `json:"created_at"`
+		Description string `json:"description"`
+	}
+	var infos []keyInfo
+	var bad []string
+	for _, k := range keys {
+		storage, err := k.Storage()
+		if err != nil {
+			storage = "malformed"
+			bad = append(bad, k.String())
+		}
+		infos = append(infos, keyInfo{k.Purpose, k.Fingerprint, storage, k.CreatedAt.Format("2006-01-02T15:04:05Z"), k.Description})
+	}
+	if *asJSON {
+		if infos == nil {
+			infos = []keyInfo{}
+		}
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(infos); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(e.stdout, 2, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "PURPOSE\tFINGERPRINT\tSTORAGE\tCREATED\tDESCRIPTION")
+		for _, i := range infos {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", i.Purpose, i.Fingerprint, i.Storage, i.CreatedAt, i.Description)
+		}
+		tw.Flush()
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("malformed private_key JSON in the store for %s", strings.Join(bad, ", "))
+	}
+	return nil
+}
+
+func checkPurpose(p string) error {
+	if p != purposeUEFI && p != purposeOpenPGP {
+		return usagef("--purpose must be %s or %s, not %q", purposeUEFI, purposeOpenPGP, p)
+	}
+	return nil
+}
+
+func cmdImportKey(e *env, args []string) error {
+	fs := flag.NewFlagSet("import-key", flag.ContinueOnError)
+	purpose := fs.String("purpose", "", "uefi or openpgp")
+	privateKey := fs.String("private-key", "", "private key `file` (PEM for uefi, armoured for openpgp)")
+	certificate := fs.String("certificate", "", "certificate `file` (PEM, uefi)")
+	description := fs.String("description", "", "description")
+	passphraseFile := fs.String("passphrase-file", "", "`file` holding the passphrase of an openpgp key")
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("import-key takes no positional arguments")
+	}
+	if err := checkPurpose(*purpose); err != nil {
+		return err
+	}
+	if *privateKey == "" {
+		return usagef("import-key needs --private-key")
+	}
+	keyData, err := os.ReadFile(*privateKey)
+	if err != nil {
+		return err
+	}
+	defer clear(keyData)
+	var fpr string
+	switch *purpose {
+	case purposeUEFI:
+		if *certificate == "" {
+			return usagef("import-key --purpose uefi needs --certificate")
+		}
+		if *passphraseFile != "" {
+			return usagef("--passphrase-file is for openpgp keys")
+		}
+		certData, err := os.ReadFile(*certificate)
+		if err != nil {
+			return err
+		}
+		st, err := e.openStore()
+		if err != nil {
+			return err
+		}
+		fpr, err = importUEFIKey(st, keyData, certData, *description)
+		if err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("import-key: purpose %s is not supported yet", *purpose)
+	}
+	fmt.Fprintln(e.stdout, fpr)
+	return nil
+}
+
+func cmdRegisterPKCS11(e *env, args []string) error {
+	fs := flag.NewFlagSet("register-pkcs11-static-key", flag.ContinueOnError)
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 4 {
+		return usagef("register-pkcs11-static-key takes PURPOSE URI CERTIFICATE DESCRIPTION")
+	}
+	purpose, uri, certFile, description := fs.Arg(0), fs.Arg(1), fs.Arg(2), fs.Arg(3)
+	if err := checkPurpose(purpose); err != nil {
+		return err
+	}
+	if purpose != purposeUEFI {
+		return fmt.Errorf("register-pkcs11-static-key: only uefi keys can be held on a PKCS#11 token")
+	}
+	certData, err := os.ReadFile(certFile)
+	if err != nil {
+		return err
+	}
+	st, err := e.openStore()
+	if err != nil {
+		return err
+	}
+	fpr, err := registerPKCS11Key(st, uri, certData, description)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(e.stdout, fpr)
+	return nil
+}
+
+func cmdExportPublicKey(e *env, args []string) error {
+	fs := flag.NewFlagSet("export-public-key", flag.ContinueOnError)
+	purpose := fs.String("purpose", "", "uefi or openpgp")
+	fpr := fs.String("key", "", "key fingerprint")
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("export-public-key takes no positional arguments")
+	}
+	if err := checkPurpose(*purpose); err != nil {
+		return err
+	}
+	if *fpr == "" {
+		return usagef("export-public-key needs --key")
+	}
+	st, err := e.openStore()
+	if err != nil {
+		return err
+	}
+	k, err := st.Key(*purpose, *fpr)
+	if err != nil {
+		return err
+	}
+	_, err = e.stdout.Write(k.PublicKey)
+	return err
+}
+
+func cmdAudit(e *env, args []string) error {
+	if len(args) > 0 && args[0] == "verify" {
+		if len(args) != 1 {
+			return usagef("audit verify takes no arguments")
+		}
+		st, err := e.openStore()
+		if err != nil {
+			return err
+		}
+		v, err := st.VerifyAudit()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "audit log intact: %d rows, head %s\n", v.Rows, v.Head)
+		return nil
+	}
+	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON")
+	fpr := fs.String("key", "", "only rows of the key with this fingerprint")
+	wr := fs.String("work-request", "", "only rows of this work request")
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("audit takes no positional arguments (did you mean \"audit verify\"?)")
+	}
+	var f AuditFilter
+	f.Fingerprint = *fpr
+	if *wr != "" {
+		n, err := strconv.ParseInt(*wr, 10, 64)
+		if err != nil {
+			return usagef("--work-request must be a number, not %q", *wr)
+		}
+		f.WorkRequest = &n
+	}
+	st, err := e.openStore()
+	if err != nil {
+		return err
+	}
+	rows, err := st.AuditRows(f)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if rows == nil {
+			rows = []AuditRow{}
+		}
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 2, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tCREATED\tEVENT\tKEY\tWORK REQUEST\tDATA")
+	for _, r := range rows {
+		fmt.Fprintln(tw, r.String())
+	}
+	return tw.Flush()
+}

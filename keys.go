@@ -1,0 +1,615 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/x509"
+	"database/sql"
+	_ "embed"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/curve25519"
+	"golang.org/x/crypto/nacl/box"
+	_ "modernc.org/sqlite"
+)
+
+//go:embed schema.sql
+var schemaSQL string
+
+// applicationID marks a SQLite file as a debusine-signing database ("DBSG"),
+// so that a foreign database is refused instead of being written to.
+const applicationID = 0x44425347
+
+const (
+	purposeUEFI    = "uefi"
+	purposeOpenPGP = "openpgp"
+
+	storageNaCl   = "nacl"
+	storagePKCS11 = "pkcs11-static"
+)
+
+var (
+	errUnknownKey   = errors.New("unknown key")
+	errDuplicateKey = errors.New("key already in the store")
+)
+
+// Store is the SQLite key store and audit log.
+type Store struct {
+	db          *sql.DB
+	path        string
+	serviceKeys []*serviceKey
+	// yubikey configures access to keys held on a YubiKey; set by main.
+	yubikey YubiKeyConfig
+}
+
+// Key is one row of the keys table.
+type Key struct {
+	Purpose     string
+	Fingerprint string
+	PrivateKey  []byte // the protected representation, JSON; never plaintext
+	PublicKey   []byte
+	Description string
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+}
+
+// protectedKey is the private_key JSON, in the two storage kinds Debusine
+// writes, so that keys move between a Debusine database and this one as is.
+type protectedKey struct {
+	Storage   string `json:"storage"`
+	PublicKey []byte `json:"public_key,omitempty"`
+	Encrypted []byte `json:"encrypted,omitempty"`
+	PKCS11URI string `json:"pkcs11_uri,omitempty"`
+}
+
+func parseProtectedKey(data []byte) (*protectedKey, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var p protectedKey
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("malformed private_key JSON: %v", err)
+	}
+	if dec.More() {
+		return nil, errors.New("malformed private_key JSON: trailing data")
+	}
+	switch p.Storage {
+	case storageNaCl:
+		if len(p.PublicKey) != 32 {
+			return nil, fmt.Errorf("malformed private_key JSON: nacl public_key has %d bytes, want 32", len(p.PublicKey))
+		}
+		if len(p.Encrypted) <= box.AnonymousOverhead {
+			return nil, errors.New("malformed private_key JSON: nacl encrypted data missing or too short")
+		}
+		if p.PKCS11URI != "" {
+			return nil, errors.New("malformed private_key JSON: nacl storage with a pkcs11_uri")
+		}
+	case storagePKCS11:
+		if !strings.HasPrefix(p.PKCS11URI, "pkcs11:") {
+			return nil, errors.New("malformed private_key JSON: pkcs11-static storage needs a pkcs11_uri starting with \"pkcs11:\"")
+		}
+		if p.PublicKey != nil || p.Encrypted != nil {
+			return nil, errors.New("malformed private_key JSON: pkcs11-static storage with nacl fields")
+		}
+	default:
+		return nil, fmt.Errorf("malformed private_key JSON: unknown storage %q", p.Storage)
+	}
+	return &p, nil
+}
+
+func (k *Key) String() string { return k.Purpose + ":" + k.Fingerprint }
+
+// Storage returns the storage kind of the key: "nacl" or "pkcs11-static".
+func (k *Key) Storage() (string, error) {
+	p, err := parseProtectedKey(k.PrivateKey)
+	if err != nil {
+		return "", fmt.Errorf("key %s: %w", k, err)
+	}
+	return p.Storage, nil
+}
+
+// PKCS11URI returns the token URI of a pkcs11-static key.
+func (k *Key) PKCS11URI() (string, error) {
+	p, err := parseProtectedKey(k.PrivateKey)
+	if err != nil {
+		return "", fmt.Errorf("key %s: %w", k, err)
+	}
+	if p.Storage != storagePKCS11 {
+		return "", fmt.Errorf("key %s is not held on a token (storage %s)", k, p.Storage)
+	}
+	return p.PKCS11URI, nil
+}
+
+// pkcs11KeyJSON is the private_key JSON of a key that stays on a token.
+func pkcs11KeyJSON(uri string) ([]byte, error) {
+	if !strings.HasPrefix(uri, "pkcs11:") {
+		return nil, fmt.Errorf("PKCS#11 URI %q does not start with \"pkcs11:\"", uri)
+	}
+	return json.Marshal(protectedKey{Storage: storagePKCS11, PKCS11URI: uri})
+}
+
+// serviceKey is a Curve25519 key pair; the private half is the 32 raw bytes
+// of the file, as PyNaCl's bytes(PrivateKey) writes them.
+type serviceKey struct {
+	path    string
+	private [32]byte
+	public  [32]byte
+}
+
+func loadServiceKey(path string) (*serviceKey, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("service key: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("service key: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("service key %s: not a regular file", path)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("service key %s: permissions %04o are too open (readable by group or others); run chmod 600 %s", path, fi.Mode().Perm(), path)
+	}
+	buf, err := io.ReadAll(io.LimitReader(f, 33))
+	if err != nil {
+		return nil, fmt.Errorf("service key %s: %w", path, err)
+	}
+	if len(buf) != 32 {
+		return nil, fmt.Errorf("service key %s: not a service key (want exactly 32 bytes)", path)
+	}
+	k := &serviceKey{path: path}
+	copy(k.private[:], buf)
+	pub, err := curve25519.X25519(k.private[:], curve25519.Basepoint)
+	if err != nil {
+		return nil, fmt.Errorf("service key %s: %w", path, err)
+	}
+	copy(k.public[:], pub)
+	return k, nil
+}
+
+// generateServiceKey writes a new service key to path, never overwriting one.
+func generateServiceKey(path string) error {
+	var key [32]byte
+	if _, err := rand.Read(key[:]); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("service key %s already exists; refusing to overwrite it", path)
+	}
+	if err != nil {
+		return fmt.Errorf("service key: %w", err)
+	}
+	if _, err := f.Write(key[:]); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("service key %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("service key %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// openStore opens (creating or migrating as needed) the database at dbPath
+// and loads the service keys. The first service key seals new keys; any of
+// them may unseal.
+func openStore(dbPath string, serviceKeyPaths []string) (*Store, error) {
+	s := &Store{path: dbPath}
+	for _, p := range serviceKeyPaths {
+		k, err := loadServiceKey(p)
+		if err != nil {
+			return nil, err
+		}
+		s.serviceKeys = append(s.serviceKeys, k)
+	}
+	if strings.ContainsAny(dbPath, "?#") {
+		return nil, fmt.Errorf("database %s: the path may not contain '?' or '#'", dbPath)
+	}
+	// Create the file ourselves so that it is not world-readable; SQLite
+	// gives its -wal and -shm files the same permissions.
+	if f, err := os.OpenFile(dbPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+		f.Close()
+	} else if !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	// Look before writing: the journal_mode pragma below would already
+	// change the header of somebody else's database.
+	if err := checkDatabaseFile(dbPath); err != nil {
+		return nil, fmt.Errorf("database %s: %w", dbPath, err)
+	}
+	// busy_timeout makes a second process wait for the lock instead of
+	// failing; _txlock=immediate takes the write lock at BEGIN, so that a
+	// transaction never has to upgrade a read lock, which SQLite cannot wait
+	// for ("database is locked" despite the timeout).
+	dsn := "file:" + dbPath + "?_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)" +
+		"&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_txlock=immediate"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("database %s: %w", dbPath, err)
+	}
+	s.db = db
+	if err := s.migrate(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("database %s: %w", dbPath, err)
+	}
+	return s, nil
+}
+
+func (s *Store) Close() error { return s.db.Close() }
+
+// schemaSections splits schema.sql into its "-- version N" sections.
+func schemaSections() []string {
+	var sections []string
+	for i, part := range strings.Split(schemaSQL, "\n-- version ") {
+		if i == 0 {
+			continue
+		}
+		nl := strings.IndexByte(part, '\n')
+		if n, err := strconv.Atoi(part[:nl]); err != nil || n != i {
+			panic(fmt.Sprintf("schema.sql: section %d is numbered %q", i, part[:nl]))
+		}
+		sections = append(sections, part[nl+1:])
+	}
+	return sections
+}
+
+// checkDatabaseFile refuses, without writing to it, a file that is not a
+// SQLite database or is somebody else's.
+func checkDatabaseFile(path string) error {
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(30000)")
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	var appID, tables int
+	if err := db.QueryRow("PRAGMA application_id").Scan(&appID); err != nil {
+		return sqliteError(err)
+	}
+	if err := db.QueryRow("SELECT count(*) FROM sqlite_schema").Scan(&tables); err != nil {
+		return sqliteError(err)
+	}
+	switch {
+	case appID == 0 && tables > 0:
+		return errors.New("not a debusine-signing database (it holds other tables); refusing to touch it")
+	case appID != 0 && appID != applicationID:
+		return fmt.Errorf("not a debusine-signing database (application_id %#x)", appID)
+	}
+	return nil
+}
+
+func (s *Store) migrate() error {
+	sections := schemaSections()
+	tx, err := s.db.Begin()
+	if err != nil {
+		return sqliteError(err)
+	}
+	defer tx.Rollback()
+	var version int
+	if err := tx.QueryRow("PRAGMA user_version").Scan(&version); err != nil {
+		return sqliteError(err)
+	}
+	if version > len(sections) {
+		return fmt.Errorf("schema version %d is newer than this program knows (%d); upgrade debusine-signing", version, len(sections))
+	}
+	if version == len(sections) {
+		return nil
+	}
+	for _, section := range sections[version:] {
+		if _, err := tx.Exec(section); err != nil {
+			return fmt.Errorf("migrating schema: %w", err)
+		}
+	}
+	if _, err := tx.Exec(fmt.Sprintf("PRAGMA application_id = %d; PRAGMA user_version = %d", applicationID, len(sections))); err != nil {
+		return fmt.Errorf("migrating schema: %w", err)
+	}
+	return tx.Commit()
+}
+
+// sqliteError makes SQLite's answer to a file that is not a database (or a
+// damaged one) say what it means to an operator.
+func sqliteError(err error) error {
+	msg := err.Error()
+	if strings.Contains(msg, "file is not a database") || strings.Contains(msg, "malformed") {
+		return fmt.Errorf("not a SQLite database or damaged (%v)", err)
+	}
+	return err
+}
+
+const timeFormat = "2006-01-02T15:04:05.000000Z"
+
+func nowUTC() string { return time.Now().UTC().Format(timeFormat) }
+
+const keyColumns = "purpose, fingerprint, private_key, public_key, description, created_at, updated_at"
+
+func scanKey(row interface{ Scan(...any) error }) (*Key, error) {
+	var k Key
+	var privateKey, created, updated string
+	if err := row.Scan(&k.Purpose, &k.Fingerprint, &privateKey, &k.PublicKey, &k.Description, &created, &updated); err != nil {
+		return nil, err
+	}
+	k.PrivateKey = []byte(privateKey)
+	var err error
+	if k.CreatedAt, err = time.Parse(timeFormat, created); err != nil {
+		return nil, fmt.Errorf("key %s: bad created_at: %w", &k, err)
+	}
+	if k.UpdatedAt, err = time.Parse(timeFormat, updated); err != nil {
+		return nil, fmt.Errorf("key %s: bad updated_at: %w", &k, err)
+	}
+	return &k, nil
+}
+
+// Key returns the key with this purpose and fingerprint (case-insensitive).
+func (s *Store) Key(purpose, fingerprint string) (*Key, error) {
+	fingerprint = strings.ToUpper(fingerprint)
+	row := s.db.QueryRow("SELECT "+keyColumns+" FROM keys WHERE purpose = ? AND fingerprint = ?", purpose, fingerprint)
+	k, err := scanKey(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		var other string
+		if s.db.QueryRow("SELECT purpose FROM keys WHERE fingerprint = ?", fingerprint).Scan(&other) == nil {
+			return nil, fmt.Errorf("key %s is a %s key, not %s: %w", fingerprint, other, purpose, errUnknownKey)
+		}
+		return nil, fmt.Errorf("%w: %s:%s", errUnknownKey, purpose, fingerprint)
+	}
+	if err != nil {
+		return nil, sqliteError(err)
+	}
+	return k, nil
+}
+
+// Keys returns every key, ordered by purpose and creation.
+func (s *Store) Keys() ([]*Key, error) {
+	rows, err := s.db.Query("SELECT " + keyColumns + " FROM keys ORDER BY purpose, created_at, fingerprint")
+	if err != nil {
+		return nil, sqliteError(err)
+	}
+	defer rows.Close()
+	var keys []*Key
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, rows.Err()
+}
+
+// AddKey stores a key and its "generate" or "register" audit row in one
+// transaction: a key is never in the store without its audit row.
+func (s *Store) AddKey(k *Key, event string, workRequest *int64) error {
+	return s.AddKeyWithData(k, event, map[string]any{"description": k.Description}, workRequest)
+}
+
+// AddKeyWithData is AddKey with the audit row's data given in full (for
+// example with a token's attestation beside the description).
+func (s *Store) AddKeyWithData(k *Key, event string, data map[string]any, workRequest *int64) error {
+	if event != "generate" && event != "register" {
+		return fmt.Errorf("AddKey: event %q is neither generate nor register", event)
+	}
+	k.Fingerprint = strings.ToUpper(k.Fingerprint)
+	if _, err := parseProtectedKey(k.PrivateKey); err != nil {
+		return fmt.Errorf("key %s: %w", k, err)
+	}
+	tx, err := s.db.Begin()
+	if err != nil {
+		return sqliteError(err)
+	}
+	defer tx.Rollback()
+	var exists int
+	err = tx.QueryRow("SELECT 1 FROM keys WHERE purpose = ? AND fingerprint = ?", k.Purpose, k.Fingerprint).Scan(&exists)
+	if err == nil {
+		return fmt.Errorf("%w: %s", errDuplicateKey, k)
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return sqliteError(err)
+	}
+	now := nowUTC()
+	if _, err := tx.Exec("INSERT INTO keys ("+keyColumns+") VALUES (?, ?, ?, ?, ?, ?, ?)",
+		k.Purpose, k.Fingerprint, string(k.PrivateKey), k.PublicKey, k.Description, now, now); err != nil {
+		return fmt.Errorf("storing key %s: %w", k, err)
+	}
+	if err := appendAudit(tx, AuditEntry{Event: event, Purpose: k.Purpose, Fingerprint: k.Fingerprint, Data: data, WorkRequest: workRequest}); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("storing key %s: %w", k, err)
+	}
+	k.CreatedAt, _ = time.Parse(timeFormat, now)
+	k.UpdatedAt = k.CreatedAt
+	return nil
+}
+
+// Seal protects a plaintext private key with the first service key.
+func (s *Store) Seal(plaintext []byte) ([]byte, error) {
+	if len(s.serviceKeys) == 0 {
+		return nil, errors.New("no service key configured (service_keys in the configuration)")
+	}
+	sk := s.serviceKeys[0]
+	sealed, err := box.SealAnonymous(nil, plaintext, &sk.public, rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("sealing with service key %s: %w", sk.path, err)
+	}
+	return json.Marshal(protectedKey{Storage: storageNaCl, PublicKey: sk.public[:], Encrypted: sealed})
+}
+
+// Unseal returns the plaintext private key of a nacl key. The plaintext
+// lives in memory only; callers must never write it anywhere.
+func (s *Store) Unseal(k *Key) ([]byte, error) {
+	p, err := parseProtectedKey(k.PrivateKey)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", k, err)
+	}
+	if p.Storage != storageNaCl {
+		return nil, fmt.Errorf("key %s is held on a token (%s), it cannot be unsealed", k, p.Storage)
+	}
+	sk := s.serviceKeyFor(p.PublicKey)
+	if sk == nil {
+		return nil, fmt.Errorf("key %s is sealed to service public key %s, and no configured service key matches it", k, base64.StdEncoding.EncodeToString(p.PublicKey))
+	}
+	plain, ok := box.OpenAnonymous(nil, p.Encrypted, &sk.public, &sk.private)
+	if !ok {
+		return nil, fmt.Errorf("key %s: cannot decrypt with service key %s (corrupt data)", k, sk.path)
+	}
+	return plain, nil
+}
+
+func (s *Store) serviceKeyFor(public []byte) *serviceKey {
+	for _, sk := range s.serviceKeys {
+		if bytes.Equal(sk.public[:], public) {
+			return sk
+		}
+	}
+	return nil
+}
+
+// ReencryptKeys re-seals every software key that is not sealed to the first
+// service key, with one audit row per key, all in one transaction: either
+// every key moves to the new service key or none does.
+func (s *Store) ReencryptKeys() ([]*Key, error) {
+	if len(s.serviceKeys) == 0 {
+		return nil, errors.New("no service key configured (service_keys in the configuration)")
+	}
+	first := s.serviceKeys[0]
+	tx, err := s.db.Begin()
+	if err != nil {
+		return nil, sqliteError(err)
+	}
+	defer tx.Rollback()
+	rows, err := tx.Query("SELECT " + keyColumns + " FROM keys ORDER BY purpose, fingerprint")
+	if err != nil {
+		return nil, sqliteError(err)
+	}
+	var keys []*Key
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			rows.Close()
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, sqliteError(err)
+	}
+	var moved []*Key
+	for _, k := range keys {
+		p, err := parseProtectedKey(k.PrivateKey)
+		if err != nil {
+			return nil, fmt.Errorf("key %s: %w", k, err)
+		}
+		if p.Storage != storageNaCl || bytes.Equal(p.PublicKey, first.public[:]) {
+			continue
+		}
+		plain, err := s.Unseal(k)
+		if err != nil {
+			return nil, err
+		}
+		sealed, err := s.Seal(plain)
+		clear(plain)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec("UPDATE keys SET private_key = ?, updated_at = ? WHERE purpose = ? AND fingerprint = ?",
+			string(sealed), nowUTC(), k.Purpose, k.Fingerprint); err != nil {
+			return nil, fmt.Errorf("re-encrypting key %s: %w", k, err)
+		}
+		data := map[string]any{
+			"from_service_key": base64.StdEncoding.EncodeToString(p.PublicKey),
+			"to_service_key":   base64.StdEncoding.EncodeToString(first.public[:]),
+		}
+		if err := appendAudit(tx, AuditEntry{Event: "reencrypt", Purpose: k.Purpose, Fingerprint: k.Fingerprint, Data: data}); err != nil {
+			return nil, err
+		}
+		moved = append(moved, k)
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, fmt.Errorf("re-encrypting keys: %w", err)
+	}
+	return moved, nil
+}
+
+// defaultStateDir is where the embedded default keeps its database and
+// service key when no configuration file is given.
+func defaultStateDir() (string, error) {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "debusine-signing"), nil
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/debusine-signing", nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no state directory: set XDG_STATE_HOME or HOME, or give --config: %w", err)
+	}
+	return filepath.Join(home, ".local", "state", "debusine-signing"), nil
+}
+
+// importUEFIKey stores an existing UEFI key pair: the private key is
+// checked against the certificate, then sealed; the event is "register".
+func importUEFIKey(st *Store, keyPEM, certPEM []byte, description string) (string, error) {
+	signer, cert, err := parseUEFIKeyPair(keyPEM, certPEM)
+	if err != nil {
+		return "", err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(signer)
+	if err != nil {
+		return "", fmt.Errorf("private key: %w", err)
+	}
+	plain := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	clear(der)
+	sealed, err := st.Seal(plain)
+	clear(plain)
+	if err != nil {
+		return "", err
+	}
+	k := &Key{
+		Purpose:     purposeUEFI,
+		Fingerprint: certificateFingerprint(cert),
+		PrivateKey:  sealed,
+		PublicKey:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
+		Description: description,
+	}
+	if err := st.AddKey(k, "register", nil); err != nil {
+		return "", err
+	}
+	return k.Fingerprint, nil
+}
+
+// registerPKCS11Key records a UEFI key that stays on a PKCS#11 token, by
+// its URI and certificate, as Debusine's register_pkcs11_static_key does.
+func registerPKCS11Key(st *Store, uri string, certPEM []byte, description string) (string, error) {
+	cert, err := parseCertificatePEM(certPEM)
+	if err != nil {
+		return "", err
+	}
+	private, err := pkcs11KeyJSON(uri)
+	if err != nil {
+		return "", err
+	}
+	k := &Key{
+		Purpose:     purposeUEFI,
+		Fingerprint: certificateFingerprint(cert),
+		PrivateKey:  private,
+		PublicKey:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
+		Description: description,
+	}
+	if err := st.AddKey(k, "register", nil); err != nil {
+		return "", err
+	}
+	return k.Fingerprint, nil
+}
