@@ -32,7 +32,8 @@ import (
 // reader driver (vpcd), which pcscd loads from /etc/reader.conf.d/vpcd, so
 // the code under test runs its real path: piv-go -> libpcsclite -> pcscd ->
 // vpcd -> this card. The card holds real RSA keys and answers real
-// cryptography; only touch is not simulated.
+// cryptography; only touch is not simulated. PIVCARD_DEBUG=1 in the
+// environment prints what vpcd sends the card.
 //
 // vpcd's wire format: the card is the TCP client; every message is a 2-byte
 // big-endian length and a payload. A 1-byte payload from vpcd is a control
@@ -228,6 +229,12 @@ func (c *virtualYubiKey) remove() {
 	c.mu.Lock()
 	c.resetVolatile()
 	c.mu.Unlock()
+	// pcscd polls vpcd for the card every 400 ms. A real YubiKey takes its
+	// reader away when unplugged, which pcscd sees at once; waiting for the
+	// poll makes this removal look the same. (Otherwise a client may connect
+	// to the card pcscd still believes present, fail, and piv-go's Open
+	// leaks that exclusive handle until the process ends.)
+	time.Sleep(time.Second)
 }
 
 func (c *virtualYubiKey) serve(conn net.Conn, served, powered chan struct{}) {
@@ -243,6 +250,9 @@ func (c *virtualYubiKey) serve(conn net.Conn, served, powered chan struct{}) {
 			return
 		}
 		var reply []byte
+		if os.Getenv("PIVCARD_DEBUG") != "" {
+			fmt.Fprintf(os.Stderr, "pivcard %d: <- % x\n", c.port, msg)
+		}
 		if len(msg) == 1 {
 			switch msg[0] {
 			case 0, 1, 2: // power off, power on, reset: no answer
