@@ -241,6 +241,7 @@ func (c *virtualYubiKey) serve(conn net.Conn, served, powered chan struct{}) {
 	defer close(served)
 	var once sync.Once
 	for {
+		quickACK(conn)
 		var hdr [2]byte
 		if _, err := io.ReadFull(conn, hdr[:]); err != nil {
 			return
@@ -251,7 +252,7 @@ func (c *virtualYubiKey) serve(conn net.Conn, served, powered chan struct{}) {
 		}
 		var reply []byte
 		if os.Getenv("PIVCARD_DEBUG") != "" {
-			fmt.Fprintf(os.Stderr, "pivcard %d: <- % x\n", c.port, msg)
+			fmt.Fprintf(os.Stderr, "pivcard %d %s: <- % x\n", c.port, time.Now().Format("05.000000"), msg)
 		}
 		if len(msg) == 1 {
 			switch msg[0] {
@@ -277,6 +278,22 @@ func (c *virtualYubiKey) serve(conn net.Conn, served, powered chan struct{}) {
 		if _, err := conn.Write(append(out, reply...)); err != nil {
 			return
 		}
+	}
+}
+
+// quickACK turns off delayed ACKs until the next read. vpcd writes a
+// message's length and its payload separately; with Nagle on its side and
+// delayed ACKs on ours, every APDU would wait 40 ms for the ACK of its
+// length prefix. Linux clears the flag as it works, so it is set per read.
+func quickACK(conn net.Conn) {
+	tc, ok := conn.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	if raw, err := tc.SyscallConn(); err == nil {
+		raw.Control(func(fd uintptr) {
+			syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_QUICKACK, 1)
+		})
 	}
 }
 

@@ -592,4 +592,23 @@ func BenchmarkTokenSign(b *testing.B) {
 			}
 		})
 	}
+	// What the pool saves: a session opened (reader scan, applet selection,
+	// key lookup, PIN) for every signature.
+	b.Run("new-session-each", func(b *testing.B) {
+		card := startVirtualYubiKey(b, testTokenSerial)
+		loadTokenKey(b, card, 0x9c, 2, true)
+		te, _ := yubiKeyTestEnv(b, "123456")
+		uri, _ := tokenKeyURI(testTokenSerial, 0x9c)
+		digest := sha256.Sum256([]byte("x"))
+		for b.Loop() {
+			resetTokenPool()
+			signer, err := tokenSigner(te.cfg.YubiKey, uri)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
