@@ -498,3 +498,28 @@ func auditRows(t testing.TB, st *Store, f AuditFilter) []AuditRow {
 	return rows
 }
 
+// FuzzParseProtectedKey feeds the private_key JSON parser, which reads rows
+// that may come from another Debusine database or a hand edit.
+func FuzzParseProtectedKey(f *testing.F) {
+	f.Add([]byte(`{"storage": "nacl", "public_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "encrypted": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=="}`))
+	f.Add([]byte(`{"storage": "pkcs11-static", "pkcs11_uri": "pkcs11:serial=1;id=%02"}`))
+	f.Add([]byte(`{"storage": "nacl"} {}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := parseProtectedKey(data)
+		if err != nil {
+			return
+		}
+		switch p.Storage {
+		case storageNaCl:
+			if len(p.PublicKey) != 32 {
+				t.Fatalf("accepted a nacl key with a %d-byte public key", len(p.PublicKey))
+			}
+		case storagePKCS11:
+			if !strings.HasPrefix(p.PKCS11URI, "pkcs11:") {
+				t.Fatalf("accepted URI %q", p.PKCS11URI)
+			}
+		default:
+			t.Fatalf("accepted storage %q", p.Storage)
+		}
+	})
+}

@@ -208,7 +208,9 @@ func init() {
 		{"generate-service-key", "PATH", "create a service key file (mode 0600)", cmdGenerateServiceKey},
 		{"reencrypt-keys", "", "re-seal every stored key to the first service key", cmdReencryptKeys},
 		{"keys", "[--json]", "list the stored keys", cmdKeys},
+		{"generate-key", "--purpose P --description TEXT", "generate a key, print its fingerprint", cmdGenerateKey},
 		{"import-key", "--purpose P --private-key FILE ...", "import an existing private key", cmdImportKey},
+		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] FILE...", "sign files", cmdSign},
 		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
@@ -449,11 +451,91 @@ func cmdImportKey(e *env, args []string) error {
 		if err != nil {
 			return err
 		}
+	case purposeOpenPGP:
+		if *certificate != "" {
+			return usagef("--certificate is for uefi keys")
+		}
+		var passphrase []byte
+		if *passphraseFile != "" {
+			data, err := os.ReadFile(*passphraseFile)
+			if err != nil {
+				return err
+			}
+			defer clear(data)
+			// Like gpg --passphrase-file: the first line is the passphrase.
+			passphrase, _, _ = bytes.Cut(data, []byte("\n"))
+		}
+		st, err := e.openStore()
+		if err != nil {
+			return err
+		}
+		fpr, err = importOpenPGPKey(st, keyData, passphrase, *description)
+		if err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("import-key: purpose %s is not supported yet", *purpose)
 	}
 	fmt.Fprintln(e.stdout, fpr)
 	return nil
+}
+
+func cmdGenerateKey(e *env, args []string) error {
+	fs := flag.NewFlagSet("generate-key", flag.ContinueOnError)
+	purpose := fs.String("purpose", "", "uefi or openpgp")
+	description := fs.String("description", "", "description (openpgp: the user ID)")
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("generate-key takes no positional arguments")
+	}
+	if err := checkPurpose(*purpose); err != nil {
+		return err
+	}
+	if *description == "" {
+		return usagef("generate-key needs --description")
+	}
+	var fpr string
+	switch *purpose {
+	case purposeOpenPGP:
+		st, err := e.openStore()
+		if err != nil {
+			return err
+		}
+		if fpr, err = generateOpenPGPKey(st, *description, nil); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("generate-key: purpose %s is not supported yet", *purpose)
+	}
+	fmt.Fprintln(e.stdout, fpr)
+	return nil
+}
+
+func cmdSign(e *env, args []string) error {
+	fs := flag.NewFlagSet("sign", flag.ContinueOnError)
+	purpose := fs.String("purpose", "", "uefi or openpgp")
+	var keys stringList
+	fs.Var(&keys, "key", "key `fingerprint` (openpgp: repeat to sign with several keys)")
+	mode := fs.String("mode", "", "uefi: detached|attached; openpgp: detached|clear|debsign")
+	output := fs.String("output", "", "output `path` (one FILE only; a directory for debsign)")
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if err := checkPurpose(*purpose); err != nil {
+		return err
+	}
+	switch *purpose {
+	case purposeOpenPGP:
+		st, err := e.openStore()
+		if err != nil {
+			return err
+		}
+		return signOpenPGPFiles(st, keys, *mode, *output, fs.Args())
+	default:
+		return fmt.Errorf("sign: purpose %s is not supported yet", *purpose)
+	}
 }
 
 func cmdRegisterPKCS11(e *env, args []string) error {
