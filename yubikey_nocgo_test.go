@@ -15,8 +15,9 @@ func TestYubiKeyWithoutCGO(t *testing.T) {
 	if want := "debusine-signing: this build has no PC/SC (YubiKey) support: rebuild with CGO_ENABLED=1\n"; status != 3 || stderr != want {
 		t.Errorf("exit %d, stderr %q; want 3, %q", status, stderr, want)
 	}
-	if _, err := generateYubiKeyCommand(te.store(t), purposeUEFI, "x", "1", "9c"); err == nil || !strings.Contains(err.Error(), "no PC/SC") {
-		t.Errorf("generate: %v", err)
+	status, _, stderr = te.run(t, "generate-key", "--purpose", "uefi", "--description", "x", "--yubikey", "1", "--slot", "9c")
+	if !strings.HasSuffix(stderr, "no PC/SC (YubiKey) support: rebuild with CGO_ENABLED=1\n") || status != 3 {
+		t.Errorf("generate-key --yubikey: exit %d, stderr %q", status, stderr)
 	}
 	uri, _ := tokenKeyURI(1, 0x9c)
 	if _, err := tokenSigner(YubiKeyConfig{}, uri); err == nil || !strings.Contains(err.Error(), "rebuild with CGO_ENABLED=1") {

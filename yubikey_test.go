@@ -192,11 +192,10 @@ func TestYubiKeyRegisterRefusals(t *testing.T) {
 func TestYubiKeyGenerate(t *testing.T) {
 	card := startVirtualYubiKey(t, testTokenSerial)
 	te, _ := yubiKeyTestEnv(t, "123456")
+	fpr := strings.TrimSpace(te.mustRun(t, "generate-key", "--purpose", "uefi", "--description", "Debusine UEFI on a token",
+		"--yubikey", fmt.Sprint(testTokenSerial), "--slot", "9c"))
+	resetTokenPool()
 	st := te.store(t)
-	fpr, err := generateYubiKeyCommand(st, purposeUEFI, "Debusine UEFI on a token", fmt.Sprint(testTokenSerial), "9c")
-	if err != nil {
-		t.Fatal(err)
-	}
 	k, err := st.Key(purposeUEFI, fpr)
 	if err != nil {
 		t.Fatal(err)
