@@ -235,13 +235,8 @@ func (k *tokenKey) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([
 	}
 	var sig []byte
 	err := k.token.do(func(yk *piv.YubiKey) error {
-		var pinHash *[32]byte
-		if pin != "" {
-			h := sha256.Sum256([]byte(pin))
-			pinHash = &h
-			if k.token.rejectedPIN != nil && *k.token.rejectedPIN == h {
-				return fmt.Errorf("YubiKey %d: not presenting the PIN from %s again: %s", k.token.serial, k.pinSource, k.token.rejection)
-			}
+		if err := k.token.refuseRejectedPIN(pin, k.pinSource); err != nil {
+			return err
 		}
 		priv, err := yk.PrivateKey(k.slot, k.pub, piv.KeyAuth{PIN: pin, PINPolicy: k.pinPolicy})
 		if err != nil {
@@ -252,25 +247,45 @@ func (k *tokenKey) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([
 			return fmt.Errorf("YubiKey %d: PIV slot %s does not hold a signing key", k.token.serial, k.slot)
 		}
 		sig, err = signer.Sign(rnd, digest, opts)
-		var auth piv.AuthErr
-		switch {
-		case err == nil:
-			if pinHash != nil {
+		if err == nil {
+			if pin != "" {
 				k.token.rejectedPIN = nil
 			}
 			return nil
-		case errors.As(err, &auth) && pinHash != nil:
-			k.token.rejectedPIN = pinHash
-			if auth.Retries == 0 {
-				k.token.rejection = "the token refused it and the PIN is now blocked (unblock it with the PUK: yubico-piv-tool -a unblock-pin)"
-			} else {
-				k.token.rejection = fmt.Sprintf("the token refused it, %d retries left before the PIN blocks", auth.Retries)
-			}
-			return fmt.Errorf("YubiKey %d: wrong PIN in %s: %s; it will not be tried again until the file changes", k.token.serial, k.pinSource, k.token.rejection)
+		}
+		if pinErr := k.token.pinRefused(err, pin, k.pinSource); pinErr != nil {
+			return pinErr
 		}
 		return fmt.Errorf("YubiKey %d: signing with PIV slot %s: %w", k.token.serial, k.slot, err)
 	})
 	return sig, err
+}
+
+// refuseRejectedPIN fails when pin is the one the token last refused.
+// Called with the token locked.
+func (t *token) refuseRejectedPIN(pin, source string) error {
+	if pin == "" || t.rejectedPIN == nil || *t.rejectedPIN != sha256.Sum256([]byte(pin)) {
+		return nil
+	}
+	return fmt.Errorf("YubiKey %d: not presenting the PIN from %s again: %s", t.serial, source, t.rejection)
+}
+
+// pinRefused turns the token's refusal of a PIN into the error to report,
+// and remembers the PIN so that it is not presented again; it returns nil
+// when err is not a PIN refusal. Called with the token locked.
+func (t *token) pinRefused(err error, pin, source string) error {
+	var auth piv.AuthErr
+	if pin == "" || !errors.As(err, &auth) {
+		return nil
+	}
+	h := sha256.Sum256([]byte(pin))
+	t.rejectedPIN = &h
+	if auth.Retries == 0 {
+		t.rejection = "the token refused it and the PIN is now blocked (unblock it with the PUK: ykman piv access unblock-pin)"
+	} else {
+		t.rejection = fmt.Sprintf("the token refused it, %d retries left before the PIN blocks", auth.Retries)
+	}
+	return fmt.Errorf("YubiKey %d: wrong PIN in %s: %s; it will not be tried again until the file changes", t.serial, source, t.rejection)
 }
 
 func (k *tokenKey) noPINError() error {
@@ -470,6 +485,14 @@ func generateYubiKeyKey(st *Store, serial uint32, slot byte, description string,
 	}
 	defer clear(mgmtKey)
 	k := &tokenKey{token: tokens.get(serial), slot: ps, pinPolicy: pinPolicy, pinSource: cfg.PINFile}
+	// The new key signs its own certificate: a PIN problem found only then
+	// would leave an unrecorded key in the slot, so the PIN is checked first.
+	var pin string
+	if pinPolicy != piv.PINPolicyNever {
+		if pin, err = k.readPIN(); err != nil {
+			return "", err
+		}
+	}
 	err = k.token.do(func(yk *piv.YubiKey) error {
 		// Generating replaces the slot's key for good: never over a key.
 		if _, err := yk.KeyInfo(ps); err == nil {
@@ -477,6 +500,17 @@ func generateYubiKeyKey(st *Store, serial uint32, slot byte, description string,
 		}
 		if _, err := yk.Certificate(ps); err == nil {
 			return fmt.Errorf("YubiKey %d: PIV slot %s already holds a certificate; generating would replace its key (choose an empty slot)", serial, ps)
+		}
+		if pin != "" {
+			if err := k.token.refuseRejectedPIN(pin, k.pinSource); err != nil {
+				return err
+			}
+			if err := yk.VerifyPIN(pin); err != nil {
+				if pinErr := k.token.pinRefused(err, pin, k.pinSource); pinErr != nil {
+					return pinErr
+				}
+				return fmt.Errorf("YubiKey %d: verifying the PIN: %w", serial, err)
+			}
 		}
 		pub, err := yk.GenerateKey(mgmtKey, ps, piv.Key{Algorithm: piv.AlgorithmRSA2048, PINPolicy: pinPolicy, TouchPolicy: touchPolicy})
 		if err != nil {

@@ -281,6 +281,61 @@ func TestYubiKeyGenerate(t *testing.T) {
 	if _, err := generateYubiKeyCommand(st, purposeOpenPGP, "x", fmt.Sprint(testTokenSerial), "9d"); err == nil {
 		t.Error("openpgp key generated on a YubiKey")
 	}
+	// A wrong PIN is found before the key is made, not when the new key
+	// would sign its certificate.
+	st.yubikey.ManagementKeyFile = filepath.Join(te.dir, "management-key")
+	st.yubikey.PINFile = writeFile(t, te.dir, "wrong-pin", []byte("999999"))
+	if _, err := generateYubiKeyCommand(st, purposeUEFI, "x", fmt.Sprint(testTokenSerial), "9d"); err == nil || !strings.Contains(err.Error(), "wrong PIN") {
+		t.Errorf("wrong PIN: %v", err)
+	}
+	card.mu.Lock()
+	stranded := card.keys[0x9d]
+	card.mu.Unlock()
+	if stranded != nil {
+		t.Error("a key was generated although the PIN was wrong")
+	}
+	if rows := auditRows(t, st, AuditFilter{}); len(rows) != 1 {
+		t.Errorf("%d audit rows, want the one generate", len(rows))
+	}
+}
+
+// TestYubiKeyConcurrentSigners: goroutines signing with one token share its
+// session and take turns.
+func TestYubiKeyConcurrentSigners(t *testing.T) {
+	card := startVirtualYubiKey(t, testTokenSerial)
+	_, cert := loadTokenKey(t, card, 0x9c, 2, true)
+	te, _ := yubiKeyTestEnv(t, "123456")
+	uri, _ := tokenKeyURI(testTokenSerial, 0x9c)
+	errs := make(chan error, 4)
+	for g := range 4 {
+		go func() {
+			for i := range 5 {
+				signer, err := tokenSigner(te.cfg.YubiKey, uri)
+				if err != nil {
+					errs <- err
+					return
+				}
+				digest := sha256.Sum256([]byte(fmt.Sprint(g, i)))
+				sig, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
+				if err == nil {
+					err = rsa.VerifyPKCS1v15(cert.PublicKey.(*rsa.PublicKey), crypto.SHA256, digest[:], sig)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if selects, signs, _ := card.counters(); selects != 1 || signs != 20 {
+		t.Errorf("%d sessions, %d signatures; want 1, 20", selects, signs)
+	}
 }
 
 func TestYubiKeyGeneratePoliciesAndAES(t *testing.T) {
