@@ -52,18 +52,6 @@ func (p *tokenPool) get(serial uint32) *token {
 	return t
 }
 
-// closeAll ends every session, so that another program (yubico-piv-tool,
-// ykman) can use the tokens.
-func (p *tokenPool) closeAll() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, t := range p.bySerial {
-		t.mu.Lock()
-		t.close()
-		t.mu.Unlock()
-	}
-}
-
 // token is one YubiKey. All fields are guarded by mu.
 type token struct {
 	serial uint32

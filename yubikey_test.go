@@ -39,11 +39,17 @@ func startVirtualYubiKey(t testing.TB, serial uint32) *virtualYubiKey {
 	return card
 }
 
+// resetTokenPool ends every session, as the end of the process would, so
+// that another program (yubico-piv-tool) can use the token.
 func resetTokenPool() {
-	tokens.closeAll()
 	tokens.mu.Lock()
+	defer tokens.mu.Unlock()
+	for _, t := range tokens.bySerial {
+		t.mu.Lock()
+		t.close()
+		t.mu.Unlock()
+	}
 	tokens.bySerial = map[uint32]*token{}
-	tokens.mu.Unlock()
 }
 
 // loadTokenKey puts an RSA key in a slot of the card and returns it with a
