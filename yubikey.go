@@ -57,8 +57,6 @@ type token struct {
 	serial uint32
 	mu     sync.Mutex
 	yk     *piv.YubiKey
-	// opens counts sessions opened, for tests and the benchmark.
-	opens int
 	// rejectedPIN is the SHA-256 of the last PIN the token refused, and
 	// rejection what was said then: every presentation of a wrong PIN burns
 	// one of the token's few retries, so the same PIN is never presented
@@ -94,7 +92,6 @@ func (t *token) session() (*piv.YubiKey, error) {
 		serial, err := yk.Serial()
 		if err == nil && serial == t.serial {
 			t.yk = yk
-			t.opens++
 			return yk, nil
 		}
 		yk.Close()
@@ -123,9 +120,8 @@ func (t *token) do(fn func(yk *piv.YubiKey) error) error {
 		return err
 	}
 	t.close()
-	yk, rerr := t.session()
-	if rerr != nil {
-		return fmt.Errorf("YubiKey %d: the session broke (%v) and the token is gone: %w", t.serial, err, rerr)
+	if yk, err = t.session(); err != nil {
+		return err
 	}
 	return fn(yk)
 }

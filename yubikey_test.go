@@ -510,12 +510,8 @@ func TestYubiKeyRemovedAndBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustVerify(t, cert.PublicKey, digest, sig)
-	tok := tokens.get(testTokenSerial)
-	tok.mu.Lock()
-	opens := tok.opens
-	tok.mu.Unlock()
-	if opens != 3 {
-		t.Errorf("%d sessions opened, want 3 (one per insertion)", opens)
+	if selects, _, _ := card.counters(); selects != 3 {
+		t.Errorf("%d sessions opened, want 3 (one per insertion)", selects)
 	}
 }
 
