@@ -215,6 +215,7 @@ func init() {
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
 		{"audit", "[--json] [--key FPR] [--work-request N] | verify", "list or verify the audit log", cmdAudit},
+		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
 	}
 }
 
