@@ -190,18 +190,22 @@ func tokenSigner(cfg YubiKeyConfig, uri string) (crypto.Signer, error) {
 	return k, nil
 }
 
-// tokenPresent says whether the token holding the key a URI names is
-// connected, so that a worker advertises only the keys it can use.
-func tokenPresent(cfg YubiKeyConfig, uri string) bool {
+// tokenKeyAvailable says why the key a URI names cannot be used on this
+// host (its token is not connected, the URI cannot be mapped), or nil, so
+// that a worker advertises only the keys it can use.
+func tokenKeyAvailable(cfg YubiKeyConfig, uri string) error {
 	ref, err := parsePKCS11URI(uri)
 	if err != nil {
-		return false
+		return err
 	}
 	return tokens.get(ref.Serial).do(func(yk *piv.YubiKey) error {
 		_, err := yk.Serial()
 		return err
-	}) == nil
+	})
 }
+
+// tokenPresent is tokenKeyAvailable as a yes or no.
+func tokenPresent(cfg YubiKeyConfig, uri string) bool { return tokenKeyAvailable(cfg, uri) == nil }
 
 func (k *tokenKey) Public() crypto.PublicKey { return k.pub }
 

@@ -15,6 +15,8 @@ var errNoPCSC = errors.New("this build has no PC/SC (YubiKey) support: rebuild w
 
 func tokenSigner(cfg YubiKeyConfig, uri string) (crypto.Signer, error) { return nil, errNoPCSC }
 
+func tokenKeyAvailable(cfg YubiKeyConfig, uri string) error { return errNoPCSC }
+
 func tokenPresent(cfg YubiKeyConfig, uri string) bool { return false }
 
 func registerYubiKeyKey(st *Store, serial uint32, slot byte, description string, certPEM []byte) (string, error) {

@@ -23,6 +23,9 @@ func TestYubiKeyWithoutCGO(t *testing.T) {
 	if _, err := tokenSigner(YubiKeyConfig{}, uri); err == nil || !strings.Contains(err.Error(), "rebuild with CGO_ENABLED=1") {
 		t.Errorf("tokenSigner: %v", err)
 	}
+	if err := tokenKeyAvailable(YubiKeyConfig{}, uri); err != errNoPCSC {
+		t.Errorf("tokenKeyAvailable: %v", err)
+	}
 	if tokenPresent(YubiKeyConfig{}, uri) {
 		t.Error("token present without PC/SC")
 	}

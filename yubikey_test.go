@@ -469,6 +469,9 @@ func TestYubiKeyAbsent(t *testing.T) {
 	if tokenPresent(YubiKeyConfig{}, "pkcs11:id=%02") {
 		t.Fatal("unmappable URI reported present")
 	}
+	if err := tokenKeyAvailable(YubiKeyConfig{}, uri); err == nil || !strings.Contains(err.Error(), "is not connected to this host") {
+		t.Fatalf("tokenKeyAvailable: %v", err)
+	}
 }
 
 func TestYubiKeyRemovedAndBack(t *testing.T) {
