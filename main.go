@@ -513,6 +513,14 @@ func cmdGenerateKey(e *env, args []string) error {
 	}
 	var fpr string
 	switch *purpose {
+	case purposeUEFI:
+		st, err := e.openStore()
+		if err != nil {
+			return err
+		}
+		if fpr, err = generateUEFIKey(st, *description, nil); err != nil {
+			return err
+		}
 	case purposeOpenPGP:
 		st, err := e.openStore()
 		if err != nil {
@@ -542,6 +550,15 @@ func cmdSign(e *env, args []string) error {
 		return err
 	}
 	switch *purpose {
+	case purposeUEFI:
+		if len(keys) != 1 {
+			return usagef("sign --purpose uefi takes exactly one --key")
+		}
+		st, err := e.openStore()
+		if err != nil {
+			return err
+		}
+		return signUEFIFiles(st, keys[0], *mode, *output, fs.Args())
 	case purposeOpenPGP:
 		st, err := e.openStore()
 		if err != nil {

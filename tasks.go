@@ -36,7 +36,7 @@ func (w *worker) tasks() map[string]signingTask {
 	return map[string]signingTask{
 		"noop":                {version: 1, configure: configureNoop},
 		"generatekey":         {version: nil, configure: w.configureGenerateKey},
-		"sign":                {version: 1, configure: w.configureSign},
+		"sign":                {version: 1, available: map[string]bool{purposeUEFI: true}, configure: w.configureSign},
 		"debsign":             {version: 1, available: map[string]bool{"": true}, configure: w.configureDebsign},
 		"signrepositoryindex": {version: 1, configure: w.configureSignRepositoryIndex},
 	}
@@ -222,10 +222,11 @@ func (w *worker) configureGenerateKey(wr *workRequest) (taskRunner, error) {
 		return nil, err
 	}
 	generate := map[string]func(*Store, string, *int64) (string, error){
+		purposeUEFI:    generateUEFIKey,
 		purposeOpenPGP: generateOpenPGPKey,
 	}[d.Purpose]
 	if generate == nil {
-		return nil, fmt.Errorf("purpose %q: this worker generates %s keys", d.Purpose, purposeOpenPGP)
+		return nil, fmt.Errorf("purpose %q: want %s or %s", d.Purpose, purposeUEFI, purposeOpenPGP)
 	}
 	return func(ctx context.Context, tr *taskRun) (bool, error) {
 		tr.enter("execution")
@@ -331,8 +332,8 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 	}
 	fpr := normalFingerprint(d.Key)
 	switch {
-	case d.Purpose != purposeOpenPGP:
-		return nil, fmt.Errorf("purpose %q: this worker signs with %s keys", d.Purpose, purposeOpenPGP)
+	case d.Purpose != purposeUEFI && d.Purpose != purposeOpenPGP:
+		return nil, fmt.Errorf("purpose %q: want %s or %s", d.Purpose, purposeUEFI, purposeOpenPGP)
 	case fpr == "":
 		return nil, fmt.Errorf("no key")
 	case len(dyn.UnsignedIDs) == 0:
@@ -382,7 +383,7 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 						return false, ctx.Err()
 					}
 					if err != nil {
-						msg := err.Error()
+						msg := strings.ReplaceAll(err.Error(), tr.dir+"/", "")
 						r.ErrorMessage = &msg
 						failed++
 						tr.logf("cmd-output.log", "%s: %v\n", name, err)
@@ -421,6 +422,17 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 // function signing one file of the work directory into another.
 func (w *worker) fileSigner(k *Key) (func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error, error) {
 	switch k.Purpose {
+	case purposeUEFI:
+		signer, cert, err := uefiSigner(w.st, k)
+		if err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error {
+			if err := tr.root.MkdirAll(path.Dir(out), 0o700); err != nil {
+				return err
+			}
+			return signUEFIFile(w.st, k, signer, cert, filepath.Join(tr.dir, in), filepath.Join(tr.dir, out), uefiModeDetached, ac)
+		}, nil
 	case purposeOpenPGP:
 		return func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error {
 			data, err := tr.root.ReadFile(in)

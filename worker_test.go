@@ -220,7 +220,8 @@ func TestWorkerRegistrationThenEnablement(t *testing.T) {
 	want := map[string]any{
 		"system:worker_type": "signing", "system:host_architecture": arch, "system:architectures": []any{arch},
 		"signing:noop:version": 1.0, "signing:generatekey:version": nil, "signing:sign:version": 1.0,
-		"signing:debsign:version": 1.0, "signing:debsign:available": true, "signing:signrepositoryindex:version": 1.0,
+		"signing:sign:available:uefi": true,
+		"signing:debsign:version":     1.0, "signing:debsign:available": true, "signing:signrepositoryindex:version": 1.0,
 		"signing:keys": []any{},
 	}
 	for k, v := range want {

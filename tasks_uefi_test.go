@@ -1,0 +1,244 @@
+package main
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestWorkerGenerateKeyUEFI(t *testing.T) {
+	srv := newFakeServer(t)
+	w, _ := testWorker(t, srv)
+	registered(t, srv, w)
+	id := srv.addWorkRequest("generatekey", map[string]any{"purpose": "uefi", "description": "Secure Boot 2026"}, map[string]any{})
+	runOnce(t, w)
+	if c := srv.waitCompleted(t, id); c.Result != "success" {
+		t.Fatalf("result %s: %s", c.Result, srv.debugLog(t, id, "execution.log"))
+	}
+	keys, err := w.st.Keys()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("keys %v, %v", keys, err)
+	}
+	k := keys[0]
+	srv.mu.Lock()
+	raw := srv.assets["uefi:"+k.Fingerprint]
+	srv.mu.Unlock()
+	var data struct {
+		Purpose     string `json:"purpose"`
+		Fingerprint string `json:"fingerprint"`
+		PublicKey   string `json:"public_key"`
+		Description string `json:"description"`
+	}
+	json.Unmarshal(raw, &data)
+	pemBytes, _ := base64.StdEncoding.DecodeString(data.PublicKey)
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		t.Fatalf("asset public_key is not base64 of a PEM certificate: %s", raw)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(cert.Raw)
+	fpr := strings.ToUpper(hex.EncodeToString(sum[:]))
+	if data.Purpose != "uefi" || data.Fingerprint != fpr || fpr != k.Fingerprint || string(pemBytes) != string(k.PublicKey) ||
+		cert.Subject.CommonName != "Secure Boot 2026" || data.Description != "Secure Boot 2026" {
+		t.Errorf("asset %s does not match the stored key %s", raw, k)
+	}
+}
+
+// efiInputs reads the real EFI binaries the tests sign.
+func efiInputs(t testing.TB) map[string][]byte {
+	t.Helper()
+	files := map[string][]byte{}
+	for name, p := range map[string]string{
+		"shimx64.efi":              "/usr/lib/shim/shimx64.efi",
+		"boot/systemd-bootx64.efi": "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+	} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Skipf("%s: %v (install shim-unsigned and systemd-boot-efi)", p, err)
+		}
+		files[name] = b
+	}
+	return files
+}
+
+// uefiSignSetup makes a UEFI key the server lets alice use; it returns the
+// key and its certificate file.
+func uefiSignSetup(t testing.TB, srv *fakeServer, w *worker) (*Key, string) {
+	t.Helper()
+	fpr, err := generateUEFIKey(w.st, "Worker UEFI test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.addSigningKeyAsset("uefi", fpr)
+	k, err := w.st.Key("uefi", fpr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := filepath.Join(t.TempDir(), "cert.pem")
+	if err := os.WriteFile(cert, k.PublicKey, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return k, cert
+}
+
+func TestWorkerSignUEFI(t *testing.T) {
+	if _, err := exec.LookPath("sbverify"); err != nil {
+		t.Skip("sbverify is not installed")
+	}
+	srv := newFakeServer(t)
+	w, _ := testWorker(t, srv)
+	registered(t, srv, w)
+	k, certPath := uefiSignSetup(t, srv, w)
+	files := efiInputs(t)
+	in1 := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "shim-signed"}, map[string][]byte{"shimx64.efi": files["shimx64.efi"]})
+	in2 := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "systemd-boot-efi-amd64-signed"},
+		map[string][]byte{"boot/systemd-bootx64.efi": files["boot/systemd-bootx64.efi"], "not-a-pe.efi": []byte("MZ but no PE")})
+	id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": []string{"a", "b"}, "key": k.Fingerprint},
+		map[string]any{"unsigned_ids": []int64{in1, in2}, "unsigned_binary_package_names": []string{"shim-signed", "systemd-boot-efi-amd64-signed"}})
+	runOnce(t, w)
+	// A file that is not a PE image fails on its own; the others are signed.
+	if c := srv.waitCompleted(t, id); c.Result != "failure" {
+		t.Fatalf("result %s", c.Result)
+	}
+	outs := srv.artifactsOf(id, "debusine:signing-output")
+	if len(outs) != 2 {
+		t.Fatalf("%d signing outputs", len(outs))
+	}
+	dir := t.TempDir()
+	signed := 0
+	for i, out := range outs {
+		var data struct {
+			Purpose           string       `json:"purpose"`
+			Fingerprint       string       `json:"fingerprint"`
+			BinaryPackageName string       `json:"binary_package_name"`
+			Results           []signResult `json:"results"`
+		}
+		json.Unmarshal(out.Data, &data)
+		if data.Purpose != "uefi" || data.Fingerprint != k.Fingerprint || data.BinaryPackageName != []string{"shim-signed", "systemd-boot-efi-amd64-signed"}[i] {
+			t.Errorf("output data %s", out.Data)
+		}
+		for _, r := range data.Results {
+			if r.File == "not-a-pe.efi" {
+				if r.OutputFile != nil || r.ErrorMessage == nil || strings.Contains(*r.ErrorMessage, w.workDir) {
+					t.Errorf("result %+v", r)
+				}
+				continue
+			}
+			if r.OutputFile == nil || *r.OutputFile != r.File+".sig" || out.Files[*r.OutputFile] == nil {
+				t.Fatalf("result %+v", r)
+			}
+			img := filepath.Join(dir, filepath.Base(r.File))
+			sig := img + ".sig"
+			os.WriteFile(img, files[r.File], 0o644)
+			os.WriteFile(sig, out.Files[*r.OutputFile].content, 0o644)
+			if o, err := exec.Command("sbverify", "--cert", certPath, "--detached", sig, img).CombinedOutput(); err != nil {
+				t.Errorf("sbverify %s: %v\n%s", r.File, err, o)
+			}
+			signed++
+		}
+	}
+	if signed != 2 {
+		t.Errorf("%d files signed, want 2", signed)
+	}
+	rows := signAudits(t, w.st)
+	if len(rows) != 2 {
+		t.Fatalf("%d sign audit rows, want 2", len(rows))
+	}
+	for _, r := range rows {
+		var d struct {
+			Username   string            `json:"username"`
+			UserID     int64             `json:"user_id"`
+			Resource   map[string]string `json:"resource"`
+			DataSHA256 string            `json:"data_sha256"`
+		}
+		json.Unmarshal(r.Data, &d)
+		sumShim, sumBoot := sha256.Sum256(files["shimx64.efi"]), sha256.Sum256(files["boot/systemd-bootx64.efi"])
+		if r.WorkRequest == nil || *r.WorkRequest != id || d.Username != "alice" || d.UserID != 5 || d.Resource["package"] == "" ||
+			(d.DataSHA256 != hex.EncodeToString(sumShim[:]) && d.DataSHA256 != hex.EncodeToString(sumBoot[:])) {
+			t.Errorf("audit row %s", r.Data)
+		}
+	}
+}
+
+// BenchmarkWorkerSign200 runs a sign work request of 200 EFI files against
+// the fake server end to end (download, permission check, sign, audit,
+// upload, completion) and, as the baseline, signs the same files directly
+// with signUEFIFile. It reports files/s and the time per file the worker
+// adds to the bare signing cost.
+func BenchmarkWorkerSign200(b *testing.B) {
+	const n = 200
+	srv := newFakeServer(b)
+	w, _ := testWorker(b, srv)
+	registered(b, srv, w)
+	k, _ := uefiSignSetup(b, srv, w)
+	var blobs [][]byte
+	for _, p := range []string{"/usr/lib/systemd/boot/efi/systemd-bootx64.efi", "/usr/lib/shim/fbx64.efi"} {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			b.Skip(err)
+		}
+		blobs = append(blobs, data)
+	}
+	files := map[string][]byte{}
+	for i := range n {
+		files[fmt.Sprintf("f%03d.efi", i)] = blobs[i%len(blobs)]
+	}
+	in := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "bench"}, files)
+
+	// Baseline: the same files, signed one by one from disk.
+	direct := func() time.Duration {
+		dir := b.TempDir()
+		var paths []string
+		for name, data := range files {
+			p := filepath.Join(dir, name)
+			os.WriteFile(p, data, 0o644)
+			paths = append(paths, p)
+		}
+		start := time.Now()
+		signer, cert, err := uefiSigner(w.st, k)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, p := range paths {
+			if err := signUEFIFile(w.st, k, signer, cert, p, p+".sig", uefiModeDetached, auditContext{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return time.Since(start)
+	}
+
+	var workerTime, directTime time.Duration
+	w.onceQuiet = 50 * time.Millisecond
+	b.ResetTimer()
+	for range b.N {
+		id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": "x", "key": k.Fingerprint},
+			map[string]any{"unsigned_ids": []int64{in}})
+		start := time.Now()
+		runOnce(b, w)
+		workerTime += time.Since(start)
+		if c := srv.completionsOf(id); len(c) != 1 || c[0].Result != "success" {
+			b.Fatalf("completion %+v", c)
+		}
+		b.StopTimer()
+		directTime += direct()
+		b.StartTimer()
+	}
+	perFile := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N*n) }
+	b.ReportMetric(float64(b.N*n)/workerTime.Seconds(), "files/s")
+	b.ReportMetric(perFile(workerTime), "ms/file")
+	b.ReportMetric(perFile(directTime), "direct-ms/file")
+	b.ReportMetric(perFile(workerTime-directTime), "added-ms/file")
+}

@@ -1,0 +1,1103 @@
+package main
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// testPE describes a synthetic PE image for tests.
+type testPE struct {
+	plus     bool  // PE32+ rather than PE32
+	sections []int // raw sizes (multiples of 0x200 keep the layout realistic)
+	trailing int   // bytes of data after the last section
+	seed     uint64
+}
+
+// build lays out a plausible EFI application: MZ stub, PE header, optional
+// header with 16 data directories, section table, headers padded to
+// FileAlignment, sections back to back, then the trailing bytes.
+func (t testPE) build() []byte {
+	rng := rand.New(rand.NewPCG(t.seed, 1))
+	const e = 0x80
+	optSize := 224
+	if t.plus {
+		optSize = 240
+	}
+	secTable := e + 4 + 20 + optSize
+	sizeOfHeaders := (secTable + 40*len(t.sections) + 0x1ff) &^ 0x1ff
+	total := sizeOfHeaders
+	for _, s := range t.sections {
+		total += s
+	}
+	total += t.trailing
+	b := make([]byte, total)
+	for i := sizeOfHeaders; i < total; i++ {
+		b[i] = byte(rng.Uint32())
+	}
+	le := binary.LittleEndian
+	copy(b, "MZ")
+	le.PutUint32(b[0x3c:], e)
+	copy(b[e:], "PE\x00\x00")
+	coff := b[e+4:]
+	machine := uint16(0x14c)
+	if t.plus {
+		machine = 0x8664
+	}
+	le.PutUint16(coff[0:], machine)
+	le.PutUint16(coff[2:], uint16(len(t.sections)))
+	le.PutUint16(coff[16:], uint16(optSize))
+	le.PutUint16(coff[18:], 0x2022)
+	opt := b[e+24:]
+	if t.plus {
+		le.PutUint16(opt[0:], 0x20b)
+		le.PutUint32(opt[108:], 16)
+	} else {
+		le.PutUint16(opt[0:], 0x10b)
+		le.PutUint32(opt[92:], 16)
+	}
+	le.PutUint32(opt[16:], 0x1000) // AddressOfEntryPoint
+	le.PutUint32(opt[32:], 0x1000) // SectionAlignment
+	le.PutUint32(opt[36:], 0x200)  // FileAlignment
+	le.PutUint32(opt[60:], uint32(sizeOfHeaders))
+	le.PutUint32(opt[64:], 0x12345678) // CheckSum: not hashed
+	le.PutUint16(opt[68:], 10)         // EFI application
+	va := 0x1000
+	off := sizeOfHeaders
+	for i, s := range t.sections {
+		h := b[secTable+40*i:]
+		copy(h, []byte(".sec"+string(rune('a'+i))))
+		le.PutUint32(h[8:], uint32(s))
+		le.PutUint32(h[12:], uint32(va))
+		le.PutUint32(h[16:], uint32(s))
+		le.PutUint32(h[20:], uint32(off))
+		le.PutUint32(h[36:], 0x60000020)
+		va += (s + 0xfff) &^ 0xfff
+		off += s
+	}
+	le.PutUint32(opt[56:], uint32(va)) // SizeOfImage
+	return b
+}
+
+// testUEFIKey is one key pair shared by the tests (RSA generation is slow
+// on a shared machine).
+var testUEFIKey = sync.OnceValues(func() (*uefiTestKey, error) {
+	keyPEM, certPEM, err := newUEFIKeyPair("debusine-signing test key", time.Now())
+	if err != nil {
+		return nil, err
+	}
+	signer, cert, err := parseUEFIKeyPair(keyPEM, certPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &uefiTestKey{keyPEM, certPEM, signer, cert}, nil
+})
+
+type uefiTestKey struct {
+	keyPEM, certPEM []byte
+	signer          crypto.Signer
+	cert            *x509.Certificate
+}
+
+func getTestUEFIKey(t testing.TB) *uefiTestKey {
+	t.Helper()
+	k, err := testUEFIKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func needTool(t testing.TB, name string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		t.Skipf("%s not installed", name)
+	}
+}
+
+// sbverify runs sbverify on image (with the detached signature sig if not
+// empty) and returns its combined output and whether it succeeded.
+func sbverify(t testing.TB, certPath, image, sig string) (string, bool) {
+	t.Helper()
+	needTool(t, "sbverify")
+	args := []string{"--cert", certPath}
+	if sig != "" {
+		args = append(args, "--detached", sig)
+	}
+	out, err := exec.Command("sbverify", append(args, image)...).CombinedOutput()
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatal(err)
+		}
+	}
+	return string(out), err == nil
+}
+
+// osslVerify runs `osslsigncode verify` trusting only certPath as a root.
+// osslsigncode verify has no option for a detached signature, so one is
+// first attached to a copy with `osslsigncode attach-signature -sigin`.
+// Success needs exit status 0 and the explicit "Signature verification: ok"
+// line (the digest matched and the chain verified).
+func osslVerify(t testing.TB, certPath, image, sig string) (string, bool) {
+	t.Helper()
+	needTool(t, "osslsigncode")
+	var log string
+	if sig != "" {
+		attached := filepath.Join(t.TempDir(), "attached.efi")
+		out, err := exec.Command("osslsigncode", "attach-signature", "-CAfile", certPath, "-sigin", sig, "-in", image, "-out", attached).CombinedOutput()
+		log = "attach-signature:\n" + string(out)
+		if err != nil {
+			if _, ok := err.(*exec.ExitError); !ok {
+				t.Fatal(err)
+			}
+			return log, false
+		}
+		image = attached
+	}
+	out, err := exec.Command("osslsigncode", "verify", "-CAfile", certPath, "-in", image).CombinedOutput()
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatal(err)
+		}
+	}
+	return log + string(out), err == nil && strings.Contains(string(out), "Signature verification: ok")
+}
+
+// verifyBoth checks a signature with both tools: for detached mode out is
+// the signature of in, for attached mode out is the signed image.
+func verifyBoth(t *testing.T, certPath, in, out, mode string) (sbOK, osslOK bool, outputs string) {
+	t.Helper()
+	var sb, ossl string
+	if mode == uefiModeDetached {
+		sb, sbOK = sbverify(t, certPath, in, out)
+		ossl, osslOK = osslVerify(t, certPath, in, out)
+	} else {
+		sb, sbOK = sbverify(t, certPath, out, "")
+		ossl, osslOK = osslVerify(t, certPath, out, "")
+	}
+	return sbOK, osslOK, "sbverify:\n" + sb + "\nosslsigncode:\n" + ossl
+}
+
+// peWithGap is a PE32+ image whose middle section has no raw data, leaving
+// a gap in the file between the other two: the trailing data then starts
+// at SizeOfHeaders plus the section sizes, inside the last section.
+func peWithGap() []byte {
+	b := testPE{plus: true, sections: []int{0x200, 0x200, 0x400}, trailing: 5, seed: 6}.build()
+	const secTable = 0x80 + 24 + 240
+	binary.LittleEndian.PutUint32(b[secTable+40+16:], 0)
+	return b
+}
+
+// TestUEFISectionGap: with a gap between sections, the image hash follows
+// the Authenticode specification, as sbsign/sbverify, EDK2 and shim do
+// (trailing data counted from SizeOfHeaders plus the section sizes).
+// osslsigncode hashes the file linearly instead and disagrees on such
+// images, so only sbverify can check them.
+func TestUEFISectionGap(t *testing.T) {
+	k := getTestUEFIKey(t)
+	dir := t.TempDir()
+	certPath := writeFile(t, dir, "cert.pem", k.certPEM)
+	zeroSig, err := authenticodeSignature(make([]byte, 32), k.signer, k.cert, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := peWithGap()
+	in := writeFile(t, dir, "gap.efi", data)
+	p, err := parsePE(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := p.imageHash(make([]byte, 4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := sbverify(t, certPath, in, writeFile(t, dir, "zero.sig", zeroSig))
+	if m := sbverifyExpecting.FindStringSubmatch(out); m == nil || m[1] != hex.EncodeToString(h) {
+		t.Fatalf("image hash %x, sbverify:\n%s", h, out)
+	}
+	for _, mode := range []string{uefiModeDetached, uefiModeAttached} {
+		signed, _, err := signUEFIBytes(data, mode, k.signer, k.cert, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		outPath := writeFile(t, dir, "gap."+mode, signed)
+		var ok bool
+		if mode == uefiModeDetached {
+			out, ok = sbverify(t, certPath, in, outPath)
+		} else {
+			out, ok = sbverify(t, certPath, outPath, "")
+		}
+		if !ok {
+			t.Errorf("%s: sbverify failed:\n%s", mode, out)
+		}
+	}
+}
+
+// realEFIFiles are the Debian EFI binaries the tests use (shim-unsigned,
+// systemd-boot-efi).
+var realEFIFiles = []string{
+	"/usr/lib/shim/shimx64.efi",
+	"/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+}
+
+type uefiTestInput struct {
+	name string
+	data []byte
+}
+
+func uefiTestInputs(t *testing.T) []uefiTestInput {
+	in := []uefiTestInput{
+		{"pe32", testPE{sections: []int{0x400, 0x200}}.build()},
+		{"pe32plus", testPE{plus: true, sections: []int{0x600, 0x200, 0x400}}.build()},
+		{"pe32-trailing-odd", testPE{sections: []int{0x400}, trailing: 1001, seed: 2}.build()},
+		{"pe32plus-trailing-odd", testPE{plus: true, sections: []int{0x200, 0x200}, trailing: 13, seed: 3}.build()},
+		{"pe32plus-trailing-aligned", testPE{plus: true, sections: []int{0x200}, trailing: 64, seed: 4}.build()},
+	}
+	for _, f := range realEFIFiles {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Logf("skipping %s: %v", f, err)
+			continue
+		}
+		in = append(in, uefiTestInput{filepath.Base(f), data})
+	}
+	return in
+}
+
+func TestUEFISignVerifies(t *testing.T) {
+	k := getTestUEFIKey(t)
+	dir := t.TempDir()
+	certPath := writeFile(t, dir, "cert.pem", k.certPEM)
+	for _, in := range uefiTestInputs(t) {
+		for _, mode := range []string{uefiModeDetached, uefiModeAttached} {
+			t.Run(in.name+"/"+mode, func(t *testing.T) {
+				out, dataSHA, err := signUEFIBytes(in.data, mode, k.signer, k.cert, time.Now())
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := sha256.Sum256(in.data); dataSHA != hex.EncodeToString(want[:]) {
+					t.Errorf("data_sha256 %s, want %x", dataSHA, want)
+				}
+				inPath := writeFile(t, dir, in.name+"-"+mode, in.data)
+				outPath := writeFile(t, dir, in.name+"-"+mode+".out", out)
+				sbOK, osslOK, log := verifyBoth(t, certPath, inPath, outPath, mode)
+				if !sbOK || !osslOK {
+					t.Fatalf("verification failed (sbverify ok=%v, osslsigncode ok=%v)\n%s", sbOK, osslOK, log)
+				}
+				if mode == uefiModeAttached {
+					checkAttachedLayout(t, in.data, out)
+					// osslsigncode recomputes the CheckSum and warns on a mismatch.
+					if strings.Contains(log, "invalid PE checksum") {
+						t.Errorf("osslsigncode disagrees with the CheckSum:\n%s", log)
+					}
+				}
+			})
+		}
+	}
+}
+
+// checkAttachedLayout checks the signed image: the original bytes (but
+// CheckSum and directory entry), zero padding to 8, the table at the end,
+// and the CheckSum recomputed.
+func checkAttachedLayout(t *testing.T, orig, signed []byte) {
+	t.Helper()
+	p, err := parsePE(bytes.NewReader(signed), int64(len(signed)))
+	if err != nil {
+		t.Fatalf("signed image does not parse: %v", err)
+	}
+	if p.certOffset%8 != 0 || p.certOffset != alignUp8(int64(len(orig))) || p.signatures != 1 {
+		t.Errorf("certificate table at %d (%d entries), want one at %d", p.certOffset, p.signatures, alignUp8(int64(len(orig))))
+	}
+	if p.certSize%8 != 0 || p.certOffset+p.certSize != int64(len(signed)) {
+		t.Errorf("certificate table size %d at %d, file %d", p.certSize, p.certOffset, len(signed))
+	}
+	var ck peChecksum
+	withZero := bytes.Clone(signed)
+	copy(withZero[p.checksumOffset:], []byte{0, 0, 0, 0})
+	ck.Write(withZero)
+	if got, want := binary.LittleEndian.Uint32(signed[p.checksumOffset:]), ck.Sum32(); got != want {
+		t.Errorf("CheckSum %#x, want %#x", got, want)
+	}
+	if want := referencePEChecksum(withZero, p.checksumOffset); ck.Sum32() != want {
+		t.Errorf("peChecksum %#x, reference %#x", ck.Sum32(), want)
+	}
+}
+
+// referencePEChecksum is the textbook 16-bit algorithm, to check the
+// 32-bit-word implementation against.
+func referencePEChecksum(b []byte, ckOff int64) uint32 {
+	var sum uint32
+	for i := 0; i < len(b); i += 2 {
+		var w uint32
+		if int64(i) >= ckOff && int64(i) < ckOff+4 {
+			w = 0
+		} else if i+1 < len(b) {
+			w = uint32(binary.LittleEndian.Uint16(b[i:]))
+		} else {
+			w = uint32(b[i])
+		}
+		sum += w
+		sum = (sum & 0xffff) + (sum >> 16)
+	}
+	return sum + uint32(len(b))
+}
+
+func TestPEChecksumMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	for _, n := range []int{0, 1, 2, 3, 5, 8, 1001, 65536, 100003} {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		for _, split := range []int{1, 3, 7, 4096} {
+			var ck peChecksum
+			for rest := b; len(rest) > 0; {
+				m := min(split, len(rest))
+				ck.Write(rest[:m])
+				rest = rest[m:]
+			}
+			if got, want := ck.Sum32(), referencePEChecksum(b, -8); got != want {
+				t.Errorf("size %d split %d: %#x, want %#x", n, split, got, want)
+			}
+		}
+	}
+}
+
+var (
+	sbverifyExpecting = regexp.MustCompile(`expecting: ([0-9a-f]{64})`)
+	osslCalculated    = regexp.MustCompile(`Calculated message digest : ([0-9A-F]{64})`)
+)
+
+// TestUEFIImageHashMatchesTools compares our image hash with the ones
+// sbverify and osslsigncode compute. sbverify prints its hash only when a
+// signature does not match, so it is given a signature over a zero hash.
+func TestUEFIImageHashMatchesTools(t *testing.T) {
+	k := getTestUEFIKey(t)
+	dir := t.TempDir()
+	certPath := writeFile(t, dir, "cert.pem", k.certPEM)
+	zeroSig, err := authenticodeSignature(make([]byte, 32), k.signer, k.cert, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	zeroSigPath := writeFile(t, dir, "zero.sig", zeroSig)
+	for _, in := range append(uefiTestInputs(t), alreadySignedInputs(t)...) {
+		t.Run(in.name, func(t *testing.T) {
+			p, err := parsePE(bytes.NewReader(in.data), int64(len(in.data)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h, err := p.imageHash(make([]byte, 4096))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ours := hex.EncodeToString(h)
+			path := writeFile(t, dir, in.name, in.data)
+
+			out, ok := sbverify(t, certPath, path, zeroSigPath)
+			m := sbverifyExpecting.FindStringSubmatch(out)
+			if ok || m == nil {
+				t.Fatalf("sbverify did not report its image hash:\n%s", out)
+			}
+			if m[1] != ours {
+				t.Errorf("image hash %s, sbverify %s", ours, m[1])
+			}
+
+			out, ok = osslVerify(t, certPath, path, zeroSigPath)
+			m = osslCalculated.FindStringSubmatch(out)
+			if ok || m == nil {
+				t.Fatalf("osslsigncode did not report its image hash:\n%s", out)
+			}
+			if !strings.EqualFold(m[1], ours) {
+				t.Errorf("image hash %s, osslsigncode %s", ours, m[1])
+			}
+		})
+	}
+}
+
+// alreadySignedInputs returns images signed by sbsign with a key of its
+// own, in both a synthetic and a real variant.
+func alreadySignedInputs(t *testing.T) []uefiTestInput {
+	t.Helper()
+	if _, err := exec.LookPath("sbsign"); err != nil {
+		return nil
+	}
+	other := otherTestKey(t)
+	dir := t.TempDir()
+	keyPath := writeFile(t, dir, "other.key", other.keyPEM)
+	certPath := writeFile(t, dir, "other.pem", other.certPEM)
+	var res []uefiTestInput
+	for _, in := range []uefiTestInput{
+		{"signed-pe32plus-odd", testPE{plus: true, sections: []int{0x400}, trailing: 5, seed: 9}.build()},
+		{"signed-pe32", testPE{sections: []int{0x200}, seed: 10}.build()},
+	} {
+		unsigned := writeFile(t, dir, in.name+".unsigned", in.data)
+		signed := filepath.Join(dir, in.name)
+		if out, err := exec.Command("sbsign", "--key", keyPath, "--cert", certPath, "--output", signed, unsigned).CombinedOutput(); err != nil {
+			t.Fatalf("sbsign: %v\n%s", err, out)
+		}
+		data, err := os.ReadFile(signed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res = append(res, uefiTestInput{in.name, data})
+	}
+	return res
+}
+
+var otherUEFIKey = sync.OnceValues(func() (*uefiTestKey, error) {
+	keyPEM, certPEM, err := newUEFIKeyPair("someone else", time.Now())
+	if err != nil {
+		return nil, err
+	}
+	signer, cert, err := parseUEFIKeyPair(keyPEM, certPEM)
+	return &uefiTestKey{keyPEM, certPEM, signer, cert}, err
+})
+
+func otherTestKey(t testing.TB) *uefiTestKey {
+	t.Helper()
+	k, err := otherUEFIKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// TestUEFITamper flips one byte of the input: in a hashed region both tools
+// must reject the signature, in the CheckSum field both must accept it.
+func TestUEFITamper(t *testing.T) {
+	k := getTestUEFIKey(t)
+	dir := t.TempDir()
+	certPath := writeFile(t, dir, "cert.pem", k.certPEM)
+	data := testPE{plus: true, sections: []int{0x400, 0x200}, trailing: 21, seed: 11}.build()
+	p, err := parsePE(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		offset int64
+		valid  bool
+	}{
+		{"checksum", p.checksumOffset + 1, true},
+		{"header", 0x3e, false},
+		{"section", p.sections[1].offset + 17, false},
+		{"trailing", int64(len(data)) - 3, false},
+	}
+	for _, mode := range []string{uefiModeDetached, uefiModeAttached} {
+		out, _, err := signUEFIBytes(data, mode, k.signer, k.cert, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range cases {
+			t.Run(mode+"/"+c.name, func(t *testing.T) {
+				in, signed := bytes.Clone(data), bytes.Clone(out)
+				if mode == uefiModeDetached {
+					in[c.offset] ^= 0x40
+				} else {
+					signed[c.offset] ^= 0x40
+				}
+				inPath := writeFile(t, dir, "in-"+mode+c.name, in)
+				outPath := writeFile(t, dir, "out-"+mode+c.name, signed)
+				sbOK, osslOK, log := verifyBoth(t, certPath, inPath, outPath, mode)
+				if sbOK != c.valid || osslOK != c.valid {
+					t.Fatalf("sbverify ok=%v, osslsigncode ok=%v, want %v\n%s", sbOK, osslOK, c.valid, log)
+				}
+			})
+		}
+	}
+}
+
+// TestUEFIAlreadySigned: detached signatures of a signed image cover the
+// image without its table; attached mode keeps the existing signature and
+// adds ours as a second entry, as sbsign does.
+func TestUEFIAlreadySigned(t *testing.T) {
+	needTool(t, "sbsign")
+	needTool(t, "sbattach")
+	k := getTestUEFIKey(t)
+	other := otherTestKey(t)
+	dir := t.TempDir()
+	certPath := writeFile(t, dir, "cert.pem", k.certPEM)
+	otherCertPath := writeFile(t, dir, "other.pem", other.certPEM)
+	for _, in := range alreadySignedInputs(t) {
+		t.Run(in.name, func(t *testing.T) {
+			inPath := writeFile(t, dir, in.name, in.data)
+
+			sig, _, err := signUEFIBytes(in.data, uefiModeDetached, k.signer, k.cert, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			sigPath := writeFile(t, dir, in.name+".sig", sig)
+			if sbOK, osslOK, log := verifyBoth(t, certPath, inPath, sigPath, uefiModeDetached); !sbOK || !osslOK {
+				t.Fatalf("detached: sbverify ok=%v osslsigncode ok=%v\n%s", sbOK, osslOK, log)
+			}
+
+			signed, _, err := signUEFIBytes(in.data, uefiModeAttached, k.signer, k.cert, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := parsePE(bytes.NewReader(signed), int64(len(signed)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.signatures != 2 {
+				t.Fatalf("attached output has %d signatures, want 2", p.signatures)
+			}
+			signedPath := writeFile(t, dir, in.name+".signed", signed)
+			for _, c := range []string{certPath, otherCertPath} {
+				if out, ok := sbverify(t, c, signedPath, ""); !ok {
+					t.Errorf("sbverify --cert %s failed:\n%s", filepath.Base(c), out)
+				}
+			}
+			// osslsigncode reads only single-entry tables: check our
+			// entry, taken out with sbattach, against the image.
+			ours := filepath.Join(dir, in.name+".2.sig")
+			if out, err := exec.Command("sbattach", "--detach", ours, "--signum", "2", signedPath).CombinedOutput(); err != nil {
+				t.Fatalf("sbattach --detach: %v\n%s", err, out)
+			}
+			if got, err := os.ReadFile(ours); err != nil || !bytes.HasPrefix(got, sig[:2]) {
+				t.Fatalf("sbattach extracted %d bytes (%v)", len(got), err)
+			}
+			if out, ok := osslVerify(t, certPath, inPath, ours); !ok {
+				t.Errorf("osslsigncode verify -sigin (entry 2) failed:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestUEFIBadPE feeds malformed images to the parser; each must give a
+// one-line error that says what is wrong.
+func TestUEFIBadPE(t *testing.T) {
+	good := func() []byte { return testPE{plus: true, sections: []int{0x400, 0x200}, seed: 5}.build() }
+	le := binary.LittleEndian
+	const e, opt = 0x80, 0x80 + 24
+	secTable := opt + 240
+	cases := []struct {
+		name string
+		data func() []byte
+		want string
+	}{
+		{"empty", func() []byte { return nil }, "not a PE image"},
+		{"text", func() []byte { return []byte(strings.Repeat("hello world\n", 20)) }, "no MZ signature"},
+		{"truncated headers", func() []byte { return good()[:0x100] }, "truncated PE header"},
+		{"lfanew past end", func() []byte { b := good(); le.PutUint32(b[0x3c:], 0xfffffff0); return b }, "PE header offset"},
+		{"no PE signature", func() []byte { b := good(); b[e] = 'X'; return b }, "no PE signature"},
+		{"bad magic", func() []byte { b := good(); le.PutUint16(b[opt:], 0x999); return b }, "magic"},
+		{"few data directories", func() []byte { b := good(); le.PutUint32(b[opt+108:], 4); return b }, "no certificate table entry"},
+		{"section table past end", func() []byte { b := good(); le.PutUint16(b[e+6:], 90); return b[:0x600] }, "section table"},
+		{"too many sections", func() []byte { b := good(); le.PutUint16(b[e+6:], 0xffff); return b }, "sections"},
+		{"huge SizeOfHeaders", func() []byte { b := good(); le.PutUint32(b[opt+60:], 0xffffffff); return b }, "SizeOfHeaders"},
+		{"section past end", func() []byte { b := good(); le.PutUint32(b[secTable+40+16:], 0x7fffffff); return b }, "past the end of the image"},
+		{"section offset past end", func() []byte { b := good(); le.PutUint32(b[secTable+40+20:], 0xfffffe00); return b }, "past the end of the image"},
+		{"sections overlap", func() []byte { b := good(); le.PutUint32(b[secTable+40+20:], 0x500); return b }, "sections overlap"},
+		{"section in headers", func() []byte { b := good(); le.PutUint32(b[secTable+20:], 0x10); return b }, "overlaps the headers"},
+		{"cert table not at end", func() []byte {
+			b := append(good(), make([]byte, 64)...)
+			le.PutUint32(b[opt+144:], uint32(len(b)-64))
+			le.PutUint32(b[opt+148:], 32)
+			return b
+		}, "not at the end of the file"},
+		{"cert table past end", func() []byte {
+			b := good()
+			le.PutUint32(b[opt+144:], uint32(len(b)-8))
+			le.PutUint32(b[opt+148:], 0x7fffffff)
+			return b
+		}, "past the end of the file"},
+		{"bytes after cert table", func() []byte {
+			b := good()
+			entry := make([]byte, 24)
+			le.PutUint32(entry, 24)
+			b = append(b, entry...)
+			le.PutUint32(b[opt+144:], uint32(len(b)-24))
+			le.PutUint32(b[opt+148:], 24)
+			return append(b, 0xcc)
+		}, "not at the end of the file"},
+		{"bad cert entry length", func() []byte {
+			b := good()
+			entry := make([]byte, 24)
+			le.PutUint32(entry, 0xfffffff0)
+			b = append(b, entry...)
+			le.PutUint32(b[opt+144:], uint32(len(b)-24))
+			le.PutUint32(b[opt+148:], 24)
+			return b
+		}, "bad length"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			data := c.data()
+			_, err := parsePE(bytes.NewReader(data), int64(len(data)))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !strings.Contains(err.Error(), c.want) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("error %q, want one line containing %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestUEFICertificate checks the generated certificate against what
+// `openssl req -x509` makes, read back through openssl itself.
+func TestUEFICertificate(t *testing.T) {
+	k := getTestUEFIKey(t)
+	c := k.cert
+	if got := c.Subject.String(); got != "CN=debusine-signing test key" || c.Issuer.String() != got {
+		t.Errorf("subject %q issuer %q", got, c.Issuer)
+	}
+	if d := c.NotAfter.Sub(c.NotBefore); d != 15*365*24*time.Hour {
+		t.Errorf("validity %v", d)
+	}
+	if c.SignatureAlgorithm != x509.SHA256WithRSA || !c.IsCA || !c.BasicConstraintsValid {
+		t.Errorf("algorithm %v, CA %v", c.SignatureAlgorithm, c.IsCA)
+	}
+	if !bytes.Equal(c.SubjectKeyId, c.AuthorityKeyId) || len(c.SubjectKeyId) != 20 {
+		t.Errorf("SKID %x AKID %x", c.SubjectKeyId, c.AuthorityKeyId)
+	}
+	if err := c.CheckSignatureFrom(c); err != nil {
+		t.Error(err)
+	}
+	needTool(t, "openssl")
+	dir := t.TempDir()
+	certPath := writeFile(t, dir, "cert.pem", k.certPEM)
+	out, err := exec.Command("openssl", "x509", "-in", certPath, "-noout", "-text", "-fingerprint", "-sha256").CombinedOutput()
+	if err != nil {
+		t.Fatalf("openssl x509: %v\n%s", err, out)
+	}
+	text := string(out)
+	for _, want := range []string{
+		"Signature Algorithm: sha256WithRSAEncryption",
+		"Public-Key: (2048 bit)",
+		"X509v3 Subject Key Identifier",
+		"X509v3 Authority Key Identifier",
+		"X509v3 Basic Constraints: critical\n                CA:TRUE",
+		"Subject: CN = debusine-signing test key",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("openssl x509 -text lacks %q:\n%s", want, text)
+		}
+	}
+	// openssl's own order of the extensions.
+	if i, j := strings.Index(text, "Subject Key Identifier"), strings.Index(text, "Basic Constraints"); i > j {
+		t.Errorf("extension order differs from openssl req -x509")
+	}
+	fpr := strings.ReplaceAll(strings.TrimSpace(text[strings.LastIndex(text, "=")+1:]), ":", "")
+	if fpr != certificateFingerprint(c) {
+		t.Errorf("fingerprint %s, openssl %s", certificateFingerprint(c), fpr)
+	}
+	// The key id is openssl's (SHA-1 of the public key): generate with
+	// openssl's defaults from our key and compare.
+	keyPath := writeFile(t, dir, "key.pem", k.keyPEM)
+	ref, err := exec.Command("openssl", "req", "-x509", "-key", keyPath, "-subj", "/CN=debusine-signing test key", "-days", "5475").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(ref)
+	refCert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(refCert.SubjectKeyId, c.SubjectKeyId) || !bytes.Equal(refCert.RawSubject, c.RawSubject) {
+		t.Errorf("SKID %x subject %x; openssl: %x %x", c.SubjectKeyId, c.RawSubject, refCert.SubjectKeyId, refCert.RawSubject)
+	}
+	var gotExt, refExt []string
+	for _, e := range c.Extensions {
+		gotExt = append(gotExt, e.Id.String())
+	}
+	for _, e := range refCert.Extensions {
+		refExt = append(refExt, e.Id.String())
+	}
+	if strings.Join(gotExt, " ") != strings.Join(refExt, " ") {
+		t.Errorf("extensions %v, openssl %v", gotExt, refExt)
+	}
+}
+
+func TestParseUEFIKeyPair(t *testing.T) {
+	k := getTestUEFIKey(t)
+	other := otherTestKey(t)
+	if _, _, err := parseUEFIKeyPair(k.keyPEM, other.certPEM); err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Errorf("mismatched pair: %v", err)
+	}
+	if _, _, err := parseUEFIKeyPair([]byte("junk"), k.certPEM); err == nil {
+		t.Error("junk key accepted")
+	}
+	if _, _, err := parseUEFIKeyPair(k.keyPEM, []byte("junk")); err == nil {
+		t.Error("junk certificate accepted")
+	}
+	if _, err := uefiSelfSignedCertificate(strings.Repeat("x", 65), k.signer.Public(), k.signer, time.Now()); err == nil {
+		t.Error("65-character common name accepted")
+	}
+	if _, err := uefiSelfSignedCertificate("", k.signer.Public(), k.signer, time.Now()); err == nil {
+		t.Error("empty common name accepted")
+	}
+}
+
+// uefiStoreKey is a store with a generated UEFI key, its certificate
+// written to cert.pem in the test directory.
+func uefiStoreKey(t *testing.T) (te *testEnv, st *Store, k *Key, certPath string) {
+	t.Helper()
+	te = newTestEnv(t)
+	st = te.store(t)
+	fpr, err := generateUEFIKey(st, "Debusine UEFI test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err = st.Key(purposeUEFI, fpr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return te, st, k, writeFile(t, te.dir, "cert.pem", k.PublicKey)
+}
+
+func TestGenerateUEFIKey(t *testing.T) {
+	_, st, k, _ := uefiStoreKey(t)
+	if !regexp.MustCompile(`^[0-9A-F]{64}$`).MatchString(k.Fingerprint) {
+		t.Errorf("fingerprint %q", k.Fingerprint)
+	}
+	if bytes.Contains(k.PrivateKey, []byte("PRIVATE KEY")) {
+		t.Fatal("private key stored in the clear")
+	}
+	if s, err := k.Storage(); err != nil || s != storageNaCl {
+		t.Errorf("storage %q, %v", s, err)
+	}
+	signer, cert, err := uefiSigner(st, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if certificateFingerprint(cert) != k.Fingerprint || cert.Subject.CommonName != "Debusine UEFI test" || k.Description != "Debusine UEFI test" {
+		t.Errorf("certificate %s (%s), key %s", cert.Subject, certificateFingerprint(cert), k.Fingerprint)
+	}
+	if !signer.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(cert.PublicKey) {
+		t.Error("signer does not match the certificate")
+	}
+	rows := auditRows(t, st, AuditFilter{Fingerprint: k.Fingerprint})
+	if len(rows) != 1 || rows[0].Event != "generate" || rows[0].Purpose != purposeUEFI || !strings.Contains(string(rows[0].Data), `"Debusine UEFI test"`) {
+		t.Errorf("audit rows %+v", rows)
+	}
+}
+
+func TestSignUEFIFiles(t *testing.T) {
+	te, st, k, certPath := uefiStoreKey(t)
+	a := writeFile(t, te.dir, "a.efi", testPE{plus: true, sections: []int{0x400}, trailing: 3}.build())
+	b := writeFile(t, te.dir, "b.efi", testPE{sections: []int{0x200, 0x200}, seed: 1}.build())
+	if err := signUEFIFiles(st, k.Fingerprint, "", "", []string{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	for _, in := range []string{a, b} {
+		sbOK, osslOK, log := verifyBoth(t, certPath, in, in+".sig", uefiModeDetached)
+		if !sbOK || !osslOK {
+			t.Fatalf("%s: sbverify ok=%v, osslsigncode ok=%v\n%s", in, sbOK, osslOK, log)
+		}
+		if fi, err := os.Stat(in + ".sig"); err != nil || fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s.sig: %v %v", in, fi.Mode(), err)
+		}
+	}
+	out := filepath.Join(te.dir, "signed.efi")
+	if err := signUEFIFiles(st, k.Fingerprint, uefiModeAttached, out, []string{a}); err != nil {
+		t.Fatal(err)
+	}
+	if sbOK, osslOK, log := verifyBoth(t, certPath, a, out, uefiModeAttached); !sbOK || !osslOK {
+		t.Fatalf("attached: sbverify ok=%v, osslsigncode ok=%v\n%s", sbOK, osslOK, log)
+	}
+	if err := signUEFIFiles(st, k.Fingerprint, uefiModeAttached, "", []string{b}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(b + ".signed"); err != nil {
+		t.Error(err)
+	}
+
+	var got []string
+	for _, r := range auditRows(t, st, AuditFilter{Fingerprint: k.Fingerprint}) {
+		if r.Event == "sign" {
+			got = append(got, string(r.Data))
+		}
+	}
+	var want []string
+	for _, in := range []string{a, b, a, b} {
+		data, _ := os.ReadFile(in)
+		sum := sha256.Sum256(data)
+		want = append(want, `{"data_sha256":"`+hex.EncodeToString(sum[:])+`"}`)
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("sign audit rows:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if entries, _ := filepath.Glob(filepath.Join(te.dir, ".*tmp*")); len(entries) > 0 {
+		t.Errorf("temporary files left: %v", entries)
+	}
+}
+
+// TestSignUEFIFilesErrors: every refusal is one line naming the file or key
+// and the problem, leaves no output file and adds no audit row.
+func TestSignUEFIFilesErrors(t *testing.T) {
+	te, st, k, _ := uefiStoreKey(t)
+	good := writeFile(t, te.dir, "good.efi", testPE{plus: true, sections: []int{0x200}}.build())
+	pe := testPE{plus: true, sections: []int{0x400, 0x200}, seed: 5}.build()
+	le := binary.LittleEndian
+	const e, opt = 0x80, 0x80 + 24
+	secTable := opt + 240
+	mutate := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(pe)) }
+	bad := map[string][]byte{
+		"not-pe.efi":           []byte("#!/bin/sh\necho hello\n"),
+		"truncated.efi":        pe[:0x100],
+		"section-table.efi":    mutate(func(b []byte) []byte { le.PutUint16(b[e+6:], 90); return b[:0x600] }),
+		"overlap.efi":          mutate(func(b []byte) []byte { le.PutUint32(b[secTable+40+20:], 0x500); return b }),
+		"section-past-end.efi": mutate(func(b []byte) []byte { le.PutUint32(b[secTable+16:], 0x7ffffe00); return b }),
+		"absurd-headers.efi":   mutate(func(b []byte) []byte { le.PutUint32(b[opt+60:], 0xfffffe00); return b }),
+		"cert-not-at-end.efi": mutate(func(b []byte) []byte {
+			b = append(b, make([]byte, 64)...)
+			le.PutUint32(b[opt+144:], uint32(len(b)-64))
+			le.PutUint32(b[opt+148:], 32)
+			return b
+		}),
+	}
+	sealed, err := st.Seal([]byte("not a key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	openpgp := &Key{Purpose: purposeOpenPGP, Fingerprint: strings.Repeat("AB", 20), PrivateKey: sealed, PublicKey: []byte("x"), Description: "other"}
+	if err := st.AddKey(openpgp, "register", nil); err != nil {
+		t.Fatal(err)
+	}
+	rowsBefore := len(auditRows(t, st, AuditFilter{}))
+
+	type call struct {
+		fpr, mode, output string
+		files             []string
+		want              []string // substrings of the error
+	}
+	calls := []call{
+		{fpr: strings.Repeat("0", 64), files: []string{good}, want: []string{"unknown key", strings.Repeat("0", 64)}},
+		{fpr: openpgp.Fingerprint, files: []string{good}, want: []string{openpgp.Fingerprint, "openpgp"}},
+		{fpr: k.Fingerprint, mode: "clear", files: []string{good}, want: []string{"mode"}},
+		{fpr: k.Fingerprint, output: "x", files: []string{good, good}, want: []string{"--output"}},
+		{fpr: k.Fingerprint, files: []string{good, filepath.Join(te.dir, "missing.efi")}, want: []string{"missing.efi"}},
+	}
+	for name, data := range bad {
+		p := writeFile(t, te.dir, name, data)
+		for _, mode := range []string{uefiModeDetached, uefiModeAttached} {
+			// The good file comes first: the bad one must stop it too.
+			calls = append(calls, call{fpr: k.Fingerprint, mode: mode, files: []string{good, p}, want: []string{p}})
+		}
+	}
+	for _, c := range calls {
+		err := signUEFIFiles(st, c.fpr, c.mode, c.output, c.files)
+		if err == nil {
+			t.Errorf("%v: no error", c)
+			continue
+		}
+		msg := err.Error()
+		for _, w := range c.want {
+			if !strings.Contains(msg, w) || strings.Contains(msg, "\n") {
+				t.Errorf("%v: error %q, want one line containing %q", c.files, msg, w)
+			}
+		}
+		t.Logf("%s", msg)
+	}
+	if outs, _ := filepath.Glob(filepath.Join(te.dir, "*.sig")); len(outs) > 0 {
+		t.Errorf("outputs left: %v", outs)
+	}
+	if outs, _ := filepath.Glob(filepath.Join(te.dir, "*.signed")); len(outs) > 0 {
+		t.Errorf("outputs left: %v", outs)
+	}
+	if n := len(auditRows(t, st, AuditFilter{})); n != rowsBefore {
+		t.Errorf("%d audit rows added", n-rowsBefore)
+	}
+}
+
+// TestSignUEFIFileAuditFailure: when the audit row cannot be written, no
+// signature is released.
+func TestSignUEFIFileAuditFailure(t *testing.T) {
+	te, st, k, _ := uefiStoreKey(t)
+	signer, cert, err := uefiSigner(st, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := writeFile(t, te.dir, "in.efi", testPE{sections: []int{0x200}}.build())
+	st.Close()
+	for _, mode := range []string{uefiModeDetached, uefiModeAttached} {
+		out := filepath.Join(te.dir, "out-"+mode)
+		if err := signUEFIFile(st, k, signer, cert, in, out, mode, auditContext{}); err == nil {
+			t.Errorf("%s: signed without an audit row", mode)
+		}
+		if err := signUEFIPipelined(st, k, signer, cert, []string{in, in}, []string{out + "1", out + "2"}, mode); err == nil {
+			t.Errorf("%s: batch signed without audit rows", mode)
+		}
+		if entries, _ := filepath.Glob(filepath.Join(te.dir, "*out*")); len(entries) > 0 {
+			t.Errorf("%s: outputs written without an audit row: %v", mode, entries)
+		}
+	}
+}
+
+// TestSignUEFIFilesMany signs more files than are signed ahead at once.
+func TestSignUEFIFilesMany(t *testing.T) {
+	te, st, k, certPath := uefiStoreKey(t)
+	var files []string
+	for i := range uefiMaxAhead + 5 {
+		files = append(files, writeFile(t, te.dir, fmt.Sprintf("f%02d.efi", i), testPE{sections: []int{0x200}, trailing: i, seed: uint64(i)}.build()))
+	}
+	if err := signUEFIFiles(st, k.Fingerprint, uefiModeAttached, "", files); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, uefiMaxAhead, len(files) - 1} {
+		if sbOK, osslOK, log := verifyBoth(t, certPath, files[i], files[i]+".signed", uefiModeAttached); !sbOK || !osslOK {
+			t.Fatalf("%s: sbverify ok=%v, osslsigncode ok=%v\n%s", files[i], sbOK, osslOK, log)
+		}
+	}
+	var signs int
+	for _, r := range auditRows(t, st, AuditFilter{Fingerprint: k.Fingerprint}) {
+		if r.Event == "sign" {
+			signs++
+		}
+	}
+	if signs != len(files) {
+		t.Errorf("%d sign rows for %d files", signs, len(files))
+	}
+}
+
+func TestUEFICommands(t *testing.T) {
+	te := newTestEnv(t)
+	status, stdout, stderr := te.run(t, "generate-key", "--purpose", "uefi", "--description", "CLI key")
+	fpr := strings.TrimSpace(stdout)
+	if status != 0 || !regexp.MustCompile(`^[0-9A-F]{64}$`).MatchString(fpr) {
+		t.Fatalf("generate-key: status %d, stdout %q, stderr %q", status, stdout, stderr)
+	}
+	certPath := filepath.Join(te.dir, "cert.pem")
+	if err := os.WriteFile(certPath, []byte(te.mustRun(t, "export-public-key", "--purpose", "uefi", "--key", fpr)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a := writeFile(t, te.dir, "a.efi", testPE{plus: true, sections: []int{0x400}, trailing: 7}.build())
+	b := writeFile(t, te.dir, "b.efi", testPE{sections: []int{0x200}}.build())
+	te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, a, b)
+	signed := filepath.Join(te.dir, "a-signed.efi")
+	te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, "--mode", "attached", "--output", signed, a)
+	for _, c := range [][2]string{{a, a + ".sig"}, {b, b + ".sig"}, {a, signed}} {
+		mode := uefiModeDetached
+		if c[1] == signed {
+			mode = uefiModeAttached
+		}
+		if sbOK, osslOK, log := verifyBoth(t, certPath, c[0], c[1], mode); !sbOK || !osslOK {
+			t.Fatalf("%s: sbverify ok=%v, osslsigncode ok=%v\n%s", c[1], sbOK, osslOK, log)
+		}
+	}
+
+	bad := writeFile(t, te.dir, "bad.efi", []byte("MZ not really"))
+	for _, c := range []struct {
+		args   []string
+		status int
+		want   string
+	}{
+		{[]string{"--key", fpr, bad}, 3, "bad.efi: not a PE image"},
+		{[]string{"--key", strings.Repeat("1", 64), a}, 3, "unknown key"},
+		{[]string{"--key", fpr, "--output", "x", a, b}, 2, "--output"},
+		{[]string{"--key", fpr, "--mode", "clear", a}, 2, "mode"},
+		{[]string{a}, 2, "--key"},
+	} {
+		status, _, stderr := te.run(t, append([]string{"sign", "--purpose", "uefi"}, c.args...)...)
+		if status != c.status || !strings.Contains(stderr, c.want) || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("sign %v: status %d, stderr %q; want %d and one line with %q", c.args, status, stderr, c.status, c.want)
+		}
+	}
+	if _, err := os.Stat(bad + ".sig"); err == nil {
+		t.Error("bad.efi.sig written")
+	}
+}
+
+// TestSignUEFIPipelinedError: a file that fails while others are being
+// signed stops the run; every output written has its audit row and every
+// audit row its output.
+func TestSignUEFIPipelinedError(t *testing.T) {
+	te, st, k, _ := uefiStoreKey(t)
+	signer, cert, err := uefiSigner(st, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files, outputs []string
+	for i := range 12 {
+		data := testPE{sections: []int{0x200}, trailing: i, seed: uint64(i)}.build()
+		if i == 7 {
+			data = []byte("not a PE image")
+		}
+		f := writeFile(t, te.dir, fmt.Sprintf("f%02d.efi", i), data)
+		files, outputs = append(files, f), append(outputs, f+".sig")
+	}
+	err = signUEFIPipelined(st, k, signer, cert, files, outputs, uefiModeDetached)
+	if err == nil || !strings.Contains(err.Error(), "f07.efi") {
+		t.Fatalf("error %v, want one naming f07.efi", err)
+	}
+	written := map[string]bool{}
+	for i, out := range outputs {
+		if _, err := os.Stat(out); err == nil {
+			if i >= 7 {
+				t.Errorf("%s written after the failure", out)
+			}
+			data, _ := os.ReadFile(files[i])
+			sum := sha256.Sum256(data)
+			written[hex.EncodeToString(sum[:])] = true
+		}
+	}
+	audited := map[string]bool{}
+	for _, r := range auditRows(t, st, AuditFilter{Fingerprint: k.Fingerprint}) {
+		if r.Event == "sign" {
+			var d struct {
+				DataSHA256 string `json:"data_sha256"`
+			}
+			if err := json.Unmarshal(r.Data, &d); err != nil {
+				t.Fatal(err)
+			}
+			audited[d.DataSHA256] = true
+		}
+	}
+	if fmt.Sprint(written) != fmt.Sprint(audited) {
+		t.Errorf("outputs for %v, audit rows for %v", written, audited)
+	}
+}
+
+// TestSignUEFIDetached is the worker's path: the audit row carries the work
+// request and the permission check's answer.
+func TestSignUEFIDetached(t *testing.T) {
+	te, st, k, certPath := uefiStoreKey(t)
+	signer, cert, err := uefiSigner(st, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile("/usr/lib/systemd/boot/efi/systemd-bootx64.efi")
+	if err != nil {
+		data = testPE{plus: true, sections: []int{0x400}, trailing: 11}.build()
+	}
+	in := writeFile(t, te.dir, "boot.efi", data)
+	wr := int64(42)
+	ac := auditContext{WorkRequest: &wr, Extra: map[string]any{"username": "alice", "user_id": 7, "resource": map[string]any{"package": "systemd"}}}
+	sig, err := signUEFIDetached(st, k, signer, cert, "boot.efi", bytes.NewReader(data), int64(len(data)), ac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sigPath := writeFile(t, te.dir, "boot.efi.sig", sig)
+	if sbOK, osslOK, log := verifyBoth(t, certPath, in, sigPath, uefiModeDetached); !sbOK || !osslOK {
+		t.Fatalf("sbverify ok=%v, osslsigncode ok=%v\n%s", sbOK, osslOK, log)
+	}
+	rows := auditRows(t, st, AuditFilter{WorkRequest: &wr})
+	sum := sha256.Sum256(data)
+	if len(rows) != 1 || rows[0].Event != "sign" || !strings.Contains(string(rows[0].Data), hex.EncodeToString(sum[:])) || !strings.Contains(string(rows[0].Data), `"username":"alice"`) {
+		t.Errorf("audit rows %+v", rows)
+	}
+
+	if _, err := signUEFIDetached(st, k, signer, cert, "junk.efi", strings.NewReader("junk"), 4, ac); err == nil || !strings.Contains(err.Error(), "junk.efi") {
+		t.Errorf("junk: %v", err)
+	}
+	if n := len(auditRows(t, st, AuditFilter{WorkRequest: &wr})); n != 1 {
+		t.Errorf("%d audit rows after a refused input", n)
+	}
+}
