@@ -208,10 +208,11 @@ func init() {
 		{"generate-service-key", "PATH", "create a service key file (mode 0600)", cmdGenerateServiceKey},
 		{"reencrypt-keys", "", "re-seal every stored key to the first service key", cmdReencryptKeys},
 		{"keys", "[--json]", "list the stored keys", cmdKeys},
-		{"generate-key", "--purpose P --description TEXT", "generate a key, print its fingerprint", cmdGenerateKey},
+		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c]", "generate a key, print its fingerprint", cmdGenerateKey},
 		{"import-key", "--purpose P --private-key FILE ...", "import an existing private key", cmdImportKey},
 		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] FILE...", "sign files", cmdSign},
 		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
+		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
 		{"audit", "[--json] [--key FPR] [--work-request N] | verify", "list or verify the audit log", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
@@ -484,6 +485,8 @@ func cmdGenerateKey(e *env, args []string) error {
 	fs := flag.NewFlagSet("generate-key", flag.ContinueOnError)
 	purpose := fs.String("purpose", "", "uefi or openpgp")
 	description := fs.String("description", "", "description (openpgp: the user ID)")
+	yubikey := fs.String("yubikey", "", "generate on the YubiKey with this serial `number` (uefi)")
+	slot := fs.String("slot", "", "PIV `slot` for --yubikey (9c, 9a, 9d, 9e, 82..95)")
 	if err := parseFlags(fs, e, args); err != nil {
 		return err
 	}
@@ -495,6 +498,18 @@ func cmdGenerateKey(e *env, args []string) error {
 	}
 	if *description == "" {
 		return usagef("generate-key needs --description")
+	}
+	if *yubikey != "" || *slot != "" {
+		st, err := e.openStore()
+		if err != nil {
+			return err
+		}
+		fpr, err := generateYubiKeyCommand(st, *purpose, *description, *yubikey, *slot)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, fpr)
+		return nil
 	}
 	var fpr string
 	switch *purpose {
