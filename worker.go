@@ -553,9 +553,14 @@ func (w *worker) keyUsable(k *Key) error {
 	case storageNaCl:
 		return nil
 	case storagePKCS11:
-		// The token-presence check (yubikey.go) has not landed on this
-		// branch yet: until it does, no token is considered present.
-		return fmt.Errorf("key %s is held on a hardware token that is not present on this worker", k)
+		uri, err := k.PKCS11URI()
+		if err != nil {
+			return err
+		}
+		if err := tokenKeyAvailable(w.st.yubikey, uri); err != nil {
+			return fmt.Errorf("key %s cannot be used on this worker: %w", k, err)
+		}
+		return nil
 	}
 	return fmt.Errorf("key %s: unsupported storage %q", k, storage)
 }

@@ -204,8 +204,6 @@ func tokenKeyAvailable(cfg YubiKeyConfig, uri string) error {
 	})
 }
 
-// tokenPresent is tokenKeyAvailable as a yes or no.
-func tokenPresent(cfg YubiKeyConfig, uri string) bool { return tokenKeyAvailable(cfg, uri) == nil }
 
 func (k *tokenKey) Public() crypto.PublicKey { return k.pub }
 

@@ -455,18 +455,18 @@ func TestYubiKeyBlockedPIN(t *testing.T) {
 func TestYubiKeyAbsent(t *testing.T) {
 	startVirtualYubiKey(t, 11111111) // another token is present
 	uri, _ := tokenKeyURI(testTokenSerial, 0x9c)
-	if tokenPresent(YubiKeyConfig{}, uri) {
+	if tokenKeyAvailable(YubiKeyConfig{}, uri) == nil {
 		t.Fatal("absent token reported present")
 	}
 	present, _ := tokenKeyURI(11111111, 0x9c)
-	if !tokenPresent(YubiKeyConfig{}, present) {
+	if tokenKeyAvailable(YubiKeyConfig{}, present) != nil {
 		t.Fatal("present token reported absent")
 	}
 	_, err := tokenSigner(YubiKeyConfig{}, uri)
 	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("YubiKey %d is not connected to this host", testTokenSerial)) {
 		t.Fatalf("absent token: %v", err)
 	}
-	if tokenPresent(YubiKeyConfig{}, "pkcs11:id=%02") {
+	if tokenKeyAvailable(YubiKeyConfig{}, "pkcs11:id=%02") == nil {
 		t.Fatal("unmappable URI reported present")
 	}
 	if err := tokenKeyAvailable(YubiKeyConfig{}, uri); err == nil || !strings.Contains(err.Error(), "is not connected to this host") {
@@ -502,11 +502,11 @@ func TestYubiKeyRemovedAndBack(t *testing.T) {
 	if _, _, err := signDigest(t, signer, "while out"); err == nil || !strings.Contains(err.Error(), "is not connected") {
 		t.Fatalf("while removed: %v", err)
 	}
-	if tokenPresent(te.cfg.YubiKey, uri) {
+	if tokenKeyAvailable(te.cfg.YubiKey, uri) == nil {
 		t.Fatal("removed token reported present")
 	}
 	card.insert(t)
-	if !tokenPresent(te.cfg.YubiKey, uri) {
+	if tokenKeyAvailable(te.cfg.YubiKey, uri) != nil {
 		t.Fatal("reinserted token not present")
 	}
 	if digest, sig, err = signDigest(t, signer, "back"); err != nil {
