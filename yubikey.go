@@ -204,7 +204,6 @@ func tokenKeyAvailable(cfg YubiKeyConfig, uri string) error {
 	})
 }
 
-
 func (k *tokenKey) Public() crypto.PublicKey { return k.pub }
 
 // Sign signs a digest on the token. The PIN, when the slot's policy wants

@@ -17,7 +17,6 @@ func tokenSigner(cfg YubiKeyConfig, uri string) (crypto.Signer, error) { return 
 
 func tokenKeyAvailable(cfg YubiKeyConfig, uri string) error { return errNoPCSC }
 
-
 func registerYubiKeyKey(st *Store, serial uint32, slot byte, description string, certPEM []byte) (string, error) {
 	return "", errNoPCSC
 }
