@@ -3,12 +3,10 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
-	"crypto/x509"
 	"database/sql"
 	_ "embed"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -557,59 +555,4 @@ func defaultStateDir() (string, error) {
 		return "", fmt.Errorf("no state directory: set XDG_STATE_HOME or HOME, or give --config: %w", err)
 	}
 	return filepath.Join(home, ".local", "state", "debusine-signing"), nil
-}
-
-// importUEFIKey stores an existing UEFI key pair: the private key is
-// checked against the certificate, then sealed; the event is "register".
-func importUEFIKey(st *Store, keyPEM, certPEM []byte, description string) (string, error) {
-	signer, cert, err := parseUEFIKeyPair(keyPEM, certPEM)
-	if err != nil {
-		return "", err
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(signer)
-	if err != nil {
-		return "", fmt.Errorf("private key: %w", err)
-	}
-	plain := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	clear(der)
-	sealed, err := st.Seal(plain)
-	clear(plain)
-	if err != nil {
-		return "", err
-	}
-	k := &Key{
-		Purpose:     purposeUEFI,
-		Fingerprint: certificateFingerprint(cert),
-		PrivateKey:  sealed,
-		PublicKey:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
-		Description: description,
-	}
-	if err := st.AddKey(k, "register", nil); err != nil {
-		return "", err
-	}
-	return k.Fingerprint, nil
-}
-
-// registerPKCS11Key records a UEFI key that stays on a PKCS#11 token, by
-// its URI and certificate, as Debusine's register_pkcs11_static_key does.
-func registerPKCS11Key(st *Store, uri string, certPEM []byte, description string) (string, error) {
-	cert, err := parseCertificatePEM(certPEM)
-	if err != nil {
-		return "", err
-	}
-	private, err := pkcs11KeyJSON(uri)
-	if err != nil {
-		return "", err
-	}
-	k := &Key{
-		Purpose:     purposeUEFI,
-		Fingerprint: certificateFingerprint(cert),
-		PrivateKey:  private,
-		PublicKey:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
-		Description: description,
-	}
-	if err := st.AddKey(k, "register", nil); err != nil {
-		return "", err
-	}
-	return k.Fingerprint, nil
 }

@@ -314,7 +314,7 @@ func TestKeysAndExport(t *testing.T) {
 	fpr := strings.TrimSpace(te.mustRun(t, "import-key", "--purpose", "uefi", "--private-key", writeFile(t, te.dir, "k", keyPEM),
 		"--certificate", writeFile(t, te.dir, "c", certPEM), "--description", "Listed key"))
 	_, tokenCert := testCertificate(t, "token")
-	uri := "pkcs11:serial=123;id=%02;pin-source=file:/run/pin"
+	uri := "pkcs11:serial=123;id=%02?pin-source=file:/run/pin"
 	tfpr := strings.TrimSpace(te.mustRun(t, "register-pkcs11-static-key", "uefi", uri, writeFile(t, te.dir, "t", tokenCert), "Token key"))
 	out := te.mustRun(t, "keys")
 	for _, want := range []string{fpr, tfpr, "nacl", "pkcs11-static", "Listed key", "Token key"} {

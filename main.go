@@ -448,8 +448,7 @@ func cmdImportKey(e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		fpr, err = importUEFIKey(st, keyData, certData, *description)
-		if err != nil {
+		if fpr, err = importUEFIKey(st, keyData, certData, *description); err != nil {
 			return err
 		}
 	case purposeOpenPGP:
@@ -470,12 +469,9 @@ func cmdImportKey(e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		fpr, err = importOpenPGPKey(st, keyData, passphrase, *description)
-		if err != nil {
+		if fpr, err = importOpenPGPKey(st, keyData, passphrase, *description); err != nil {
 			return err
 		}
-	default:
-		return fmt.Errorf("import-key: purpose %s is not supported yet", *purpose)
 	}
 	fmt.Fprintln(e.stdout, fpr)
 	return nil
@@ -499,38 +495,21 @@ func cmdGenerateKey(e *env, args []string) error {
 	if *description == "" {
 		return usagef("generate-key needs --description")
 	}
-	if *yubikey != "" || *slot != "" {
-		st, err := e.openStore()
-		if err != nil {
-			return err
-		}
-		fpr, err := generateYubiKeyCommand(st, *purpose, *description, *yubikey, *slot)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(e.stdout, fpr)
-		return nil
+	st, err := e.openStore()
+	if err != nil {
+		return err
 	}
 	var fpr string
-	switch *purpose {
-	case purposeUEFI:
-		st, err := e.openStore()
-		if err != nil {
-			return err
-		}
-		if fpr, err = generateUEFIKey(st, *description, nil); err != nil {
-			return err
-		}
-	case purposeOpenPGP:
-		st, err := e.openStore()
-		if err != nil {
-			return err
-		}
-		if fpr, err = generateOpenPGPKey(st, *description, nil); err != nil {
-			return err
-		}
+	switch {
+	case *yubikey != "" || *slot != "":
+		fpr, err = generateYubiKeyCommand(st, *purpose, *description, *yubikey, *slot)
+	case *purpose == purposeUEFI:
+		fpr, err = generateUEFIKey(st, *description, nil)
 	default:
-		return fmt.Errorf("generate-key: purpose %s is not supported yet", *purpose)
+		fpr, err = generateOpenPGPKey(st, *description, nil)
+	}
+	if err != nil {
+		return err
 	}
 	fmt.Fprintln(e.stdout, fpr)
 	return nil
@@ -549,25 +528,17 @@ func cmdSign(e *env, args []string) error {
 	if err := checkPurpose(*purpose); err != nil {
 		return err
 	}
-	switch *purpose {
-	case purposeUEFI:
-		if len(keys) != 1 {
-			return usagef("sign --purpose uefi takes exactly one --key")
-		}
-		st, err := e.openStore()
-		if err != nil {
-			return err
-		}
-		return signUEFIFiles(st, keys[0], *mode, *output, fs.Args())
-	case purposeOpenPGP:
-		st, err := e.openStore()
-		if err != nil {
-			return err
-		}
-		return signOpenPGPFiles(st, keys, *mode, *output, fs.Args())
-	default:
-		return fmt.Errorf("sign: purpose %s is not supported yet", *purpose)
+	if *purpose == purposeUEFI && len(keys) != 1 {
+		return usagef("sign --purpose uefi takes exactly one --key")
 	}
+	st, err := e.openStore()
+	if err != nil {
+		return err
+	}
+	if *purpose == purposeUEFI {
+		return signUEFIFiles(st, keys[0], *mode, *output, fs.Args())
+	}
+	return signOpenPGPFiles(st, keys, *mode, *output, fs.Args())
 }
 
 func cmdRegisterPKCS11(e *env, args []string) error {

@@ -322,6 +322,65 @@ func signUEFIBytes(data []byte, mode string, signer crypto.Signer, cert *x509.Ce
 	return out, s.dataSHA256, nil
 }
 
+// addUEFIKey stores a UEFI key by its certificate, private being the
+// protected private_key JSON, and audits event; data nil audits the
+// description alone.
+func addUEFIKey(st *Store, cert *x509.Certificate, private []byte, description, event string, data map[string]any, workRequest *int64) (string, error) {
+	k := &Key{
+		Purpose:     purposeUEFI,
+		Fingerprint: certificateFingerprint(cert),
+		PrivateKey:  private,
+		PublicKey:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
+		Description: description,
+	}
+	if data == nil {
+		data = map[string]any{"description": description}
+	}
+	if err := st.AddKeyWithData(k, event, data, workRequest); err != nil {
+		return "", err
+	}
+	return k.Fingerprint, nil
+}
+
+// importUEFIKey stores an existing UEFI key pair: the private key is
+// checked against the certificate, then sealed; the event is "register".
+func importUEFIKey(st *Store, keyPEM, certPEM []byte, description string) (string, error) {
+	signer, cert, err := parseUEFIKeyPair(keyPEM, certPEM)
+	if err != nil {
+		return "", err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(signer)
+	if err != nil {
+		return "", fmt.Errorf("private key: %w", err)
+	}
+	plain := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	clear(der)
+	sealed, err := st.Seal(plain)
+	clear(plain)
+	if err != nil {
+		return "", err
+	}
+	return addUEFIKey(st, cert, sealed, description, "register", nil, nil)
+}
+
+// registerPKCS11Key records a UEFI key that stays on a PKCS#11 token, by
+// its URI and certificate, as Debusine's register_pkcs11_static_key does.
+func registerPKCS11Key(st *Store, uri string, certPEM []byte, description string) (string, error) {
+	cert, err := parseCertificatePEM(certPEM)
+	if err != nil {
+		return "", err
+	}
+	// Only keys this service can reach are worth registering.
+	if _, err := parsePKCS11URI(uri); err != nil {
+		return "", err
+	}
+	private, err := pkcs11KeyJSON(uri)
+	if err != nil {
+		return "", err
+	}
+	return addUEFIKey(st, cert, private, description, "register", nil, nil)
+}
+
 // generateUEFIKey generates a UEFI key, stores it sealed to the service key
 // and audits the "generate" event, returning the fingerprint.
 func generateUEFIKey(st *Store, description string, workRequest *int64) (string, error) {
@@ -338,17 +397,7 @@ func generateUEFIKey(st *Store, description string, workRequest *int64) (string,
 	if err != nil {
 		return "", err
 	}
-	k := &Key{
-		Purpose:     purposeUEFI,
-		Fingerprint: certificateFingerprint(cert),
-		PrivateKey:  sealed,
-		PublicKey:   certPEM,
-		Description: description,
-	}
-	if err := st.AddKey(k, "generate", workRequest); err != nil {
-		return "", err
-	}
-	return k.Fingerprint, nil
+	return addUEFIKey(st, cert, sealed, description, "generate", nil, workRequest)
 }
 
 // uefiSigner returns the signer and certificate of a stored UEFI key: the

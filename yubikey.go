@@ -405,17 +405,7 @@ func registerYubiKeyKey(st *Store, serial uint32, slot byte, description string,
 	if err != nil {
 		return "", err
 	}
-	key := &Key{
-		Purpose:     purposeUEFI,
-		Fingerprint: certificateFingerprint(cert),
-		PrivateKey:  private,
-		PublicKey:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
-		Description: description,
-	}
-	if err := st.AddKey(key, "register", nil); err != nil {
-		return "", err
-	}
-	return key.Fingerprint, nil
+	return addUEFIKey(st, cert, private, description, "register", nil, nil)
 }
 
 // checkTokenKeyMatches signs a random digest on the token and verifies it
@@ -532,17 +522,11 @@ func generateYubiKeyKey(st *Store, serial uint32, slot byte, description string,
 	if err != nil {
 		return "", err
 	}
-	key := &Key{
-		Purpose:     purposeUEFI,
-		Fingerprint: certificateFingerprint(cert),
-		PrivateKey:  private,
-		PublicKey:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
-		Description: description,
-	}
-	if err := st.AddKeyWithData(key, "generate", data, workRequest); err != nil {
+	fpr, err := addUEFIKey(st, cert, private, description, "generate", data, workRequest)
+	if err != nil {
 		return "", fmt.Errorf("the key is on YubiKey %d in PIV slot %s but could not be recorded: %w", serial, ps, err)
 	}
-	return key.Fingerprint, nil
+	return fpr, nil
 }
 
 // attestationChain returns the PEM certificates attesting that the key in
