@@ -52,11 +52,16 @@ func signAudits(t testing.TB, st *Store) []AuditRow {
 	return out
 }
 
-func TestWorkerGenerateKeyOpenPGP(t *testing.T) {
+// generateKeyTask runs one generatekey work request for purpose through a
+// worker and returns the worker, the request, the one key it stored and
+// the asset it published for that key; the purposes differ only in what
+// the key and asset hold.
+func generateKeyTask(t *testing.T, purpose, description string) (*worker, int64, *Key, []byte) {
+	t.Helper()
 	srv := newFakeServer(t)
 	w, _ := testWorker(t, srv)
 	registered(t, srv, w)
-	id := srv.addWorkRequest("generatekey", map[string]any{"purpose": "openpgp", "description": "Archive key"}, map[string]any{})
+	id := srv.addWorkRequest("generatekey", map[string]any{"purpose": purpose, "description": description}, map[string]any{})
 	runOnce(t, w)
 	if c := srv.waitCompleted(t, id); c.Result != "success" {
 		t.Fatalf("result %s: %s", c.Result, srv.debugLog(t, id, "execution.log"))
@@ -67,8 +72,13 @@ func TestWorkerGenerateKeyOpenPGP(t *testing.T) {
 	}
 	k := keys[0]
 	srv.mu.Lock()
-	raw := srv.assets["openpgp:"+k.Fingerprint]
+	raw := srv.assets[purpose+":"+k.Fingerprint]
 	srv.mu.Unlock()
+	return w, id, k, raw
+}
+
+func TestWorkerGenerateKeyOpenPGP(t *testing.T) {
+	w, id, k, raw := generateKeyTask(t, "openpgp", "Archive key")
 	var data struct {
 		Purpose, Fingerprint, PublicKey, Description string
 	}

@@ -17,22 +17,7 @@ import (
 )
 
 func TestWorkerGenerateKeyUEFI(t *testing.T) {
-	srv := newFakeServer(t)
-	w, _ := testWorker(t, srv)
-	registered(t, srv, w)
-	id := srv.addWorkRequest("generatekey", map[string]any{"purpose": "uefi", "description": "Secure Boot 2026"}, map[string]any{})
-	runOnce(t, w)
-	if c := srv.waitCompleted(t, id); c.Result != "success" {
-		t.Fatalf("result %s: %s", c.Result, srv.debugLog(t, id, "execution.log"))
-	}
-	keys, err := w.st.Keys()
-	if err != nil || len(keys) != 1 {
-		t.Fatalf("keys %v, %v", keys, err)
-	}
-	k := keys[0]
-	srv.mu.Lock()
-	raw := srv.assets["uefi:"+k.Fingerprint]
-	srv.mu.Unlock()
+	_, _, k, raw := generateKeyTask(t, "uefi", "Secure Boot 2026")
 	var data struct {
 		Purpose     string `json:"purpose"`
 		Fingerprint string `json:"fingerprint"`
