@@ -8,17 +8,14 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/go-piv/piv-go/v2/piv"
 )
@@ -66,25 +63,6 @@ func loadTokenKey(t testing.TB, card *virtualYubiKey, slot byte, pinPolicy byte,
 		card.putCertificate(slot, cert.Raw)
 	}
 	return priv, cert
-}
-
-func selfSigned(t testing.TB, priv *rsa.PrivateKey, cn string) *x509.Certificate {
-	t.Helper()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &priv.PublicKey, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
 }
 
 // yubiKeyTestEnv is a test store whose [yubikey] table names a PIN file
