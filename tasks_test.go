@@ -77,6 +77,22 @@ func generateKeyTask(t *testing.T, purpose, description string) (*worker, int64,
 	return w, id, k, raw
 }
 
+// signAuditData is the part of a sign audit row's data the sign tests check.
+type signAuditData struct {
+	Username   string            `json:"username"`
+	UserID     int64             `json:"user_id"`
+	Resource   map[string]string `json:"resource"`
+	DataSHA256 string            `json:"data_sha256"`
+}
+
+// decodeSignAudit decodes r's data; a row that does not decode gives zero
+// fields, which the callers' checks then reject.
+func decodeSignAudit(r AuditRow) signAuditData {
+	var d signAuditData
+	json.Unmarshal(r.Data, &d)
+	return d
+}
+
 func TestWorkerGenerateKeyOpenPGP(t *testing.T) {
 	w, id, k, raw := generateKeyTask(t, "openpgp", "Archive key")
 	var data struct {
@@ -176,13 +192,7 @@ func TestWorkerSignOpenPGP(t *testing.T) {
 		t.Fatalf("%d sign audit rows, want 2", len(rows))
 	}
 	for _, r := range rows {
-		var d struct {
-			Username   string            `json:"username"`
-			UserID     int64             `json:"user_id"`
-			Resource   map[string]string `json:"resource"`
-			DataSHA256 string            `json:"data_sha256"`
-		}
-		json.Unmarshal(r.Data, &d)
+		d := decodeSignAudit(r)
 		if r.WorkRequest == nil || *r.WorkRequest != id || d.Username != "alice" || d.UserID != 5 ||
 			d.Resource["package"] != "pkg-signed" || len(d.DataSHA256) != 64 {
 			t.Errorf("audit row %s %v", r.Data, r.WorkRequest)

@@ -143,13 +143,7 @@ func TestWorkerSignUEFI(t *testing.T) {
 		t.Fatalf("%d sign audit rows, want 2", len(rows))
 	}
 	for _, r := range rows {
-		var d struct {
-			Username   string            `json:"username"`
-			UserID     int64             `json:"user_id"`
-			Resource   map[string]string `json:"resource"`
-			DataSHA256 string            `json:"data_sha256"`
-		}
-		json.Unmarshal(r.Data, &d)
+		d := decodeSignAudit(r)
 		sumShim, sumBoot := sha256.Sum256(files["shimx64.efi"]), sha256.Sum256(files["boot/systemd-bootx64.efi"])
 		if r.WorkRequest == nil || *r.WorkRequest != id || d.Username != "alice" || d.UserID != 5 || d.Resource["package"] == "" ||
 			(d.DataSHA256 != hex.EncodeToString(sumShim[:]) && d.DataSHA256 != hex.EncodeToString(sumBoot[:])) {
