@@ -94,33 +94,42 @@ func (t testPE) build() []byte {
 	return b
 }
 
-// testUEFIKey is one key pair shared by the tests (RSA generation is slow
+// sharedUEFIKey returns a getter for one key pair with common name cn,
+// made on first use and then shared by the tests (RSA generation is slow
 // on a shared machine).
-var testUEFIKey = sync.OnceValues(func() (*uefiTestKey, error) {
-	keyPEM, certPEM, err := newUEFIKeyPair("debusine-signing test key", time.Now())
-	if err != nil {
-		return nil, err
+func sharedUEFIKey(cn string) func(testing.TB) *uefiTestKey {
+	get := sync.OnceValues(func() (*uefiTestKey, error) {
+		keyPEM, certPEM, err := newUEFIKeyPair(cn, time.Now())
+		if err != nil {
+			return nil, err
+		}
+		signer, cert, err := parseUEFIKeyPair(keyPEM, certPEM)
+		if err != nil {
+			return nil, err
+		}
+		return &uefiTestKey{keyPEM, certPEM, signer, cert}, nil
+	})
+	return func(t testing.TB) *uefiTestKey {
+		t.Helper()
+		k, err := get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
 	}
-	signer, cert, err := parseUEFIKeyPair(keyPEM, certPEM)
-	if err != nil {
-		return nil, err
-	}
-	return &uefiTestKey{keyPEM, certPEM, signer, cert}, nil
-})
+}
+
+// getTestUEFIKey is the key most tests sign with; otherTestKey is a second,
+// unrelated one for the tests that need a key that does not match.
+var (
+	getTestUEFIKey = sharedUEFIKey("debusine-signing test key")
+	otherTestKey   = sharedUEFIKey("someone else")
+)
 
 type uefiTestKey struct {
 	keyPEM, certPEM []byte
 	signer          crypto.Signer
 	cert            *x509.Certificate
-}
-
-func getTestUEFIKey(t testing.TB) *uefiTestKey {
-	t.Helper()
-	k, err := testUEFIKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 func needTool(t testing.TB, name string) {
@@ -457,24 +466,6 @@ func alreadySignedInputs(t *testing.T) []uefiTestInput {
 		res = append(res, uefiTestInput{in.name, data})
 	}
 	return res
-}
-
-var otherUEFIKey = sync.OnceValues(func() (*uefiTestKey, error) {
-	keyPEM, certPEM, err := newUEFIKeyPair("someone else", time.Now())
-	if err != nil {
-		return nil, err
-	}
-	signer, cert, err := parseUEFIKeyPair(keyPEM, certPEM)
-	return &uefiTestKey{keyPEM, certPEM, signer, cert}, err
-})
-
-func otherTestKey(t testing.TB) *uefiTestKey {
-	t.Helper()
-	k, err := otherUEFIKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }
 
 // TestUEFITamper flips one byte of the input: in a hashed region both tools
