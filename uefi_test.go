@@ -577,6 +577,17 @@ func TestUEFIBadPE(t *testing.T) {
 	le := binary.LittleEndian
 	const e, opt = 0x80, 0x80 + 24
 	secTable := opt + 240
+	// withCertEntry appends one 24-byte certificate table entry whose own
+	// length field says length, and points the certificate table at it.
+	withCertEntry := func(length uint32) []byte {
+		b := good()
+		entry := make([]byte, 24)
+		le.PutUint32(entry, length)
+		b = append(b, entry...)
+		le.PutUint32(b[opt+144:], uint32(len(b)-24))
+		le.PutUint32(b[opt+148:], 24)
+		return b
+	}
 	cases := []struct {
 		name string
 		data func() []byte
@@ -608,24 +619,8 @@ func TestUEFIBadPE(t *testing.T) {
 			le.PutUint32(b[opt+148:], 0x7fffffff)
 			return b
 		}, "past the end of the file"},
-		{"bytes after cert table", func() []byte {
-			b := good()
-			entry := make([]byte, 24)
-			le.PutUint32(entry, 24)
-			b = append(b, entry...)
-			le.PutUint32(b[opt+144:], uint32(len(b)-24))
-			le.PutUint32(b[opt+148:], 24)
-			return append(b, 0xcc)
-		}, "not at the end of the file"},
-		{"bad cert entry length", func() []byte {
-			b := good()
-			entry := make([]byte, 24)
-			le.PutUint32(entry, 0xfffffff0)
-			b = append(b, entry...)
-			le.PutUint32(b[opt+144:], uint32(len(b)-24))
-			le.PutUint32(b[opt+148:], 24)
-			return b
-		}, "bad length"},
+		{"bytes after cert table", func() []byte { return append(withCertEntry(24), 0xcc) }, "not at the end of the file"},
+		{"bad cert entry length", func() []byte { return withCertEntry(0xfffffff0) }, "bad length"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
