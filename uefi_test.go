@@ -212,6 +212,18 @@ func peWithGap() []byte {
 	return b
 }
 
+// zeroHashSignature writes k's certificate and a detached signature over an
+// all-zero image hash into dir: sbverify prints the hash it computed only
+// when a signature does not match, so this one makes it show its hash.
+func zeroHashSignature(t testing.TB, k *uefiTestKey, dir string) (certPath, sigPath string) {
+	t.Helper()
+	sig, err := authenticodeSignature(make([]byte, 32), k.signer, k.cert, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writeFile(t, dir, "cert.pem", k.certPEM), writeFile(t, dir, "zero.sig", sig)
+}
+
 // TestUEFISectionGap: with a gap between sections, the image hash follows
 // the Authenticode specification, as sbsign/sbverify, EDK2 and shim do
 // (trailing data counted from SizeOfHeaders plus the section sizes).
@@ -220,11 +232,7 @@ func peWithGap() []byte {
 func TestUEFISectionGap(t *testing.T) {
 	k := getTestUEFIKey(t)
 	dir := t.TempDir()
-	certPath := writeFile(t, dir, "cert.pem", k.certPEM)
-	zeroSig, err := authenticodeSignature(make([]byte, 32), k.signer, k.cert, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	certPath, zeroSigPath := zeroHashSignature(t, k, dir)
 	data := peWithGap()
 	in := writeFile(t, dir, "gap.efi", data)
 	p, err := parsePE(bytes.NewReader(data), int64(len(data)))
@@ -235,7 +243,7 @@ func TestUEFISectionGap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, _ := sbverify(t, certPath, in, writeFile(t, dir, "zero.sig", zeroSig))
+	out, _ := sbverify(t, certPath, in, zeroSigPath)
 	if m := sbverifyExpecting.FindStringSubmatch(out); m == nil || m[1] != hex.EncodeToString(h) {
 		t.Fatalf("image hash %x, sbverify:\n%s", h, out)
 	}
@@ -398,12 +406,7 @@ var (
 func TestUEFIImageHashMatchesTools(t *testing.T) {
 	k := getTestUEFIKey(t)
 	dir := t.TempDir()
-	certPath := writeFile(t, dir, "cert.pem", k.certPEM)
-	zeroSig, err := authenticodeSignature(make([]byte, 32), k.signer, k.cert, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	zeroSigPath := writeFile(t, dir, "zero.sig", zeroSig)
+	certPath, zeroSigPath := zeroHashSignature(t, k, dir)
 	for _, in := range append(uefiTestInputs(t), alreadySignedInputs(t)...) {
 		t.Run(in.name, func(t *testing.T) {
 			p, err := parsePE(bytes.NewReader(in.data), int64(len(in.data)))
