@@ -483,15 +483,11 @@ func TestOpenPGPArmourTypes(t *testing.T) {
 	}
 }
 
-func signRows(t *testing.T, st *Store, fpr string) []AuditRow {
+// signRows returns the sign audit rows of the key fpr (of every key if fpr
+// is empty).
+func signRows(t testing.TB, st *Store, fpr string) []AuditRow {
 	t.Helper()
-	var out []AuditRow
-	for _, r := range auditRows(t, st, AuditFilter{Fingerprint: fpr}) {
-		if r.Event == "sign" {
-			out = append(out, r)
-		}
-	}
-	return out
+	return keep(auditRows(t, st, AuditFilter{Fingerprint: fpr}), func(r AuditRow) bool { return r.Event == "sign" })
 }
 
 func TestOpenPGPCommandLine(t *testing.T) {

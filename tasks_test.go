@@ -41,15 +41,10 @@ func (s *fakeServer) debugLog(t testing.TB, id int64, name string) string {
 	return ""
 }
 
+// signAudits returns the sign audit rows of every key.
 func signAudits(t testing.TB, st *Store) []AuditRow {
 	t.Helper()
-	var out []AuditRow
-	for _, r := range auditRows(t, st, AuditFilter{}) {
-		if r.Event == "sign" {
-			out = append(out, r)
-		}
-	}
-	return out
+	return signRows(t, st, "")
 }
 
 // generateKeyTask runs one generatekey work request for purpose through a

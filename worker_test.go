@@ -108,17 +108,24 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// keep returns, in a new slice, the items of all for which want is true
+// (nil if none): the fake server's lookups hand out copies so that callers
+// can read them after releasing s.mu.
+func keep[T any](all []T, want func(T) bool) []T {
+	var out []T
+	for _, x := range all {
+		if want(x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
 // completionOf returns the completions the server received for id.
 func (s *fakeServer) completionsOf(id int64) []fakeCompletion {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []fakeCompletion
-	for _, c := range s.completions {
-		if c.WorkRequest == id {
-			out = append(out, c)
-		}
-	}
-	return out
+	return keep(s.completions, func(c fakeCompletion) bool { return c.WorkRequest == id })
 }
 
 func (s *fakeServer) waitCompleted(t testing.TB, id int64) fakeCompletion {
@@ -148,13 +155,7 @@ func (s *fakeServer) artifactsOf(id int64, category string) []*fakeArtifact {
 func (s *fakeServer) relationsFrom(id int64) []fakeRelation {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []fakeRelation
-	for _, r := range s.relations {
-		if r.Artifact == id {
-			out = append(out, r)
-		}
-	}
-	return out
+	return keep(s.relations, func(r fakeRelation) bool { return r.Artifact == id })
 }
 
 func checkNoSecretsLogged(t testing.TB, logs *syncBuffer, secrets ...string) {
