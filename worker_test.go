@@ -158,6 +158,25 @@ func (s *fakeServer) relationsFrom(id int64) []fakeRelation {
 	return keep(s.relations, func(r fakeRelation) bool { return r.Artifact == id })
 }
 
+// stallArtifactCreation makes srv answer no artifact creation: it reads the
+// request, calls entered (the worker is now inside a task) and holds the
+// request until the client drops it or for at most limit, so that tests can
+// stop the worker in the middle of a task.
+func (s *fakeServer) stallArtifactCreation(entered func(), limit time.Duration) {
+	s.hook = func(rw http.ResponseWriter, r *http.Request) bool {
+		if r.Method == "POST" && r.URL.Path == "/api/1.0/artifact/" {
+			io.ReadAll(r.Body)
+			entered()
+			select {
+			case <-r.Context().Done():
+			case <-time.After(limit):
+			}
+			return true
+		}
+		return false
+	}
+}
+
 func checkNoSecretsLogged(t testing.TB, logs *syncBuffer, secrets ...string) {
 	t.Helper()
 	for _, s := range secrets {
@@ -454,18 +473,7 @@ func TestWorkerSignalDuringTask(t *testing.T) {
 	registered(t, srv, w)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	srv.hook = func(rw http.ResponseWriter, r *http.Request) bool {
-		if r.Method == "POST" && r.URL.Path == "/api/1.0/artifact/" {
-			io.ReadAll(r.Body)
-			cancel()
-			select {
-			case <-r.Context().Done():
-			case <-time.After(5 * time.Second):
-			}
-			return true
-		}
-		return false
-	}
+	srv.stallArtifactCreation(cancel, 5*time.Second)
 	id := srv.addWorkRequest("noop", map[string]any{"result": true}, nil)
 	if err := w.run(ctx); err != nil {
 		t.Fatalf("run after the signal = %v, want nil", err)
@@ -745,18 +753,7 @@ func TestWorkerProcessSIGTERM(t *testing.T) {
 	te.writeConfig(t, fmt.Sprintf("database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n[worker]\napi_url = %q\ntoken_file = %q\nca_file = %q\nlog_level = \"debug\"\n",
 		srv.apiURL(), tokenFile, srv.caFile(te.dir)))
 	inTask := make(chan struct{})
-	srv.hook = func(rw http.ResponseWriter, r *http.Request) bool {
-		if r.Method == "POST" && r.URL.Path == "/api/1.0/artifact/" {
-			io.ReadAll(r.Body)
-			close(inTask)
-			select {
-			case <-r.Context().Done():
-			case <-time.After(10 * time.Second):
-			}
-			return true
-		}
-		return false
-	}
+	srv.stallArtifactCreation(func() { close(inTask) }, 10*time.Second)
 	id := srv.addWorkRequest("noop", map[string]any{"result": true}, nil)
 
 	cmd := exec.Command(os.Args[0], "-test.run=^TestWorkerProcessHelper$")
