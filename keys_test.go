@@ -117,6 +117,17 @@ func selfSigned(t testing.TB, priv *rsa.PrivateKey, cn string) *x509.Certificate
 	return cert
 }
 
+// pemBody returns the bytes of the first PEM block in data; with no block
+// it fails the test with the caller's message, which says what data was.
+func pemBody(t testing.TB, data []byte, format string, args ...any) []byte {
+	t.Helper()
+	block, _ := pem.Decode(data)
+	if block == nil {
+		t.Fatalf(format, args...)
+	}
+	return block.Bytes
+}
+
 func writeFile(t testing.TB, dir, name string, data []byte) string {
 	t.Helper()
 	p := filepath.Join(dir, name)

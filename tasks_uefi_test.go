@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -26,11 +25,8 @@ func TestWorkerGenerateKeyUEFI(t *testing.T) {
 	}
 	json.Unmarshal(raw, &data)
 	pemBytes, _ := base64.StdEncoding.DecodeString(data.PublicKey)
-	block, _ := pem.Decode(pemBytes)
-	if block == nil {
-		t.Fatalf("asset public_key is not base64 of a PEM certificate: %s", raw)
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
+	der := pemBody(t, pemBytes, "asset public_key is not base64 of a PEM certificate: %s", raw)
+	cert, err := x509.ParseCertificate(der)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -560,11 +560,7 @@ func TestVirtualYubiKeyWithYubicoPIVTool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	block, _ := pem.Decode(pubPEM)
-	if block == nil {
-		t.Fatalf("generate wrote no public key:\n%s", pubPEM)
-	}
-	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	pub, err := x509.ParsePKIXPublicKey(pemBody(t, pubPEM, "generate wrote no public key:\n%s", pubPEM))
 	if err != nil {
 		t.Fatal(err)
 	}
