@@ -109,6 +109,18 @@ func TestWorkerGenerateKeyOpenPGP(t *testing.T) {
 	}
 }
 
+// servedKey publishes w's key purpose/fpr as a signing-key asset, which
+// lets alice use it, and returns the key.
+func servedKey(t testing.TB, srv *fakeServer, w *worker, purpose, fpr string) *Key {
+	t.Helper()
+	srv.addSigningKeyAsset(purpose, fpr)
+	k, err := w.st.Key(purpose, fpr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 // signSetup makes an OpenPGP key the server lets alice use.
 func signSetup(t *testing.T, srv *fakeServer, w *worker) *Key {
 	t.Helper()
@@ -116,12 +128,7 @@ func signSetup(t *testing.T, srv *fakeServer, w *worker) *Key {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.addSigningKeyAsset("openpgp", fpr)
-	k, err := w.st.Key("openpgp", fpr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+	return servedKey(t, srv, w, "openpgp", fpr)
 }
 
 func TestWorkerSignOpenPGP(t *testing.T) {

@@ -63,11 +63,7 @@ func uefiSignSetup(t testing.TB, srv *fakeServer, w *worker) (*Key, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.addSigningKeyAsset("uefi", fpr)
-	k, err := w.st.Key("uefi", fpr)
-	if err != nil {
-		t.Fatal(err)
-	}
+	k := servedKey(t, srv, w, "uefi", fpr)
 	cert := filepath.Join(t.TempDir(), "cert.pem")
 	if err := os.WriteFile(cert, k.PublicKey, 0o644); err != nil {
 		t.Fatal(err)
