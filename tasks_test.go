@@ -80,12 +80,22 @@ type signAuditData struct {
 	DataSHA256 string            `json:"data_sha256"`
 }
 
-// decodeSignAudit decodes r's data; a row that does not decode gives zero
-// fields, which the callers' checks then reject.
-func decodeSignAudit(r AuditRow) signAuditData {
-	var d signAuditData
-	json.Unmarshal(r.Data, &d)
-	return d
+// checkSignAudits checks that st holds n sign audit rows, each for work
+// request id by alice (user 5) and each with data that dataOK accepts. A
+// row whose data does not decode has zero fields, which the checks reject.
+func checkSignAudits(t *testing.T, st *Store, n int, id int64, dataOK func(signAuditData) bool) {
+	t.Helper()
+	rows := signAudits(t, st)
+	if len(rows) != n {
+		t.Fatalf("%d sign audit rows, want %d", len(rows), n)
+	}
+	for _, r := range rows {
+		var d signAuditData
+		json.Unmarshal(r.Data, &d)
+		if r.WorkRequest == nil || *r.WorkRequest != id || d.Username != "alice" || d.UserID != 5 || !dataOK(d) {
+			t.Errorf("audit row %s %v", r.Data, r.WorkRequest)
+		}
+	}
 }
 
 func TestWorkerGenerateKeyOpenPGP(t *testing.T) {
@@ -189,17 +199,9 @@ func TestWorkerSignOpenPGP(t *testing.T) {
 	if rel := srv.relationsFrom(logs[0].ID); !slices.Equal(rel, []fakeRelation{{logs[0].ID, in, "relates-to"}}) {
 		t.Errorf("debug-log relations %v", rel)
 	}
-	rows := signAudits(t, w.st)
-	if len(rows) != 2 {
-		t.Fatalf("%d sign audit rows, want 2", len(rows))
-	}
-	for _, r := range rows {
-		d := decodeSignAudit(r)
-		if r.WorkRequest == nil || *r.WorkRequest != id || d.Username != "alice" || d.UserID != 5 ||
-			d.Resource["package"] != "pkg-signed" || len(d.DataSHA256) != 64 {
-			t.Errorf("audit row %s %v", r.Data, r.WorkRequest)
-		}
-	}
+	checkSignAudits(t, w.st, 2, id, func(d signAuditData) bool {
+		return d.Resource["package"] == "pkg-signed" && len(d.DataSHA256) == 64
+	})
 	srv.mu.Lock()
 	defer srv.mu.Unlock()
 	if len(srv.permChecks) != 1 || srv.permChecks[0] != (fakePermissionCheck{"openpgp:" + k.Fingerprint, "sign_with", in, id, "System"}) {
