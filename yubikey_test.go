@@ -84,8 +84,13 @@ func signDigest(t testing.TB, signer crypto.Signer, msg string) ([]byte, []byte,
 	return digest[:], sig, err
 }
 
-func mustVerify(t testing.TB, pub crypto.PublicKey, digest, sig []byte) {
+// signVerified signs msg with signer and checks the signature against pub.
+func signVerified(t testing.TB, signer crypto.Signer, pub crypto.PublicKey, msg string) {
 	t.Helper()
+	digest, sig, err := signDigest(t, signer, msg)
+	if err != nil {
+		t.Fatalf("signing %q: %v", msg, err)
+	}
 	if err := rsa.VerifyPKCS1v15(pub.(*rsa.PublicKey), crypto.SHA256, digest, sig); err != nil {
 		t.Fatalf("token signature does not verify: %v", err)
 	}
@@ -124,11 +129,7 @@ func TestYubiKeyRegisterAndSign(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	digest, sig, err := signDigest(t, signer, "a PE image hash")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustVerify(t, cert.PublicKey, digest, sig)
+	signVerified(t, signer, cert.PublicKey, "a PE image hash")
 
 	// A registered Debusine-style URI with pin-source works unchanged.
 	pin2 := writeFile(t, te.dir, "other-pin", []byte("123456"))
@@ -136,10 +137,7 @@ func TestYubiKeyRegisterAndSign(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if digest, sig, err = signDigest(t, signer, "again"); err != nil {
-		t.Fatal(err)
-	}
-	mustVerify(t, cert.PublicKey, digest, sig)
+	signVerified(t, signer, cert.PublicKey, "again")
 }
 
 func TestYubiKeyRegisterRefusals(t *testing.T) {
@@ -244,11 +242,7 @@ func TestYubiKeyGenerate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	digest, sig, err := signDigest(t, signer, "data")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustVerify(t, cert.PublicKey, digest, sig)
+	signVerified(t, signer, cert.PublicKey, "data")
 
 	// Never over an existing key; the management key is required.
 	if _, err := generateYubiKeyCommand(st, purposeUEFI, "again", fmt.Sprint(testTokenSerial), "9c"); err == nil || !strings.Contains(err.Error(), "already holds a key") {
@@ -390,11 +384,7 @@ func TestYubiKeyWrongPIN(t *testing.T) {
 	if err := os.WriteFile(pinFile, []byte("123456\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	digest, sig, err := signDigest(t, signer, "x")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mustVerify(t, cert.PublicKey, digest, sig)
+	signVerified(t, signer, cert.PublicKey, "x")
 
 	// A PIN file others can read is refused before the token sees it.
 	if err := os.Chmod(pinFile, 0o644); err != nil {
@@ -469,11 +459,7 @@ func TestYubiKeyRemovedAndBack(t *testing.T) {
 	// session is replaced without the caller noticing.
 	card.remove()
 	card.insert(t)
-	digest, sig, err := signDigest(t, signer, "after reinsertion")
-	if err != nil {
-		t.Fatalf("after reinsertion: %v", err)
-	}
-	mustVerify(t, cert.PublicKey, digest, sig)
+	signVerified(t, signer, cert.PublicKey, "after reinsertion")
 
 	// Pulled out: a clear error and not present; back: signing again.
 	card.remove()
@@ -487,10 +473,7 @@ func TestYubiKeyRemovedAndBack(t *testing.T) {
 	if tokenKeyAvailable(te.cfg.YubiKey, uri) != nil {
 		t.Fatal("reinserted token not present")
 	}
-	if digest, sig, err = signDigest(t, signer, "back"); err != nil {
-		t.Fatal(err)
-	}
-	mustVerify(t, cert.PublicKey, digest, sig)
+	signVerified(t, signer, cert.PublicKey, "back")
 	if selects, _, _ := card.counters(); selects != 3 {
 		t.Errorf("%d sessions opened, want 3 (one per insertion)", selects)
 	}
