@@ -114,6 +114,20 @@ func padPIN(pin string) []byte {
 	return b
 }
 
+// attestationCATemplate is a template for one of the two CA certificates of
+// the virtual card's attestation chain (the root and the attestation key).
+func attestationCATemplate(serial int64, cn string) *x509.Certificate {
+	return &x509.Certificate{
+		SerialNumber:          big.NewInt(serial),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+}
+
 // newVirtualYubiKey makes a factory-fresh card (PIN 123456, PUK 12345678,
 // default 3DES management key) with an attestation key certified by a
 // throw-away "Yubico" root, so attestation chains verify against rootCert.
@@ -135,15 +149,7 @@ func newVirtualYubiKey(t testing.TB, serial uint32, port int) *virtualYubiKey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rootTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "Virtual Yubico PIV Root CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
+	rootTmpl := attestationCATemplate(1, "Virtual Yubico PIV Root CA")
 	rootDER, err := x509.CreateCertificate(rand.Reader, rootTmpl, rootTmpl, rootKey.Public(), rootKey)
 	if err != nil {
 		t.Fatal(err)
@@ -153,15 +159,7 @@ func newVirtualYubiKey(t testing.TB, serial uint32, port int) *virtualYubiKey {
 	if err != nil {
 		t.Fatal(err)
 	}
-	attTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(2),
-		Subject:               pkix.Name{CommonName: "Yubico PIV Attestation"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
+	attTmpl := attestationCATemplate(2, "Yubico PIV Attestation")
 	attDER, err := x509.CreateCertificate(rand.Reader, attTmpl, c.rootCert, c.attestKey.Public(), rootKey)
 	if err != nil {
 		t.Fatal(err)
