@@ -580,6 +580,9 @@ func cmdWorker(e *env, args []string) error {
 		return err
 	}
 	wc := cfg.Worker
+	if cfg.path == "" {
+		return errors.New("the worker needs a configuration file with a [worker] table (--config FILE; see signing.toml.example)")
+	}
 	if wc.APIURL == "" || wc.TokenFile == "" {
 		return fmt.Errorf("configuration %s: the worker needs [worker] api_url and token_file", cfg.path)
 	}
