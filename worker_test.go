@@ -822,3 +822,26 @@ func TestWorkerMetadataKeys(t *testing.T) {
 		t.Errorf("signing:keys = %v", got)
 	}
 }
+
+// TestWorkerCommandConfiguration checks the worker command refuses to start
+// without what it needs, in one line, exit 3.
+func TestWorkerCommandConfiguration(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", t.TempDir())
+	t.Setenv("DEBUSINE_SIGNING_CONFIG", "")
+	var out, errOut bytes.Buffer
+	if status := run([]string{"worker", "--once"}, &out, &errOut); status != exitError || !strings.Contains(errOut.String(), "the worker needs a configuration file") {
+		t.Errorf("no configuration file: exit %d %q", status, errOut.String())
+	}
+	te := newTestEnv(t)
+	for _, tc := range []struct{ table, want string }{
+		{"", "needs [worker] api_url and token_file"},
+		{"[worker]\napi_url = \"http://debusine.example.org/api\"\ntoken_file = \"token\"\n", "https"},
+		{"trusted_certs = [\"nothex\"]\n[worker]\napi_url = \"https://debusine.example.org/api\"\ntoken_file = \"token\"\n", "not a SHA-256 fingerprint"},
+	} {
+		te.writeConfig(t, "database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n"+tc.table)
+		status, _, stderr := te.run(t, "worker", "--once")
+		if status != exitError || !strings.Contains(stderr, tc.want) || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%q: exit %d %q, want exit 3 and one line with %q", tc.table, status, stderr, tc.want)
+		}
+	}
+}
