@@ -428,10 +428,22 @@ func (w *worker) fileSigner(k *Key) (func(ctx context.Context, tr *taskRun, in, 
 			return nil, err
 		}
 		return func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error {
-			if err := tr.root.MkdirAll(path.Dir(out), 0o700); err != nil {
+			// Read through the work directory's root, like every other
+			// file of a task, so a name can never reach outside it.
+			f, err := tr.root.Open(in)
+			if err != nil {
 				return err
 			}
-			return signUEFIFile(w.st, k, signer, cert, filepath.Join(tr.dir, in), filepath.Join(tr.dir, out), uefiModeDetached, ac)
+			defer f.Close()
+			fi, err := f.Stat()
+			if err != nil {
+				return err
+			}
+			sig, err := signUEFIDetached(w.st, k, signer, cert, in, f, fi.Size(), ac)
+			if err != nil {
+				return err
+			}
+			return tr.writeFile(out, sig)
 		}, nil
 	case purposeOpenPGP:
 		return func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error {

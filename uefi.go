@@ -16,7 +16,6 @@ package main
 // output.
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -294,32 +293,6 @@ func uefiOutputName(in, mode string) string {
 		return in + ".signed"
 	}
 	return in + ".sig"
-}
-
-// signUEFIBytes signs a PE image held in memory and returns the output for
-// mode (the detached signature or the signed image) and the input's
-// SHA-256. It does not audit: a caller that releases the output must first
-// write the audit row, as signUEFIFile does.
-func signUEFIBytes(data []byte, mode string, signer crypto.Signer, cert *x509.Certificate, now time.Time) (out []byte, dataSHA256 string, err error) {
-	if err := checkUEFIMode(mode); err != nil {
-		return nil, "", err
-	}
-	buf := make([]byte, peCopyBufferSize)
-	s, err := signPEImage(bytes.NewReader(data), int64(len(data)), signer, cert, now, buf)
-	if err != nil {
-		return nil, "", err
-	}
-	if mode == uefiModeDetached {
-		return s.pkcs7, s.dataSHA256, nil
-	}
-	var b bytes.Buffer
-	ck, err := s.pe.writeAttached(&b, s.pkcs7, buf)
-	if err != nil {
-		return nil, "", err
-	}
-	out = b.Bytes()
-	binary.LittleEndian.PutUint32(out[s.pe.checksumOffset:], ck)
-	return out, s.dataSHA256, nil
 }
 
 // addUEFIKey stores a UEFI key by its certificate, private being the
