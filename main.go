@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -58,6 +59,29 @@ type WorkerConfig struct {
 	FQDN                string `toml:"fqdn"`
 	LogFile             string `toml:"log_file"`
 	LogLevel            string `toml:"log_level"`
+	// RetryFor is how long transfers to and from the server are retried
+	// through an outage before the task fails (default 10 minutes).
+	RetryFor duration `toml:"retry_for"`
+	// CheckpointFile receives a signed audit checkpoint after each task.
+	CheckpointFile string `toml:"checkpoint_file"`
+	// SignKernelModules: sign .ko files of a sign task's input (default
+	// true); false keeps Debusine's behaviour of skipping them.
+	SignKernelModules *bool `toml:"sign_kernel_modules"`
+}
+
+// duration is a TOML string such as "10m" or "90s".
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(text []byte) error {
+	v, err := time.ParseDuration(string(text))
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q is negative", text)
+	}
+	d.Duration = v
+	return nil
 }
 
 // YubiKeyConfig is the [yubikey] table.
@@ -103,7 +127,7 @@ func loadConfig(path string) (*Config, error) {
 		abs(&cfg.ServiceKeys[i])
 	}
 	for _, p := range []*string{&cfg.Worker.TokenFile, &cfg.Worker.ActivationTokenFile, &cfg.Worker.CAFile,
-		&cfg.Worker.LogFile, &cfg.YubiKey.PINFile, &cfg.YubiKey.ManagementKeyFile} {
+		&cfg.Worker.LogFile, &cfg.Worker.CheckpointFile, &cfg.YubiKey.PINFile, &cfg.YubiKey.ManagementKeyFile} {
 		abs(p)
 	}
 	return cfg, nil
@@ -216,6 +240,7 @@ func init() {
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
 		{"audit", "[--json] [--key FPR] [--work-request N] | verify", "list or verify the audit log", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
+		{"version", "", "print the version, VCS revision and build settings", cmdVersion},
 	}
 }
 
@@ -245,11 +270,16 @@ func run(args []string, stdout, stderr io.Writer) (status int) {
 	fs.SetOutput(stderr)
 	fs.Usage = func() { usage(stderr) }
 	fs.StringVar(&e.configPath, "config", e.configPath, "configuration `file`")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
 		}
 		return exitUsage
+	}
+	if *showVersion {
+		fmt.Fprint(stdout, versionReport())
+		return exitOK
 	}
 	if fs.NArg() == 0 {
 		usage(stderr)
@@ -308,6 +338,14 @@ type stringList []string
 
 func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+func cmdVersion(e *env, args []string) error {
+	if len(args) != 0 {
+		return usagef("version takes no arguments")
+	}
+	fmt.Fprint(e.stdout, versionReport())
+	return nil
+}
 
 func cmdGenerateServiceKey(e *env, args []string) error {
 	fs := flag.NewFlagSet("generate-service-key", flag.ContinueOnError)
