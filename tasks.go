@@ -447,15 +447,7 @@ func (w *worker) fileSigner(k *Key) (func(ctx context.Context, tr *taskRun, in, 
 		}, nil
 	case purposeOpenPGP:
 		return func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error {
-			data, err := tr.root.ReadFile(in)
-			if err != nil {
-				return err
-			}
-			sig, err := signOpenPGPData(w.st, []*Key{k}, data, openpgpModeClear, ac)
-			if err != nil {
-				return err
-			}
-			return tr.writeFile(out, sig)
+			return signOpenPGPRootFile(w.st, []*Key{k}, tr.root, in, out, openpgpModeClear, ac)
 		}, nil
 	}
 	return nil, fmt.Errorf("key %s: purpose %s cannot sign files here", k, k.Purpose)
@@ -646,13 +638,9 @@ func (w *worker) configureSignRepositoryIndex(wr *workRequest) (taskRunner, erro
 		}
 
 		tr.enter("execution")
-		data, err := tr.root.ReadFile(path.Join(in.dir, in.files[0]))
-		if err != nil {
-			return false, err
-		}
 		ac := auditContext{WorkRequest: &tr.wr.ID, Extra: in.perm.auditExtra()}
-		sig, err := signOpenPGPData(w.st, keys, data, d.Mode, ac)
-		if err != nil {
+		out := path.Join("out", d.SignedName)
+		if err := signOpenPGPRootFile(w.st, keys, tr.root, path.Join(in.dir, in.files[0]), out, d.Mode, ac); err != nil {
 			return false, err
 		}
 		tr.logf("cmd-output.log", "signed %s (%s) with %d key(s)\n", in.files[0], d.Mode, len(keys))
@@ -662,8 +650,8 @@ func (w *worker) configureSignRepositoryIndex(wr *workRequest) (taskRunner, erro
 		if d.Mode == openpgpModeClear {
 			ct = "text/plain; charset=utf-8"
 		}
-		files := []outFile{{Name: d.SignedName, ContentType: ct, Data: sig}}
-		_, err = w.api.createArtifact(ctx, "debian:repository-index", tr.wr.Workspace, tr.wr.ID, map[string]any{"path": d.SignedName}, files, []int64{in.id})
+		files := []outFile{{Name: d.SignedName, ContentType: ct, Path: out}}
+		_, err = w.api.createArtifact(ctx, "debian:repository-index", tr.wr.Workspace, tr.wr.ID, map[string]any{"path": d.SignedName}, tr.outFiles(files), []int64{in.id})
 		return err == nil, err
 	}, nil
 }
