@@ -393,10 +393,8 @@ func writeDebsign(res *debsignResult, srcDir, outDir string) (string, error) {
 // directory and a rename.
 func pgpWriteFile(path string, data []byte) error {
 	return pgpWriteWith(path, func(w io.Writer) error {
-		if _, err := w.Write(data); err != nil {
-			return fmt.Errorf("writing %s: %w", path, err)
-		}
-		return nil
+		_, err := w.Write(data)
+		return err
 	})
 }
 
@@ -407,15 +405,11 @@ func pgpCopyFile(src, dst string) error {
 	}
 	defer in.Close()
 	return pgpWriteWith(dst, func(w io.Writer) error {
-		if _, err := io.Copy(w, in); err != nil {
-			return fmt.Errorf("writing %s: %w", dst, err)
-		}
-		return nil
+		_, err := io.Copy(w, in)
+		return err
 	})
 }
 
-// pgpWriteWith has fill write the content of path to a temporary file
-// renamed to path only if fill succeeds; fill's error is returned as is.
 func pgpWriteWith(path string, fill func(io.Writer) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
@@ -424,7 +418,7 @@ func pgpWriteWith(path string, fill func(io.Writer) error) error {
 	defer os.Remove(tmp.Name())
 	if err := fill(tmp); err != nil {
 		tmp.Close()
-		return err
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if err := tmp.Chmod(0o644); err != nil {
 		tmp.Close()

@@ -520,35 +520,92 @@ func signOpenPGPFiles(st *Store, fprs []string, mode, output string, files []str
 		keys = append(keys, k)
 		entities = append(entities, e)
 	}
+	if mode != openpgpModeDebsign {
+		return signOpenPGPBatch(st, keys, entities, files, output, mode)
+	}
 	for _, file := range files {
-		if mode == openpgpModeDebsign {
-			outDir := output
-			if outDir == "" {
-				outDir = strings.TrimSuffix(file, ".changes") + ".signed"
-			}
-			if _, err := debsignUpload(st, keys[0], file, outDir, auditContext{}); err != nil {
-				return err
-			}
-			continue
+		outDir := output
+		if outDir == "" {
+			outDir = strings.TrimSuffix(file, ".changes") + ".signed"
 		}
-		out := output
-		if out == "" {
-			out = file + ".asc"
-		}
-		if filepath.Clean(out) == filepath.Clean(file) {
-			return usagef("--output %s is the input file", out)
-		}
-		f, _, err := openInput(file)
-		if err != nil {
+		if _, err := debsignUpload(st, keys[0], file, outDir, auditContext{}); err != nil {
 			return err
-		}
-		err = pgpWriteWith(out, func(w io.Writer) error {
-			return signOpenPGPAudited(st, keys, entities, f, w, mode, auditContext{})
-		})
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("%s: %w", file, err)
 		}
 	}
 	return nil
+}
+
+// signOpenPGPBatch signs every file (mode detached or clear) into FILE.asc
+// or output, each through a temporary file beside it. The audit rows of all
+// of them are stored in one transaction, so one synchronous write however
+// many files, and only then are the outputs renamed into place: all of them
+// or none.
+func signOpenPGPBatch(st *Store, keys []*Key, entities []*openpgp.Entity, files []string, output, mode string) error {
+	outs := make([]string, len(files))
+	for i, file := range files {
+		outs[i] = output
+		if outs[i] == "" {
+			outs[i] = file + ".asc"
+		}
+		if filepath.Clean(outs[i]) == filepath.Clean(file) {
+			return usagef("--output %s is the input file", outs[i])
+		}
+	}
+	var tmps []string
+	defer func() {
+		for _, tmp := range tmps {
+			os.Remove(tmp)
+		}
+	}()
+	var entries []AuditEntry
+	for i, file := range files {
+		tmp, sum, err := signOpenPGPFile(entities, file, outs[i], mode)
+		if tmp != "" {
+			tmps = append(tmps, tmp)
+		}
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			entries = append(entries, auditContext{}.signEntry(k, hex.EncodeToString(sum[:])))
+		}
+	}
+	if err := st.auditAll(entries); err != nil {
+		return fmt.Errorf("auditing the signatures (nothing was released): %w", err)
+	}
+	for i, tmp := range tmps {
+		if err := os.Rename(tmp, outs[i]); err != nil {
+			return fmt.Errorf("writing %s: %w", outs[i], err)
+		}
+	}
+	return nil
+}
+
+// signOpenPGPFile signs the file in into a new temporary file beside out,
+// and returns the temporary file's name (also on error, once it exists) and
+// the SHA-256 of the bytes signed.
+func signOpenPGPFile(entities []*openpgp.Entity, in, out, mode string) (string, [32]byte, error) {
+	var sum [32]byte
+	f, _, err := openInput(in)
+	if err != nil {
+		return "", sum, err
+	}
+	defer f.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*.tmp")
+	if err != nil {
+		return "", sum, fmt.Errorf("writing %s: %w", out, err)
+	}
+	sum, err = signOpenPGPStream(entities, f, tmp, mode, time.Now())
+	if err != nil {
+		tmp.Close()
+		return tmp.Name(), sum, fmt.Errorf("%s: %w", in, err)
+	}
+	err = tmp.Chmod(0o644)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return tmp.Name(), sum, fmt.Errorf("writing %s: %w", out, err)
+	}
+	return tmp.Name(), sum, nil
 }

@@ -344,6 +344,15 @@ func TestOpenPGPSignRefusesNonRegular(t *testing.T) {
 			}
 		}
 	}
+	// With a good file first: nothing is written or audited for either.
+	dir := t.TempDir()
+	good := writeTemp(t, dir, "Release", []byte("Origin: test\n"))
+	if status, _, stderr := te.run(t, "sign", "--purpose", "openpgp", "--key", fpr, good, fifo); status != exitError || !strings.Contains(stderr, "not a regular file") {
+		t.Errorf("sign of a file and a FIFO: exit %d, %s", status, stderr)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("files left beside the input: %v", entries)
+	}
 	if n := len(signRows(t, te.store(t), fpr)); n != 0 {
 		t.Fatalf("%d sign rows for refused inputs", n)
 	}
