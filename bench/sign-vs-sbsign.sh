@@ -94,7 +94,7 @@ imagehash() {
 		awk '/MB\/s/ { for (i = 1; i < NF; i++) if ($(i + 1) == "MB/s") print $i }' >>"$work/res/imagehash"
 }
 opensslspeed() {
-	openssl speed -evp sha256 -bytes 16384 -seconds 2 2>/dev/null |
+	openssl speed -elapsed -evp sha256 -bytes 16384 -seconds 2 2>/dev/null |
 		awk '$1 == "sha256" { sub(/k$/, "", $2); print $2 / 1000 }' >>"$work/res/openssl"
 }
 
