@@ -300,6 +300,11 @@ func signKmodDetached(st *Store, k *Key, signer crypto.Signer, cert *x509.Certif
 	return s.pkcs7, nil
 }
 
+// signKernelModules is sign_kernel_modules: true unless set to false.
+func (wc WorkerConfig) signKernelModules() bool {
+	return wc.SignKernelModules == nil || *wc.SignKernelModules
+}
+
 // kmodChosen says whether the sign command's FILEs are kernel modules:
 // --type linux-module, or every name ending in .ko. It refuses a mix, and
 // --type or --replace where they mean nothing.
