@@ -44,16 +44,16 @@ import (
 )
 
 const (
-	kmodMarker    = "~Module signature appended~\n"
-	kmodInfoSize  = 12 // struct module_signature
-	kmodIDPKCS7   = 2  // PKEY_ID_PKCS7, the only id_type the kernel accepts
-	kmodTypeName  = "linux-module"
-	kmodTypeEFI   = "efi"
-	kmodSuffix    = ".ko"
-	elfTypeRel    = 1 // ET_REL: modules are relocatable objects
-	elf32HdrSize  = 52
-	elf64HdrSize  = 64
-	kmodTailBytes = kmodInfoSize + len(kmodMarker)
+	kmodMarker     = "~Module signature appended~\n"
+	kmodInfoSize   = 12 // struct module_signature
+	kmodIDPKCS7    = 2  // PKEY_ID_PKCS7, the only id_type the kernel accepts
+	kmodTypeModule = "linux-module"
+	kmodTypeEFI    = "efi"
+	kmodSuffix     = ".ko"
+	elfTypeRel     = 1 // ET_REL: modules are relocatable objects
+	elf32HdrSize   = 52
+	elf64HdrSize   = 64
+	kmodTailBytes  = kmodInfoSize + len(kmodMarker)
 )
 
 var (
@@ -167,11 +167,9 @@ func checkELFRelocatable(r io.ReaderAt, n int64) error {
 //	                  {rsaEncryption, NULL}, OCTET STRING signature } } } }
 //
 // OpenSSL leaves the SHA-256 AlgorithmIdentifier parameters absent (not
-// NULL), as RFC 5754 recommends, and writes NULL for rsaEncryption.
+// NULL), as RFC 5754 recommends, and writes NULL for rsaEncryption. The
+// signer must be RSA: signKmod checks it before reading the module.
 func kmodSignature(digest []byte, signer crypto.Signer, cert *x509.Certificate) ([]byte, error) {
-	if _, ok := signer.Public().(*rsa.PublicKey); !ok {
-		return nil, fmt.Errorf("module signing needs an RSA key, not %T", signer.Public())
-	}
 	sig, err := signer.Sign(rand.Reader, digest, crypto.SHA256)
 	if err != nil {
 		return nil, fmt.Errorf("signing: %w", err)
@@ -223,6 +221,9 @@ type kmodSigned struct {
 // pass through a fixed buffer. An already-signed module is refused unless
 // replace: then its module proper is signed. Errors do not name the file.
 func signKmod(r io.ReaderAt, size int64, replace bool, signer crypto.Signer, cert *x509.Certificate, buf []byte) (*kmodSigned, error) {
+	if _, ok := signer.Public().(*rsa.PublicKey); !ok {
+		return nil, fmt.Errorf("module signing needs an RSA key, not %T", signer.Public())
+	}
 	m, err := parseKmod(r, size)
 	if err != nil {
 		return nil, err
@@ -317,7 +318,7 @@ func kmodChosen(purpose, typ string, replace bool, files []string) (bool, error)
 	}
 	var modules bool
 	switch typ {
-	case kmodTypeName:
+	case kmodTypeModule:
 		modules = true
 	case kmodTypeEFI:
 	case "":
@@ -332,7 +333,7 @@ func kmodChosen(purpose, typ string, replace bool, files []string) (bool, error)
 		}
 		modules = n > 0
 	default:
-		return false, usagef("unknown --type %q (want %s or %s)", typ, kmodTypeEFI, kmodTypeName)
+		return false, usagef("unknown --type %q (want %s or %s)", typ, kmodTypeEFI, kmodTypeModule)
 	}
 	if replace && !modules {
 		return false, usagef("--replace is for kernel modules only")
