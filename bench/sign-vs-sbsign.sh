@@ -11,9 +11,10 @@
 #                       (Ed25519, SHA-512) on one 100 MB file: wall time
 #   openpgp, 200 small  one `sign --mode detached` over 200 small files vs
 #                       gpg once per file: wall time
-#   image hash          Authenticode image hash of a 64 MiB image (Go
-#                       benchmark) vs `openssl speed -evp sha256 -bytes 16384`:
-#                       throughput
+#   image hash          Authenticode image hash of a 64 MiB image, with the
+#                       audited SHA-256 of the file where one pass computes
+#                       both (Go benchmark), vs `openssl speed -evp sha256
+#                       -bytes 16384`: throughput
 #
 # For times the ratio is ours / reference (below 1: faster); for the image
 # hash it is our throughput / openssl's (goal: at least 0.9).
@@ -90,7 +91,7 @@ measure() {
 # The Go benchmark and openssl report MB/s (10^6 bytes; openssl says "k"
 # for 1000 bytes).
 imagehash() {
-	"$work/pe.test" -test.run '^$' -test.bench 'ImageHash/64MiB/imagehash$' -test.benchtime 20x |
+	"$work/pe.test" -test.run '^$' -test.bench 'ImageHash/64MiB/(imagehash|onepass)$' -test.benchtime 20x |
 		awk '/MB\/s/ { for (i = 1; i < NF; i++) if ($(i + 1) == "MB/s") print $i }' >>"$work/res/imagehash"
 }
 opensslspeed() {
