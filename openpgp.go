@@ -395,18 +395,20 @@ func openpgpEntities(st *Store, keys []*Key) ([]*openpgp.Entity, error) {
 
 // signOpenPGPAudited signs what r yields with every key into w (mode
 // detached or clear), reading r once, and records one "sign" audit row per
-// key with the SHA-256 of the bytes it read, which are the bytes signed.
-// What was written to w may be released only when it returns nil: every
-// row is stored by then.
+// key with the SHA-256 of the bytes it read, which are the bytes signed,
+// all in one transaction. What was written to w may be released only when
+// it returns nil: every row is stored by then.
 func signOpenPGPAudited(st *Store, keys []*Key, entities []*openpgp.Entity, r io.Reader, w io.Writer, mode string, ac auditContext) error {
 	sum, err := signOpenPGPStream(entities, r, w, mode, time.Now())
 	if err != nil {
 		return err
 	}
-	for _, k := range keys {
-		if err := st.Audit(ac.signEntry(k, hex.EncodeToString(sum[:]))); err != nil {
-			return fmt.Errorf("auditing signature by %s (nothing was released): %w", k, err)
-		}
+	entries := make([]AuditEntry, len(keys))
+	for i, k := range keys {
+		entries[i] = ac.signEntry(k, hex.EncodeToString(sum[:]))
+	}
+	if err := st.auditAll(entries); err != nil {
+		return fmt.Errorf("auditing the signatures (nothing was released): %w", err)
 	}
 	return nil
 }
