@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -238,7 +237,7 @@ func init() {
 		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
-		{"audit", "[--json] [--key FPR] [--work-request N] | verify", "list or verify the audit log", cmdAudit},
+		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
 		{"version", "", "print the version, VCS revision and build settings", cmdVersion},
 	}
@@ -370,9 +369,12 @@ func cmdReencryptKeys(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	moved, err := st.ReencryptKeys()
+	moved, auditKeyMoved, err := st.ReencryptKeys()
 	if err != nil {
 		return err
+	}
+	if auditKeyMoved {
+		fmt.Fprintln(e.stdout, "re-encrypted the audit key")
 	}
 	for _, k := range moved {
 		fmt.Fprintf(e.stdout, "re-encrypted %s\n", k)
@@ -636,63 +638,4 @@ func cmdExportPublicKey(e *env, args []string) error {
 	}
 	_, err = e.stdout.Write(k.PublicKey)
 	return err
-}
-
-func cmdAudit(e *env, args []string) error {
-	if len(args) > 0 && args[0] == "verify" {
-		if len(args) != 1 {
-			return usagef("audit verify takes no arguments")
-		}
-		st, err := e.openStore()
-		if err != nil {
-			return err
-		}
-		v, err := st.VerifyAudit()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stdout, "audit log intact: %d rows, head %s\n", v.Rows, v.Head)
-		return nil
-	}
-	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print JSON")
-	fpr := fs.String("key", "", "only rows of the key with this fingerprint")
-	wr := fs.String("work-request", "", "only rows of this work request")
-	if err := parseFlags(fs, e, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("audit takes no positional arguments (did you mean \"audit verify\"?)")
-	}
-	var f AuditFilter
-	f.Fingerprint = *fpr
-	if *wr != "" {
-		n, err := strconv.ParseInt(*wr, 10, 64)
-		if err != nil {
-			return usagef("--work-request must be a number, not %q", *wr)
-		}
-		f.WorkRequest = &n
-	}
-	st, err := e.openStore()
-	if err != nil {
-		return err
-	}
-	rows, err := st.AuditRows(f)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		if rows == nil {
-			rows = []AuditRow{}
-		}
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
-	}
-	tw := tabwriter.NewWriter(e.stdout, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tCREATED\tEVENT\tKEY\tWORK REQUEST\tDATA")
-	for _, r := range rows {
-		fmt.Fprintln(tw, r.String())
-	}
-	return tw.Flush()
 }

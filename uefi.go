@@ -697,25 +697,6 @@ func releaseUEFISignatures(st *Store, k *Key, pending []*uefiPending, outputs []
 	return nil
 }
 
-// auditAll appends the entries to the audit log in one transaction: all of
-// them or none.
-func (s *Store) auditAll(entries []AuditEntry) error {
-	tx, err := s.db.Begin()
-	if err != nil {
-		return fmt.Errorf("audit log: %w", sqliteError(err))
-	}
-	defer tx.Rollback()
-	for _, e := range entries {
-		if err := appendAudit(tx, e); err != nil {
-			return err
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("audit log: %w", err)
-	}
-	return nil
-}
-
 // serialSigner lets one Sign call through at a time.
 type serialSigner struct {
 	mu sync.Mutex
