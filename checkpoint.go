@@ -16,6 +16,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 
@@ -159,4 +160,20 @@ func (s *Store) VerifyCheckpoint(msg []byte) (AuditVerification, AuditCheckpoint
 		return v, cp, fmt.Errorf("audit log rewritten: row %d is not the row the checkpoint covered (head %s, checkpoint %s)", cp.Size, head, cp.Head)
 	}
 	return v, cp, nil
+}
+
+// writeCheckpointFile replaces path (if not "") with a new checkpoint, so
+// that whatever ships it off the host always finds a whole one.
+func writeCheckpointFile(st *Store, path string) error {
+	if path == "" {
+		return nil
+	}
+	cp, err := st.Checkpoint()
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, func(f *os.File) error {
+		_, err := f.Write(cp)
+		return err
+	})
 }
