@@ -66,8 +66,8 @@ CREATE TABLE audit_key (
 ALTER TABLE audit_log ADD COLUMN program_version TEXT;
 ALTER TABLE audit_log ADD COLUMN mac TEXT;
 
-DROP TRIGGER audit_log_no_update;
-DROP TRIGGER audit_log_no_delete;
+DROP TRIGGER IF EXISTS audit_log_no_update;
+DROP TRIGGER IF EXISTS audit_log_no_delete;
 
 -- version 3
 -- The audit log is append-only, enforced by the database itself so that a
