@@ -1099,19 +1099,13 @@ func signUEFIBytes(data []byte, mode string, signer crypto.Signer, cert *x509.Ce
 		return nil, "", err
 	}
 	buf := make([]byte, peCopyBufferSize)
-	s, err := signPEImage(bytes.NewReader(data), int64(len(data)), signer, cert, now, buf)
+	s, err := signPEImage(bytes.NewReader(data), int64(len(data)), nil, signer, cert, now, buf)
 	if err != nil {
 		return nil, "", err
 	}
 	if mode == uefiModeDetached {
 		return s.pkcs7, s.dataSHA256, nil
 	}
-	var b bytes.Buffer
-	ck, err := s.pe.writeAttached(&b, s.pkcs7, buf)
-	if err != nil {
-		return nil, "", err
-	}
-	out = b.Bytes()
-	binary.LittleEndian.PutUint32(out[s.pe.checksumOffset:], ck)
-	return out, s.dataSHA256, nil
+	out, _, err = attachInMemory(data, s.pkcs7, buf)
+	return out, s.dataSHA256, err
 }
