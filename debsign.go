@@ -186,7 +186,7 @@ type debUpload struct {
 }
 
 func readUpload(changesPath string) (*debUpload, error) {
-	data, err := os.ReadFile(changesPath)
+	data, err := readInput(changesPath, ".changes", maxTextSize)
 	if err != nil {
 		return nil, err
 	}
@@ -239,7 +239,7 @@ func readUpload(changesPath string) (*debUpload, error) {
 		return nil, fmt.Errorf("%s lists no files (no Files or Checksums-* field)", changesPath)
 	}
 	for _, name := range u.files {
-		f, err := os.Open(filepath.Join(u.dir, name))
+		f, _, err := openInput(filepath.Join(u.dir, name))
 		if err != nil {
 			return nil, fmt.Errorf("%s lists %s, which cannot be read: %w", changesPath, name, err)
 		}
@@ -290,7 +290,7 @@ func debsignPrepare(u *debUpload, e *openpgp.Entity, now time.Time) (*debsignRes
 			continue
 		}
 		path := filepath.Join(u.dir, name)
-		data, err := os.ReadFile(path)
+		data, err := readInput(path, "signed file", maxTextSize)
 		if err != nil {
 			return nil, err
 		}

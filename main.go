@@ -95,9 +95,9 @@ type YubiKeyConfig struct {
 // line they are on, so that a misspelt key never silently falls back to a
 // default. Relative paths are taken relative to the file's directory.
 func loadConfig(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readInput(path, "configuration", maxTextSize)
 	if err != nil {
-		return nil, fmt.Errorf("configuration: %w", err)
+		return nil, err
 	}
 	cfg := &Config{path: path}
 	md, err := toml.Decode(string(data), cfg)
@@ -466,7 +466,7 @@ func cmdImportKey(e *env, args []string) error {
 	if *privateKey == "" {
 		return usagef("import-key needs --private-key")
 	}
-	keyData, err := os.ReadFile(*privateKey)
+	keyData, err := readInput(*privateKey, "private key", maxKeyFileSize)
 	if err != nil {
 		return err
 	}
@@ -480,7 +480,7 @@ func cmdImportKey(e *env, args []string) error {
 		if *passphraseFile != "" {
 			return usagef("--passphrase-file is for openpgp keys")
 		}
-		certData, err := os.ReadFile(*certificate)
+		certData, err := readInput(*certificate, "certificate", maxKeyFileSize)
 		if err != nil {
 			return err
 		}
@@ -497,7 +497,7 @@ func cmdImportKey(e *env, args []string) error {
 		}
 		var passphrase []byte
 		if *passphraseFile != "" {
-			data, err := os.ReadFile(*passphraseFile)
+			data, err := readInput(*passphraseFile, "passphrase file", maxKeyFileSize)
 			if err != nil {
 				return err
 			}
@@ -596,7 +596,7 @@ func cmdRegisterPKCS11(e *env, args []string) error {
 	if purpose != purposeUEFI {
 		return fmt.Errorf("register-pkcs11-static-key: only uefi keys can be held on a PKCS#11 token")
 	}
-	certData, err := os.ReadFile(certFile)
+	certData, err := readInput(certFile, "certificate", maxKeyFileSize)
 	if err != nil {
 		return err
 	}
