@@ -80,7 +80,9 @@ func TestUEFIFileChangedWhileSigned(t *testing.T) {
 						t.Fatal(err)
 					}
 					rows := auditRows(t, st, AuditFilter{})
-					var data struct{ DataSHA256 string `json:"data_sha256"` }
+					var data struct {
+						DataSHA256 string `json:"data_sha256"`
+					}
 					json.Unmarshal(rows[len(rows)-1].Data, &data)
 					v, ok := versions[data.DataSHA256]
 					if !ok {
