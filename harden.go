@@ -17,7 +17,9 @@ var hardenOnce sync.Once
 // than to carry on with the kernel's defaults.
 func harden() {
 	hardenOnce.Do(func() {
-		unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0})
+		// prlimit64 rather than setrlimit: the systemd unit's system
+		// call filter (~@resources) kills a process calling setrlimit.
+		unix.Prlimit(0, unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}, nil)
 		unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	})
 }
