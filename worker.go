@@ -42,6 +42,7 @@ type worker struct {
 	once                bool
 	workDir             string // where per-task directories are made
 	checkpointFile      string // [worker] checkpoint_file, "" for none
+	skipKernelModules   bool   // sign_kernel_modules = false: skip .ko files as Debusine does
 
 	// wsDelay is the pause before reconnecting the WebSocket; onceQuiet is
 	// how long --once waits for a notification after the server said it had
@@ -622,6 +623,7 @@ func cmdWorker(e *env, args []string) error {
 		tokenFile: wc.TokenFile, activationTokenFile: wc.ActivationTokenFile,
 		trusted: trusted, once: *once, workDir: os.TempDir(), checkpointFile: wc.CheckpointFile,
 		wsDelay: wsJitter, onceQuiet: 10 * time.Second,
+		skipKernelModules: !wc.signKernelModules(),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
