@@ -268,10 +268,11 @@ func readUpload(changesPath string) (*debUpload, error) {
 // are audited.
 type debsignResult struct {
 	changesName string
-	signed      map[string][]byte // .dsc, .buildinfo and .changes, signed
-	order       []string          // signed files, the .changes last
-	inputSHA256 map[string]string // of each signed file as given
-	copies      []string          // listed files copied unchanged
+	signed      map[string][]byte         // .dsc, .buildinfo and .changes, signed
+	order       []string                  // signed files, the .changes last
+	inputSHA256 map[string]string         // of each signed file as given
+	copies      []string                  // listed files copied unchanged
+	copyDigests map[string]debFileDigests // what the .changes says of them
 }
 
 // debsignPrepare does what debsign --re-sign does, in memory: clear-sign
@@ -282,11 +283,13 @@ func debsignPrepare(u *debUpload, e *openpgp.Entity, now time.Time) (*debsignRes
 		changesName: u.changesName,
 		signed:      map[string][]byte{},
 		inputSHA256: map[string]string{},
+		copyDigests: map[string]debFileDigests{},
 	}
 	newDigests := map[string]debFileDigests{}
 	for _, name := range u.files {
 		if !strings.HasSuffix(name, ".dsc") && !strings.HasSuffix(name, ".buildinfo") {
 			res.copies = append(res.copies, name)
+			res.copyDigests[name] = u.digests[name]
 			continue
 		}
 		path := filepath.Join(u.dir, name)
@@ -391,7 +394,7 @@ func writeDebsign(res *debsignResult, srcDir, outDir string) (string, error) {
 		}
 	}()
 	for _, name := range res.copies {
-		if err := debsignCopyFile(filepath.Join(srcDir, name), filepath.Join(tmp, name)); err != nil {
+		if err := debsignCopyFile(filepath.Join(srcDir, name), filepath.Join(tmp, name), res.copyDigests[name]); err != nil {
 			return "", err
 		}
 	}
@@ -410,8 +413,10 @@ func writeDebsign(res *debsignResult, srcDir, outDir string) (string, error) {
 	return filepath.Join(outDir, res.changesName), nil
 }
 
-// debsignCopyFile copies a file the .changes lists, unchanged.
-func debsignCopyFile(src, dst string) error {
+// debsignCopyFile copies a file the .changes lists, unchanged, and checks
+// that the copy is what the .changes says: a file changed since it was
+// checked is not passed on under a signature that does not cover it.
+func debsignCopyFile(src, dst string, want debFileDigests) error {
 	in, _, err := openInput(src)
 	if err != nil {
 		return err
@@ -421,9 +426,14 @@ func debsignCopyFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	got, err := debDigestsOf(io.TeeReader(in, out))
+	if err != nil {
 		out.Close()
 		return fmt.Errorf("copying %s: %w", src, err)
+	}
+	if got != want {
+		out.Close()
+		return fmt.Errorf("%s changed while being signed", src)
 	}
 	return out.Close()
 }
