@@ -4,7 +4,17 @@
 -- schema version is kept in PRAGMA user_version, and a database is recognised
 -- as ours by PRAGMA application_id. Sections are applied in one transaction each, so an
 -- existing database is migrated in place and never left half migrated. Never
--- edit a released section: add a new one.
+-- edit a released section: add a new one. A section may be followed by a
+-- data step in Go (migrationSteps in keys.go), run in the same transaction.
+--
+-- The audit log's guarantees, for a port to another engine: rows are only
+-- ever appended (the triggers of version 3: no UPDATE or DELETE, and an
+-- INSERT must carry id = last id + 1, prev_hash = the last row's hash, a
+-- hash no row has, a program_version and a mac); the audit key row is
+-- never deleted or replaced, only re-sealed. Each row's hash and mac are
+-- computed in Go (audit.go, auditkey.go), not by the database. The other
+-- SQLite-specific places are the PRAGMAs of openStore and migrate, and the
+-- catalogue query of checkSchema (audit.go).
 
 -- version 1
 CREATE TABLE keys (
