@@ -325,8 +325,8 @@ var migrationSteps = map[int]func(*Store, *sql.Tx) error{
 	2: (*Store).sealAuditRowsV2,
 }
 
-// migrate brings the schema to this program's version, one transaction for
-// every section, and creates the audit key if there is none yet and a
+// migrate brings the schema to this program's version, every pending
+// section in one transaction, and creates the audit key if there is none yet and a
 // service key is configured. openStore runs it under the directory lock.
 func (s *Store) migrate() error {
 	sections := schemaSections()

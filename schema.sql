@@ -2,8 +2,9 @@
 --
 -- Each "-- version N" section migrates a database from version N-1 to N. The
 -- schema version is kept in PRAGMA user_version, and a database is recognised
--- as ours by PRAGMA application_id. Sections are applied in one transaction each, so an
--- existing database is migrated in place and never left half migrated. Never
+-- as ours by PRAGMA application_id. Pending sections are applied in one
+-- transaction, so an existing database is migrated in place and never left
+-- half migrated. Never
 -- edit a released section: add a new one. A section may be followed by a
 -- data step in Go (migrationSteps in keys.go), run in the same transaction.
 --
