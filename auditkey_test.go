@@ -30,31 +30,31 @@ func TestAuditAppendOnlyBypass(t *testing.T) {
 		return fmt.Sprintf("(%d, 'sign', 'uefi', 'ABCD', '{}', 'x', NULL, 'v', '%s', '%s', 'm')", id, prev, hash)
 	}
 	fresh := strings.Repeat("e", 64)
-	for _, script := range []string{
-		"UPDATE audit_log SET data = '{}' WHERE id = 2;",
-		"UPDATE OR REPLACE audit_log SET id = 1 WHERE id = 2;",
-		"DELETE FROM audit_log WHERE id = 3;",
-		"DELETE FROM audit_log;",
-		"INSERT OR REPLACE INTO audit_log " + cols + " VALUES " + row(2, rows[0].Hash, fresh) + ";",
-		"REPLACE INTO audit_log " + cols + " VALUES " + row(3, h2, fresh) + ";",
-		"INSERT INTO audit_log " + cols + " VALUES " + row(3, h2, fresh) + " ON CONFLICT (id) DO UPDATE SET data = '{\"x\":1}';",
-		"INSERT INTO audit_log " + cols + " VALUES " + row(4, head, head) + " ON CONFLICT (hash) DO UPDATE SET data = '{\"x\":1}';",
+	for _, tc := range []struct{ script, want string }{
+		{"UPDATE audit_log SET data = '{}' WHERE id = 2;", "UPDATE refused"},
+		{"UPDATE OR REPLACE audit_log SET id = 1 WHERE id = 2;", "UPDATE refused"},
+		{"DELETE FROM audit_log WHERE id = 3;", "DELETE refused"},
+		{"DELETE FROM audit_log;", "DELETE refused"},
+		{"INSERT OR REPLACE INTO audit_log " + cols + " VALUES " + row(2, rows[0].Hash, fresh) + ";", "id must be the last id + 1"},
+		{"REPLACE INTO audit_log " + cols + " VALUES " + row(3, h2, fresh) + ";", "id must be the last id + 1"},
+		{"INSERT INTO audit_log " + cols + " VALUES " + row(3, h2, fresh) + " ON CONFLICT (id) DO UPDATE SET data = '{\"x\":1}';", "id must be the last id + 1"},
+		{"INSERT INTO audit_log " + cols + " VALUES " + row(4, head, head) + " ON CONFLICT (hash) DO UPDATE SET data = '{\"x\":1}';", "hash must be new"},
 		// A row past the end that would replace the head through the
 		// UNIQUE hash.
-		"INSERT OR REPLACE INTO audit_log " + cols + " VALUES " + row(4, head, head) + ";",
+		{"INSERT OR REPLACE INTO audit_log " + cols + " VALUES " + row(4, head, head) + ";", "hash must be new"},
 		// Not past the end, or leaving a gap.
-		"INSERT INTO audit_log " + cols + " VALUES " + row(0, genesisHash, fresh) + ";",
-		"INSERT INTO audit_log " + cols + " VALUES " + row(5, head, fresh) + ";",
+		{"INSERT INTO audit_log " + cols + " VALUES " + row(0, genesisHash, fresh) + ";", "id must be the last id + 1"},
+		{"INSERT INTO audit_log " + cols + " VALUES " + row(5, head, fresh) + ";", "id must be the last id + 1"},
 		// Not chained to the head.
-		"INSERT INTO audit_log " + cols + " VALUES " + row(4, h2, fresh) + ";",
+		{"INSERT INTO audit_log " + cols + " VALUES " + row(4, h2, fresh) + ";", "prev_hash must be the last row's hash"},
 		// Without a mac.
-		"INSERT INTO audit_log (id, event, purpose, fingerprint, data, created_at, prev_hash, hash) VALUES (4, 'sign', 'uefi', 'ABCD', '{}', 'x', '" + head + "', '" + fresh + "');",
-		"DELETE FROM audit_key;",
-		"INSERT OR REPLACE INTO audit_key (id, sealed, created_at) VALUES (1, '{}', 'x');",
+		{"INSERT INTO audit_log (id, event, purpose, fingerprint, data, created_at, prev_hash, hash) VALUES (4, 'sign', 'uefi', 'ABCD', '{}', 'x', '" + head + "', '" + fresh + "');", "needs program_version and mac"},
+		{"DELETE FROM audit_key;", "audit_key cannot be deleted"},
+		{"INSERT OR REPLACE INTO audit_key (id, sealed, created_at) VALUES (1, '{}', 'x');", "audit_key already holds the audit key"},
 	} {
-		out, err := sqlite3(t, te.cfg.Database, script)
-		if err == nil || !strings.Contains(out, "audit_") {
-			t.Errorf("sqlite3 %q: %v %q, want it refused", script, err, out)
+		out, err := sqlite3(t, te.cfg.Database, tc.script)
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("sqlite3 %q: %v %q, want it refused: %s", tc.script, err, out, tc.want)
 		}
 	}
 	if out := te.mustRun(t, "audit", "verify"); !strings.Contains(out, "3 rows, head "+head) {
