@@ -538,10 +538,10 @@ func signOpenPGPFiles(st *Store, fprs []string, mode, output string, files []str
 }
 
 // signOpenPGPBatch signs every file (mode detached or clear) into FILE.asc
-// or output, each through a temporary file beside it. The audit rows of all
-// of them are stored in one transaction, so one synchronous write however
-// many files, and only then are the outputs renamed into place: all of them
-// or none.
+// or output, each through a locked temporary file beside it (tempfiles.go).
+// The audit rows of all of them are stored in one transaction, so one
+// synchronous write however many files, and only then are the outputs
+// renamed into place: all of them or none.
 func signOpenPGPBatch(st *Store, keys []*Key, entities []*openpgp.Entity, files []string, output, mode string) error {
 	outs := make([]string, len(files))
 	for i, file := range files {
@@ -553,18 +553,21 @@ func signOpenPGPBatch(st *Store, keys []*Key, entities []*openpgp.Entity, files 
 			return usagef("--output %s is the input file", outs[i])
 		}
 	}
-	var tmps []string
+	var tmps []*os.File
 	defer func() {
 		for _, tmp := range tmps {
-			os.Remove(tmp)
+			os.Remove(tmp.Name())
+			tmp.Close()
 		}
 	}()
 	var entries []AuditEntry
 	for i, file := range files {
-		tmp, sum, err := signOpenPGPFile(entities, file, outs[i], mode)
-		if tmp != "" {
-			tmps = append(tmps, tmp)
+		tmp, err := createOutputTemp(outs[i])
+		if err != nil {
+			return fmt.Errorf("writing %s: %w", outs[i], err)
 		}
+		tmps = append(tmps, tmp)
+		sum, err := signOpenPGPFile(entities, file, tmp, mode)
 		if err != nil {
 			return err
 		}
@@ -575,39 +578,31 @@ func signOpenPGPBatch(st *Store, keys []*Key, entities []*openpgp.Entity, files 
 	if err := st.auditAll(entries); err != nil {
 		return fmt.Errorf("auditing the signatures (nothing was released): %w", err)
 	}
-	for i, tmp := range tmps {
-		if err := os.Rename(tmp, outs[i]); err != nil {
+	pending := tmps
+	tmps = nil // each is now renamed, or removed here
+	for i, tmp := range pending {
+		if err := commitOutputTemp(tmp, outs[i]); err != nil {
+			for _, t := range pending[i:] {
+				os.Remove(t.Name())
+				t.Close()
+			}
 			return fmt.Errorf("writing %s: %w", outs[i], err)
 		}
 	}
 	return nil
 }
 
-// signOpenPGPFile signs the file in into a new temporary file beside out,
-// and returns the temporary file's name (also on error, once it exists) and
-// the SHA-256 of the bytes signed.
-func signOpenPGPFile(entities []*openpgp.Entity, in, out, mode string) (string, [32]byte, error) {
-	var sum [32]byte
+// signOpenPGPFile signs the file in into tmp and returns the SHA-256 of the
+// bytes signed.
+func signOpenPGPFile(entities []*openpgp.Entity, in string, tmp *os.File, mode string) ([32]byte, error) {
 	f, _, err := openInput(in)
 	if err != nil {
-		return "", sum, err
+		return [32]byte{}, err
 	}
 	defer f.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*.tmp")
+	sum, err := signOpenPGPStream(entities, f, tmp, mode, time.Now())
 	if err != nil {
-		return "", sum, fmt.Errorf("writing %s: %w", out, err)
+		return sum, fmt.Errorf("%s: %w", in, err)
 	}
-	sum, err = signOpenPGPStream(entities, f, tmp, mode, time.Now())
-	if err != nil {
-		tmp.Close()
-		return tmp.Name(), sum, fmt.Errorf("%s: %w", in, err)
-	}
-	err = tmp.Chmod(0o644)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return tmp.Name(), sum, fmt.Errorf("writing %s: %w", out, err)
-	}
-	return tmp.Name(), sum, nil
+	return sum, nil
 }
