@@ -72,11 +72,12 @@ func (r *AuditRow) computeHash() string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// Audit appends one row to the audit log, durably (synchronous=FULL).
+// Audit appends one row to the audit log, durably (SQLite's synchronous=FULL,
+// PostgreSQL's commit).
 func (s *Store) Audit(e AuditEntry) error {
-	tx, err := s.db.Begin()
+	tx, err := s.begin()
 	if err != nil {
-		return fmt.Errorf("audit log: %w", sqliteError(err))
+		return fmt.Errorf("audit log: %w", err)
 	}
 	defer tx.Rollback()
 	if err := appendAudit(tx, e); err != nil {
@@ -88,9 +89,9 @@ func (s *Store) Audit(e AuditEntry) error {
 	return nil
 }
 
-// appendAudit adds a hash-chained row inside tx, which must hold the write
-// lock (every transaction here begins IMMEDIATE) so that no other process
-// can append between reading the chain's head and inserting.
+// appendAudit adds a hash-chained row inside tx, which must hold the store's
+// write lock (Store.begin) so that no other process can append between
+// reading the chain's head and inserting.
 func appendAudit(tx *sql.Tx, e AuditEntry) error {
 	data, err := json.Marshal(e.Data)
 	if err != nil {
@@ -110,7 +111,7 @@ func appendAudit(tx *sql.Tx, e AuditEntry) error {
 	r.ID++
 	r.Hash = r.computeHash()
 	if _, err := tx.Exec(`INSERT INTO audit_log (id, event, purpose, fingerprint, data, created_at, created_by_work_request_id, prev_hash, hash)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 		r.ID, r.Event, r.Purpose, r.Fingerprint, string(r.Data), r.CreatedAt, r.WorkRequest, r.PrevHash, r.Hash); err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
@@ -128,12 +129,12 @@ func (s *Store) AuditRows(f AuditFilter) ([]AuditRow, error) {
 	q := "SELECT id, event, purpose, fingerprint, data, created_at, created_by_work_request_id, prev_hash, hash FROM audit_log WHERE 1 = 1"
 	var args []any
 	if f.Fingerprint != "" {
-		q += " AND fingerprint = ?"
 		args = append(args, strings.ToUpper(f.Fingerprint))
+		q += fmt.Sprintf(" AND fingerprint = $%d", len(args))
 	}
 	if f.WorkRequest != nil {
-		q += " AND created_by_work_request_id = ?"
 		args = append(args, *f.WorkRequest)
+		q += fmt.Sprintf(" AND created_by_work_request_id = $%d", len(args))
 	}
 	rows, err := s.db.Query(q+" ORDER BY id", args...)
 	if err != nil {

@@ -39,11 +39,14 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 
 // Config is the TOML configuration; signing.toml.example documents it.
 type Config struct {
-	Database     string        `toml:"database"`
-	ServiceKeys  []string      `toml:"service_keys"`
-	TrustedCerts []string      `toml:"trusted_certs"`
-	Worker       WorkerConfig  `toml:"worker"`
-	YubiKey      YubiKeyConfig `toml:"yubikey"`
+	Database string `toml:"database"`
+	// DatabasePasswordFile holds the PostgreSQL password (a systemd
+	// credential, for example); never in database itself.
+	DatabasePasswordFile string        `toml:"database_password_file"`
+	ServiceKeys          []string      `toml:"service_keys"`
+	TrustedCerts         []string      `toml:"trusted_certs"`
+	Worker               WorkerConfig  `toml:"worker"`
+	YubiKey              YubiKeyConfig `toml:"yubikey"`
 
 	// path is the file the configuration came from, "" for the embedded
 	// default.
@@ -122,7 +125,10 @@ func loadConfig(path string) (*Config, error) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
-	abs(&cfg.Database)
+	if !isPostgres(cfg.Database) {
+		abs(&cfg.Database)
+	}
+	abs(&cfg.DatabasePasswordFile)
 	for i := range cfg.ServiceKeys {
 		abs(&cfg.ServiceKeys[i])
 	}
@@ -211,7 +217,7 @@ func (e *env) openStore() (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStore(cfg.Database, cfg.ServiceKeys)
+	st, err := openStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys)
 	if err != nil {
 		return nil, err
 	}

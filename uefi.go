@@ -700,9 +700,9 @@ func releaseUEFISignatures(st *Store, k *Key, pending []*uefiPending, outputs []
 // auditAll appends the entries to the audit log in one transaction: all of
 // them or none.
 func (s *Store) auditAll(entries []AuditEntry) error {
-	tx, err := s.db.Begin()
+	tx, err := s.begin()
 	if err != nil {
-		return fmt.Errorf("audit log: %w", sqliteError(err))
+		return fmt.Errorf("audit log: %w", err)
 	}
 	defer tx.Rollback()
 	for _, e := range entries {
