@@ -196,7 +196,12 @@ func connectPostgres(conninfo, passwordFile string) (*sql.DB, error) {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 30 * time.Second
 	}
-	db := stdlib.OpenDB(*cfg)
+	// Ping every connection taken from the pool: after a server restart or
+	// a failover the pooled connections are dead, and pgx reports that as
+	// an error of the first statement rather than letting database/sql
+	// reconnect. One round trip per transaction buys a store that comes
+	// back by itself.
+	db := stdlib.OpenDB(*cfg, stdlib.OptionShouldPing(func(context.Context, stdlib.ShouldPingParams) bool { return true }))
 	// A worker needs one connection at a time; a few more let parallel
 	// signing read keys while an append waits for the lock.
 	db.SetMaxOpenConns(4)
