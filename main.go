@@ -246,6 +246,7 @@ func init() {
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
 		{"audit", "[--json] [--key FPR] [--work-request N] | verify", "list or verify the audit log", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
+		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", cmdImportDebusineDB},
 		{"version", "", "print the version, VCS revision and build settings", cmdVersion},
 	}
 }
