@@ -70,7 +70,7 @@ print("\n".join(out))
 // Debusine makes it (openssl req), an OpenPGP key made by gpg, a
 // pkcs11-static key, and audit rows of every event.
 type debusineDB struct {
-	conninfo, serviceKey string
+	conninfo, serviceKey  string
 	uefi, openpgp, pkcs11 string // fingerprints
 	cert, openpgpPublic   []byte
 }
