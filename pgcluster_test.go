@@ -23,6 +23,10 @@ import (
 // on a Unix socket in a temporary directory, and stop at the end. Each test
 // gets a database of its own. Without either, the tests skip.
 
+// pgPasswordRole is the role of the tests' own cluster that must give a
+// password.
+const pgPasswordRole = "signing_pw"
+
 // pgCluster is the server the tests use.
 type pgCluster struct {
 	admin string // conninfo of the maintenance database, without dbname
@@ -114,6 +118,16 @@ func startPGCluster() (*pgCluster, string) {
 	if err == nil {
 		_, err = f.WriteString(conf)
 		f.Close()
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, "no PostgreSQL: " + err.Error()
+	}
+	// One role logs in with a password, to test database_password_file.
+	hba := filepath.Join(c.data, "pg_hba.conf")
+	rules, err := os.ReadFile(hba)
+	if err == nil {
+		err = os.WriteFile(hba, append([]byte("local all "+pgPasswordRole+" scram-sha-256\n"), rules...), 0o600)
 	}
 	if err != nil {
 		os.RemoveAll(dir)

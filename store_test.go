@@ -407,3 +407,30 @@ func BenchmarkAuditAppendPostgres(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
 }
+
+// TestPostgresPasswordFile logs in as a role that needs a password, given
+// by database_password_file.
+func TestPostgresPasswordFile(t *testing.T) {
+	c := testPostgres(t)
+	if c.data == "" {
+		t.Skip("needs the tests' own cluster (DEBUSINE_SIGNING_TEST_POSTGRES is set)")
+	}
+	conninfo := c.newDatabase(t)
+	if out, err := psql(t, conninfo, "DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '"+pgPasswordRole+"') THEN CREATE ROLE "+pgPasswordRole+" LOGIN PASSWORD 'correct horse'; END IF; END$$; GRANT CREATE ON SCHEMA public TO "+pgPasswordRole); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	te := newTestEnv(t)
+	pw := writeFile(t, te.dir, "db-password", []byte("correct horse\n"))
+	os.Chmod(pw, 0o600)
+	// A later keyword wins, as in libpq.
+	database := conninfo + " user=" + pgPasswordRole
+	te.writeConfig(t, fmt.Sprintf("database = %q\ndatabase_password_file = \"db-password\"\nservice_keys = [\"service-key\"]\n", database))
+	if out := te.mustRun(t, "keys"); strings.Count(out, "\n") != 1 {
+		t.Errorf("keys: %q", out)
+	}
+	os.WriteFile(pw, []byte("wrong\n"), 0o600)
+	status, _, stderr := te.run(t, "keys")
+	if status != exitError || !strings.Contains(stderr, "password authentication failed") || strings.Contains(stderr, "wrong") {
+		t.Errorf("wrong password: exit %d %q", status, stderr)
+	}
+}
