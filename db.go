@@ -41,24 +41,33 @@ type engine struct {
 	lockSQL string
 	// version reads the schema version, 0 for an empty database, and
 	// refuses a database that belongs to something else.
-	version func(tx *sql.Tx) (int, error)
+	version func(q querier) (int, error)
 	// setVersion records the schema version and marks the database as ours.
 	setVersion func(tx *sql.Tx, version int) error
+	// schemaObjects lists the tables, indexes, triggers (and, on
+	// PostgreSQL, constraints and functions) of the database with their
+	// definitions, and expectedSchema what the schema file makes of an
+	// empty database: checkSchema compares them, so that a dropped,
+	// disabled or altered trigger is reported.
+	schemaObjects  func(q querier) (map[string]schemaObject, error)
+	expectedSchema func(db *sql.DB) (map[string]schemaObject, error)
 }
 
 var sqliteEngine = &engine{
 	name:   "SQLite",
 	schema: schemaSQL,
-	version: func(tx *sql.Tx) (int, error) {
+	version: func(q querier) (int, error) {
 		// The file was checked before it was opened (checkDatabaseFile).
 		var v int
-		err := tx.QueryRow("PRAGMA user_version").Scan(&v)
+		err := q.QueryRow("PRAGMA user_version").Scan(&v)
 		return v, err
 	},
 	setVersion: func(tx *sql.Tx, version int) error {
 		_, err := tx.Exec(fmt.Sprintf("PRAGMA application_id = %d; PRAGMA user_version = %d", applicationID, version))
 		return err
 	},
+	schemaObjects:  schemaObjects,
+	expectedSchema: func(*sql.DB) (map[string]schemaObject, error) { return expectedSchema() },
 }
 
 // storeLockID is the advisory lock every writer to a PostgreSQL store
@@ -69,14 +78,14 @@ var postgresEngine = &engine{
 	name:    "PostgreSQL",
 	schema:  schemaPostgresSQL,
 	lockSQL: fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", storeLockID),
-	version: func(tx *sql.Tx) (int, error) {
+	version: func(q querier) (int, error) {
 		var ours bool
-		if err := tx.QueryRow("SELECT to_regclass('debusine_signing_schema') IS NOT NULL").Scan(&ours); err != nil {
+		if err := q.QueryRow("SELECT to_regclass('debusine_signing_schema') IS NOT NULL").Scan(&ours); err != nil {
 			return 0, err
 		}
 		if !ours {
 			var tables int
-			if err := tx.QueryRow("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()").Scan(&tables); err != nil {
+			if err := q.QueryRow("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema()").Scan(&tables); err != nil {
 				return 0, err
 			}
 			if tables > 0 {
@@ -85,7 +94,7 @@ var postgresEngine = &engine{
 			return 0, nil
 		}
 		var v int
-		if err := tx.QueryRow("SELECT version FROM debusine_signing_schema").Scan(&v); err != nil {
+		if err := q.QueryRow("SELECT version FROM debusine_signing_schema").Scan(&v); err != nil {
 			return 0, fmt.Errorf("reading the schema version: %w", err)
 		}
 		return v, nil
@@ -95,6 +104,75 @@ var postgresEngine = &engine{
 			ON CONFLICT (application) DO UPDATE SET version = EXCLUDED.version`, version)
 		return err
 	},
+	schemaObjects: func(q querier) (map[string]schemaObject, error) {
+		var schema string
+		if err := q.QueryRow("SELECT current_schema()").Scan(&schema); err != nil {
+			return nil, err
+		}
+		return postgresSchemaObjects(q, schema)
+	},
+	expectedSchema: postgresExpectedSchema,
+}
+
+// postgresCatalogue lists, for the schema $1, every table with its
+// columns, constraint (named table.constraint), index, trigger (with
+// whether it is enabled) and function (named f()), each with its
+// definition.
+const postgresCatalogue = `
+SELECT 'table', c.relname, string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ||
+        CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END, ', ' ORDER BY a.attnum)
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+    WHERE c.relnamespace = $1::regnamespace AND c.relkind = 'r' GROUP BY c.relname
+UNION ALL
+SELECT 'constraint', c.relname || '.' || k.conname, pg_get_constraintdef(k.oid)
+    FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid WHERE k.connamespace = $1::regnamespace
+UNION ALL
+SELECT 'index', i.relname, pg_get_indexdef(i.oid)
+    FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid WHERE i.relnamespace = $1::regnamespace
+UNION ALL
+SELECT 'trigger', t.tgname, pg_get_triggerdef(t.oid) || ' ENABLED ' || t.tgenabled::text
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid WHERE NOT t.tgisinternal AND c.relnamespace = $1::regnamespace
+UNION ALL
+SELECT 'function', p.proname || '()', pg_get_functiondef(p.oid)
+    FROM pg_proc p WHERE p.pronamespace = $1::regnamespace`
+
+func postgresSchemaObjects(q querier, schema string) (map[string]schemaObject, error) {
+	rows, err := q.Query(postgresCatalogue, schema)
+	if err != nil {
+		return nil, fmt.Errorf("reading the schema: %w", err)
+	}
+	defer rows.Close()
+	objs := map[string]schemaObject{}
+	for rows.Next() {
+		var o schemaObject
+		if err := rows.Scan(&o.kind, &o.name, &o.sql); err != nil {
+			return nil, err
+		}
+		// Definitions name the schema; the expected ones are made in another.
+		o.sql = strings.ReplaceAll(o.sql, schema+".", "")
+		objs[o.name] = o
+	}
+	return objs, rows.Err()
+}
+
+// postgresExpectedSchema applies the schema file to a scratch schema in a
+// transaction that is rolled back, and reads what it made.
+func postgresExpectedSchema(db *sql.DB) (map[string]schemaObject, error) {
+	const scratch = "debusine_signing_expected"
+	tx, err := db.Begin()
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec("CREATE SCHEMA " + scratch + "; SET LOCAL search_path = " + scratch); err != nil {
+		return nil, fmt.Errorf("checking the schema needs a scratch schema, rolled back: %w", err)
+	}
+	for i, section := range schemaSections(schemaPostgresSQL) {
+		if _, err := tx.Exec(section); err != nil {
+			return nil, fmt.Errorf("schema_postgres.sql version %d: %w", i+1, err)
+		}
+	}
+	return postgresSchemaObjects(tx, scratch)
 }
 
 // isPostgres tells a PostgreSQL connection string (a postgresql:// URL or

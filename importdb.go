@@ -162,7 +162,7 @@ func (s *Store) importDebusine(keys []debusineKey, audit []debusineAudit, dryRun
 			wr := a.workRequest.Int64
 			e.WorkRequest = &wr
 		}
-		if err := appendAudit(tx, e); err != nil {
+		if err := s.appendAudit(tx, e); err != nil {
 			return nil, fmt.Errorf("importing audit row %d: %w", a.id, err)
 		}
 		r.auditImported++
@@ -202,7 +202,7 @@ func (s *Store) importDebusine(keys []debusineKey, audit []debusineAudit, dryRun
 			return nil, fmt.Errorf("key %s: %w", name, err)
 		}
 		data := map[string]any{"description": description, importMarkField: map[string]any{"key_id": k.id}}
-		if err := appendAudit(tx, AuditEntry{Event: "register", Purpose: k.purpose, Fingerprint: strings.ToUpper(k.fingerprint), Data: data}); err != nil {
+		if err := s.appendAudit(tx, AuditEntry{Event: "register", Purpose: k.purpose, Fingerprint: strings.ToUpper(k.fingerprint), Data: data}); err != nil {
 			return nil, fmt.Errorf("key %s: %w", name, err)
 		}
 		r.keysImported++

@@ -51,15 +51,100 @@ CREATE INDEX audit_log_work_request ON audit_log (created_by_work_request_id);
 -- hand-run psql session cannot rewrite history either. Statement-level
 -- triggers refuse every UPDATE, DELETE and TRUNCATE, also those that would
 -- touch no row, and the UPDATE of an INSERT ... ON CONFLICT DO UPDATE.
-CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION audit_log_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'audit_log is append-only: % refused', TG_OP;
 END;
 $$;
 
 CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse();
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse();
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
-    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse();
+
+-- version 2
+-- The authenticated audit log (auditkey.go), as in schema.sql: audit_key
+-- holds the one audit key, boxed to the service key; each audit row gets
+-- the version of the program that wrote it and "mac", the HMAC of its hash
+-- under the audit key. The old triggers are dropped so that the migration
+-- can fill "mac" in the rows written before (sealAuditRowsV2, in the same
+-- transaction), and version 3 puts stricter ones back.
+CREATE TABLE audit_key (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    sealed TEXT NOT NULL CHECK (sealed::json IS NOT NULL),
+    created_at TEXT NOT NULL
+);
+
+ALTER TABLE audit_log ADD COLUMN program_version TEXT;
+ALTER TABLE audit_log ADD COLUMN mac TEXT;
+
+DROP TRIGGER IF EXISTS audit_log_no_update ON audit_log;
+DROP TRIGGER IF EXISTS audit_log_no_delete ON audit_log;
+DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log;
+
+-- version 3
+-- The audit log is append-only, as in schema.sql. UPDATE, DELETE and
+-- TRUNCATE are refused outright, by statement (so also the UPDATE of an
+-- INSERT ... ON CONFLICT DO UPDATE). Every INSERT is checked before the
+-- row is written: it must be the next row, chained to the last one, with a
+-- hash no row has, so it can collide with no existing row. The store's
+-- advisory lock serializes appends, so "the last row" is well defined.
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse();
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse();
+
+CREATE FUNCTION audit_log_check_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.id IS DISTINCT FROM (SELECT coalesce(max(id), 0) + 1 FROM audit_log) THEN
+        RAISE EXCEPTION 'audit_log is append-only: a new row''s id must be the last id + 1';
+    END IF;
+    IF NEW.prev_hash IS DISTINCT FROM coalesce((SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1),
+                                               '0000000000000000000000000000000000000000000000000000000000000000') THEN
+        RAISE EXCEPTION 'audit_log is append-only: a new row''s prev_hash must be the last row''s hash';
+    END IF;
+    IF EXISTS (SELECT 1 FROM audit_log WHERE hash = NEW.hash) THEN
+        RAISE EXCEPTION 'audit_log is append-only: a new row''s hash must be new';
+    END IF;
+    IF NEW.program_version IS NULL OR NEW.mac IS NULL THEN
+        RAISE EXCEPTION 'audit_log: a new row needs program_version and mac';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER audit_log_append_only BEFORE INSERT ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_check_insert();
+
+-- The audit key is never removed (that would orphan every row's mac) and
+-- only re-sealed in place by reencrypt-keys.
+CREATE FUNCTION audit_key_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' OR TG_OP = 'TRUNCATE' THEN
+        RAISE EXCEPTION 'audit_key cannot be deleted';
+    END IF;
+    IF TG_OP = 'UPDATE' AND (NEW.id IS DISTINCT FROM OLD.id OR NEW.created_at IS DISTINCT FROM OLD.created_at) THEN
+        RAISE EXCEPTION 'audit_key: only the sealed key may be updated';
+    END IF;
+    IF TG_OP = 'INSERT' AND EXISTS (SELECT 1 FROM audit_key) THEN
+        RAISE EXCEPTION 'audit_key already holds the audit key';
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER audit_key_no_delete BEFORE DELETE ON audit_key
+    FOR EACH ROW EXECUTE FUNCTION audit_key_guard();
+CREATE TRIGGER audit_key_no_truncate BEFORE TRUNCATE ON audit_key
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_key_guard();
+CREATE TRIGGER audit_key_reseal_only BEFORE UPDATE ON audit_key
+    FOR EACH ROW EXECUTE FUNCTION audit_key_guard();
+CREATE TRIGGER audit_key_once BEFORE INSERT ON audit_key
+    FOR EACH ROW EXECUTE FUNCTION audit_key_guard();

@@ -89,7 +89,7 @@ func TestStoreReencryptBothEngines(t *testing.T) {
 		if _, err := st.Unseal(k); err != nil {
 			t.Errorf("after re-encryption, the new key alone: %v", err)
 		}
-		rows := auditRows(t, st, AuditFilter{})
+		rows := auditRows(t, st, AuditFilter{Fingerprint: fpr})
 		if len(rows) != 2 || rows[1].Event != "reencrypt" {
 			t.Errorf("audit rows %+v", rows)
 		}
@@ -133,19 +133,12 @@ func TestStoreMigrationInPlaceBothEngines(t *testing.T) {
 		st.Close()
 		if eng == sqliteEngine {
 			os.Remove(te.cfg.Database)
-			st, err := openStore(te.cfg.Database, "", te.cfg.ServiceKeys)
-			if err != nil {
-				t.Fatal(err)
-			}
-			st.Close()
 		}
 		db := rawDB(t, te.cfg.Database)
 		if eng == postgresEngine {
 			if _, err := db.Exec("DROP SCHEMA public CASCADE; CREATE SCHEMA public"); err != nil {
 				t.Fatal(err)
 			}
-		} else if _, err := db.Exec("DROP TABLE keys; DROP TABLE audit_log"); err != nil {
-			t.Fatal(err)
 		}
 		tx, err := db.Begin()
 		if err != nil {
@@ -209,17 +202,25 @@ func TestPostgresAppendOnly(t *testing.T) {
 	te := newPostgresTestEnv(t)
 	st := te.store(t)
 	appendTestRows(t, st, 3)
-	for _, script := range []string{
-		"UPDATE audit_log SET data = '{}' WHERE id = 2",
-		"UPDATE audit_log SET data = data WHERE false",
-		"DELETE FROM audit_log WHERE id = 3",
-		"DELETE FROM audit_log",
-		"TRUNCATE audit_log",
-		"INSERT INTO audit_log SELECT * FROM audit_log WHERE id = 1 ON CONFLICT (id) DO UPDATE SET data = '{}'",
+	const forged = "INSERT INTO audit_log (id, event, purpose, fingerprint, data, created_at, prev_hash, hash, program_version, mac) VALUES "
+	for _, tc := range []struct{ script, want string }{
+		{"UPDATE audit_log SET data = '{}' WHERE id = 2", "append-only: UPDATE refused"},
+		{"UPDATE audit_log SET data = data WHERE false", "append-only: UPDATE refused"},
+		{"DELETE FROM audit_log WHERE id = 3", "append-only: DELETE refused"},
+		{"DELETE FROM audit_log", "append-only: DELETE refused"},
+		{"TRUNCATE audit_log", "append-only: TRUNCATE refused"},
+		{"INSERT INTO audit_log SELECT * FROM audit_log WHERE id = 1 ON CONFLICT (id) DO UPDATE SET data = '{}'", "append-only"},
+		{forged + "(2, 'sign', 'uefi', 'X', '{}', 'now', 'x', 'y', 'v', 'm')", "id must be the last id + 1"},
+		{forged + "(4, 'sign', 'uefi', 'X', '{}', 'now', 'x', 'y', 'v', 'm')", "prev_hash must be the last row's hash"},
+		{forged + "(4, 'sign', 'uefi', 'X', '{}', 'now', (SELECT hash FROM audit_log WHERE id = 3), (SELECT hash FROM audit_log WHERE id = 3), 'v', 'm')", "hash must be new"},
+		{"DELETE FROM audit_key", "audit_key cannot be deleted"},
+		{"TRUNCATE audit_key", "audit_key cannot be deleted"},
+		{"UPDATE audit_key SET created_at = 'x'", "only the sealed key may be updated"},
+		{"INSERT INTO audit_key SELECT 2, sealed, created_at FROM audit_key", "already holds the audit key"},
 	} {
-		out, err := psql(t, te.cfg.Database, script)
-		if err == nil || !strings.Contains(out, "append-only") {
-			t.Errorf("psql %q: %v %q, want it refused", script, err, out)
+		out, err := psql(t, te.cfg.Database, tc.script)
+		if err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("psql %q: %v %q, want it refused with %q", tc.script, err, out, tc.want)
 		}
 	}
 	if out := te.mustRun(t, "audit", "verify"); !strings.Contains(out, "3 rows") {
@@ -432,5 +433,32 @@ func TestPostgresPasswordFile(t *testing.T) {
 	status, _, stderr := te.run(t, "keys")
 	if status != exitError || !strings.Contains(stderr, "password authentication failed") || strings.Contains(stderr, "wrong") {
 		t.Errorf("wrong password: exit %d %q", status, stderr)
+	}
+}
+
+// TestPostgresSchemaChecked: a trigger disabled, dropped or replaced by the
+// database's owner no longer protects the log; audit verify says so even
+// when every row still verifies.
+func TestPostgresSchemaChecked(t *testing.T) {
+	for _, tc := range []struct{ name, script, want string }{
+		{"disabled", "ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update", "trigger audit_log_no_update is not what this version expects"},
+		{"dropped", "DROP TRIGGER audit_log_no_delete ON audit_log", "audit_log_no_delete is missing"},
+		{"replaced", "CREATE OR REPLACE FUNCTION audit_log_refuse() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NULL; END;$$", "audit_log_refuse() is not what this version expects"},
+		{"added", "CREATE TABLE audit_log_copy (id bigint)", "unexpected table audit_log_copy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			te := newPostgresTestEnv(t)
+			appendTestRows(t, te.store(t), 2)
+			if out := te.mustRun(t, "audit", "verify"); !strings.Contains(out, "2 rows") {
+				t.Fatalf("audit verify before: %q", out)
+			}
+			if out, err := psql(t, te.cfg.Database, tc.script); err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			status, _, stderr := te.run(t, "audit", "verify")
+			if status != exitError || !strings.Contains(stderr, tc.want) {
+				t.Errorf("exit %d %q, want exit 3 naming %q", status, stderr, tc.want)
+			}
+		})
 	}
 }
