@@ -29,7 +29,6 @@ var schemaPostgresSQL string
 
 // engine is what differs between the two databases.
 type engine struct {
-	name string
 	// schema is the schema file, in "-- version N" sections.
 	schema string
 	// lockSQL runs first in every write transaction. SQLite needs none: the
@@ -54,7 +53,6 @@ type engine struct {
 }
 
 var sqliteEngine = &engine{
-	name:   "SQLite",
 	schema: schemaSQL,
 	version: func(q querier) (int, error) {
 		// The file was checked before it was opened (checkDatabaseFile).
@@ -75,7 +73,6 @@ var sqliteEngine = &engine{
 const storeLockID = applicationID
 
 var postgresEngine = &engine{
-	name:    "PostgreSQL",
 	schema:  schemaPostgresSQL,
 	lockSQL: fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", storeLockID),
 	version: func(q querier) (int, error) {
