@@ -127,7 +127,8 @@ func TestStoreSchemaVersionBothEngines(t *testing.T) {
 
 func TestStoreMigrationInPlaceBothEngines(t *testing.T) {
 	engines(t, func(t *testing.T, te *testEnv) {
-		// A database as version 1 of the schema left it, holding a key.
+		// A database as version 1 of the schema left it, holding a key and
+		// audit rows.
 		st := te.store(t)
 		eng := st.engine
 		st.Close()
@@ -153,6 +154,17 @@ func TestStoreMigrationInPlaceBothEngines(t *testing.T) {
 		if _, err := tx.Exec("INSERT INTO keys ("+keyColumns+") VALUES ('uefi', 'AB', '{}', $1, 'old', $2, $2)", []byte("pub"), nowUTC()); err != nil {
 			t.Fatal(err)
 		}
+		// Two audit rows as version 1 wrote them: chained, no mac.
+		prev := genesisHash
+		for id := int64(1); id <= 2; id++ {
+			r := AuditRow{ID: id, Event: "sign", Purpose: purposeUEFI, Fingerprint: "AB", Data: []byte(`{"data_sha256":"00"}`), CreatedAt: nowUTC(), PrevHash: prev}
+			r.Hash = r.computeHash()
+			if _, err := tx.Exec("INSERT INTO audit_log (id, event, purpose, fingerprint, data, created_at, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+				r.ID, r.Event, r.Purpose, r.Fingerprint, string(r.Data), r.CreatedAt, r.PrevHash, r.Hash); err != nil {
+				t.Fatal(err)
+			}
+			prev = r.Hash
+		}
 		if err := tx.Commit(); err != nil {
 			t.Fatal(err)
 		}
@@ -172,8 +184,9 @@ func TestStoreMigrationInPlaceBothEngines(t *testing.T) {
 		if err := st.db.QueryRow("SELECT description FROM keys WHERE fingerprint = 'AB'").Scan(&description); err != nil || description != "old" {
 			t.Errorf("the key did not survive the migration: %q %v", description, err)
 		}
+		// The old rows were authenticated by the migration; new ones chain on.
 		appendTestRows(t, st, 2)
-		if v, err := st.VerifyAudit(); err != nil || v.Rows != 2 {
+		if v, err := st.VerifyAudit(); err != nil || v.Rows != 4 {
 			t.Errorf("after migration: %+v %v", v, err)
 		}
 	})
