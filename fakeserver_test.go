@@ -114,6 +114,9 @@ type fakeServer struct {
 	// hook, when set, sees each request first and may answer it itself
 	// (return true), e.g. with a 500 or a dropped connection.
 	hook func(w http.ResponseWriter, r *http.Request) bool
+	// latency delays every answer, as a server across a real network does
+	// (round trip, TLS, the application server's own time).
+	latency time.Duration
 }
 
 func newFakeServer(t testing.TB) *fakeServer {
@@ -327,8 +330,9 @@ var (
 func (s *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.requests = append(s.requests, r.Method+" "+r.URL.Path)
-	hook := s.hook
+	hook, latency := s.hook, s.latency
 	s.mu.Unlock()
+	time.Sleep(latency)
 	if hook != nil && hook(w, r) {
 		return
 	}

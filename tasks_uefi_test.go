@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -205,4 +206,70 @@ func BenchmarkWorkerSign200(b *testing.B) {
 	b.ReportMetric(perFile(workerTime), "ms/file")
 	b.ReportMetric(perFile(directTime), "direct-ms/file")
 	b.ReportMetric(perFile(workerTime-directTime), "added-ms/file")
+}
+
+// benchEFIFiles returns 33 EFI images, about 48 MB as a real sign task of
+// 33 files: the real ones Debian ships (shim, systemd-boot), then
+// generated PE32+ images of 1 to 2 MB.
+func benchEFIFiles(b *testing.B) map[string][]byte {
+	files := map[string][]byte{}
+	for _, p := range []string{"/usr/lib/shim/shimx64.efi", "/usr/lib/shim/mmx64.efi", "/usr/lib/shim/fbx64.efi",
+		"/usr/lib/systemd/boot/efi/systemd-bootx64.efi", "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"} {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			b.Skipf("%v (install shim-unsigned and systemd-boot-efi)", err)
+		}
+		files[filepath.Base(p)] = data
+	}
+	for i := len(files); i < 33; i++ {
+		kb := 1024 + 37*i
+		files[fmt.Sprintf("gen%02d.efi", i)] = testPE{plus: true, sections: []int{kb << 9, kb << 9, 0x200}, seed: uint64(i)}.build()
+	}
+	return files
+}
+
+// BenchmarkWorkerSign33 runs a sign work request of 33 EFI files against
+// the fake server with 20 ms per request, end to end from the
+// notification to the completion: in one input artifact, and in 33 (one
+// per file, as a signing input per binary package gives).
+func BenchmarkWorkerSign33(b *testing.B) {
+	files := benchEFIFiles(b)
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, layout := range []string{"1x33", "33x1"} {
+		b.Run(layout, func(b *testing.B) {
+			srv := newFakeServer(b)
+			w, _ := testWorker(b, srv)
+			registered(b, srv, w)
+			k, _ := uefiSignSetup(b, srv, w)
+			var ids []int64
+			if layout == "1x33" {
+				ids = append(ids, srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "bench"}, files))
+			} else {
+				for _, n := range names {
+					ids = append(ids, srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": n}, map[string][]byte{n: files[n]}))
+				}
+			}
+			stop := start(b, w)
+			defer stop()
+			waitFor(b, "metadata", func() bool { return w.metadataSent.Load() })
+			srv.mu.Lock()
+			srv.latency = 20 * time.Millisecond
+			srv.mu.Unlock()
+			b.ResetTimer()
+			for range b.N {
+				id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": "x", "key": k.Fingerprint},
+					map[string]any{"unsigned_ids": ids})
+				for len(srv.completionsOf(id)) == 0 {
+					time.Sleep(time.Millisecond)
+				}
+				if c := srv.completionsOf(id); c[0].Result != "success" {
+					b.Fatalf("completion %s", c[0].Body)
+				}
+			}
+		})
+	}
 }
