@@ -88,8 +88,15 @@ func TestWorkerSignUEFI(t *testing.T) {
 		map[string]any{"unsigned_ids": []int64{in1, in2}, "unsigned_binary_package_names": []string{"shim-signed", "systemd-boot-efi-amd64-signed"}})
 	runOnce(t, w)
 	// A file that is not a PE image fails on its own; the others are signed.
-	if c := srv.waitCompleted(t, id); c.Result != "failure" {
+	c := srv.waitCompleted(t, id)
+	if c.Result != "failure" {
 		t.Fatalf("result %s", c.Result)
+	}
+	// The signing took CPU time in this process, which is reported
+	// (rounded up to whole seconds), not 0.
+	var body completion
+	if json.Unmarshal(c.Body, &body); body.OutputData == nil || body.OutputData.RuntimeStatistics == nil || body.OutputData.RuntimeStatistics.CPUTime < 1 {
+		t.Errorf("completion %s: want cpu_time of at least 1", c.Body)
 	}
 	outs := srv.artifactsOf(id, "debusine:signing-output")
 	if len(outs) != 2 {
