@@ -94,7 +94,7 @@ func newAPIClient(apiURL, caFile string, log *slog.Logger) (*apiClient, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	tr.ResponseHeaderTimeout = 5 * time.Minute
-	tr.MaxIdleConnsPerHost = 4
+	tr.MaxIdleConnsPerHost = maxInFlight
 	return &apiClient{
 		base:      strings.TrimRight(apiURL, "/"),
 		host:      u.Scheme + "://" + u.Host,
