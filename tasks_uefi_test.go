@@ -238,8 +238,8 @@ func benchEFIFiles(b *testing.B) map[string][]byte {
 // BenchmarkWorkerSign33 runs a sign work request of 33 EFI files against
 // the fake server with 20 ms per request, end to end from the
 // notification to the completion: in one input artifact, and in 33 (one
-// per file, as a signing input per binary package gives). It reports the
-// HTTP requests and the CPU time (worker and fake server) of one task.
+// per file, as a signing input per binary package gives). It also reports
+// the HTTP requests of one task.
 func BenchmarkWorkerSign33(b *testing.B) {
 	files := benchEFIFiles(b)
 	names := make([]string, 0, len(files))
@@ -269,7 +269,6 @@ func BenchmarkWorkerSign33(b *testing.B) {
 			srv.latency = 20 * time.Millisecond
 			requests0 := len(srv.requests)
 			srv.mu.Unlock()
-			cpu0 := cpuTime()
 			b.ResetTimer()
 			for range b.N {
 				id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": "x", "key": k.Fingerprint},
@@ -285,8 +284,6 @@ func BenchmarkWorkerSign33(b *testing.B) {
 			srv.mu.Lock()
 			b.ReportMetric(float64(len(srv.requests)-requests0)/float64(b.N), "requests/op")
 			srv.mu.Unlock()
-			// The fake server's CPU included: it runs in this process.
-			b.ReportMetric((cpuTime()-cpu0).Seconds()/float64(b.N), "cpu-s/op")
 		})
 	}
 }
