@@ -70,8 +70,8 @@ func outage(srv *fakeServer, begin func(*http.Request) bool, d time.Duration) fu
 func scaledBackoff(n int) time.Duration { return backoffDelay(n) / 1000 }
 
 // TestWorkerSignThroughOutage: the server goes away once the signatures are
-// made, for longer than the old six tries lasted (500 ms here stands for
-// 8 minutes; six tries lasted about 31 ms); the signatures wait on disk,
+// made, for longer than the old six tries lasted (400 ms here stands for
+// 6.7 minutes; six tries lasted about 31 ms); the signatures wait on disk,
 // and the task succeeds when the server comes back, each file signed and
 // uploaded once.
 func TestWorkerSignThroughOutage(t *testing.T) {
@@ -85,7 +85,7 @@ func TestWorkerSignThroughOutage(t *testing.T) {
 	in := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "shim-signed"}, files)
 	id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": "x", "key": k.Fingerprint},
 		map[string]any{"unsigned_ids": []int64{in}})
-	most := outage(srv, func(r *http.Request) bool { return r.Method == "POST" && r.URL.Path == "/api/1.0/artifact/" }, 500*time.Millisecond)
+	most := outage(srv, func(r *http.Request) bool { return r.Method == "POST" && r.URL.Path == "/api/1.0/artifact/" }, 400*time.Millisecond)
 	runOnce(t, w)
 	if c := srv.waitCompleted(t, id); c.Result != "success" {
 		t.Fatalf("result %s:\n%s", c.Result, logs)
