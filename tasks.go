@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -52,6 +53,17 @@ type taskRun struct {
 	stage   string
 	logs    map[string]*bytes.Buffer
 	sources []int64
+	// auditExtra is added to the data of every sign audit row (the relay
+	// names its bundle there).
+	auditExtra map[string]any
+}
+
+// audit is the audit context of a signature over in: the work request and
+// the server's answer to the permission check.
+func (tr *taskRun) audit(in *input) auditContext {
+	extra := in.perm.auditExtra()
+	maps.Copy(extra, tr.auditExtra)
+	return auditContext{WorkRequest: &tr.wr.ID, Extra: extra}
 }
 
 // enter starts a stage (fetch_input, configure_for_execution, execution,
@@ -314,8 +326,15 @@ type signResult struct {
 	ErrorMessage *string `json:"error_message"`
 }
 
-// configureSign: the sign task (protocol.md §6.3).
-func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
+// signTask is the task data of a sign work request (protocol.md §6.3).
+type signTask struct {
+	Purpose      string
+	Fingerprint  string
+	UnsignedIDs  []int64
+	PackageNames []*string
+}
+
+func parseSignTask(wr *workRequest) (*signTask, error) {
 	var d struct {
 		Purpose string `json:"purpose"`
 		Key     string `json:"key"`
@@ -330,92 +349,125 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 	if err := decodeTaskData(wr.DynamicTaskData, &dyn); err != nil {
 		return nil, err
 	}
-	fpr := normalFingerprint(d.Key)
+	t := &signTask{Purpose: d.Purpose, Fingerprint: normalFingerprint(d.Key), UnsignedIDs: dyn.UnsignedIDs, PackageNames: dyn.PackageNames}
 	switch {
-	case d.Purpose != purposeUEFI && d.Purpose != purposeOpenPGP:
-		return nil, fmt.Errorf("purpose %q: want %s or %s", d.Purpose, purposeUEFI, purposeOpenPGP)
-	case fpr == "":
+	case t.Purpose != purposeUEFI && t.Purpose != purposeOpenPGP:
+		return nil, fmt.Errorf("purpose %q: want %s or %s", t.Purpose, purposeUEFI, purposeOpenPGP)
+	case t.Fingerprint == "":
 		return nil, fmt.Errorf("no key")
-	case len(dyn.UnsignedIDs) == 0:
+	case len(t.UnsignedIDs) == 0:
 		return nil, fmt.Errorf("dynamic_task_data has no unsigned_ids")
-	case len(dyn.PackageNames) != 0 && len(dyn.PackageNames) != len(dyn.UnsignedIDs):
-		return nil, fmt.Errorf("dynamic_task_data: %d unsigned_binary_package_names for %d unsigned_ids", len(dyn.PackageNames), len(dyn.UnsignedIDs))
+	case len(t.PackageNames) != 0 && len(t.PackageNames) != len(t.UnsignedIDs):
+		return nil, fmt.Errorf("dynamic_task_data: %d unsigned_binary_package_names for %d unsigned_ids", len(t.PackageNames), len(t.UnsignedIDs))
+	}
+	return t, nil
+}
+
+// configureSign: the sign task (protocol.md §6.3).
+func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
+	t, err := parseSignTask(wr)
+	if err != nil {
+		return nil, err
 	}
 	return func(ctx context.Context, tr *taskRun) (bool, error) {
-		// Every check on every input passes before anything is signed.
-		inputs := make([]*input, len(dyn.UnsignedIDs))
-		for i, id := range dyn.UnsignedIDs {
-			in, err := w.fetch(ctx, tr, id, "debusine:signing-input", fmt.Sprintf("in/%d", i))
-			if err != nil {
-				return false, err
-			}
-			if err := w.checkTrustedCerts(in); err != nil {
-				return false, err
-			}
-			if err := w.permit(ctx, tr, d.Purpose, fpr, in); err != nil {
-				return false, err
-			}
-			inputs[i] = in
-		}
-		k, err := w.lookupKey(d.Purpose, fpr)
+		inputs, err := w.fetchSignInputs(ctx, tr, t)
 		if err != nil {
 			return false, err
 		}
-
+		k, err := w.lookupKey(t.Purpose, t.Fingerprint)
+		if err != nil {
+			return false, err
+		}
 		tr.enter("execution")
-		signFile, err := w.fileSigner(k)
+		results, ok, err := w.signInputs(ctx, tr, t, k, inputs)
 		if err != nil {
 			return false, err
 		}
-		signed, failed := 0, 0
-		results := make([][]signResult, len(inputs))
-		for i, in := range inputs {
-			for _, name := range in.files {
-				r := signResult{File: name}
-				if strings.HasSuffix(name, ".ko") {
-					msg := "Skipped kernel module (not yet supported)"
-					r.ErrorMessage = &msg
-				} else {
-					out := name + ".sig"
-					ac := auditContext{WorkRequest: &tr.wr.ID, Extra: in.perm.auditExtra()}
-					err := signFile(ctx, tr, path.Join(in.dir, name), path.Join(fmt.Sprintf("out/%d", i), out), ac)
-					if ctx.Err() != nil {
-						return false, ctx.Err()
-					}
-					if err != nil {
-						msg := strings.ReplaceAll(err.Error(), tr.dir+"/", "")
-						r.ErrorMessage = &msg
-						failed++
-						tr.logf("cmd-output.log", "%s: %v\n", name, err)
-					} else {
-						r.OutputFile = &out
-						signed++
-						tr.logf("cmd-output.log", "%s: signed\n", name)
-					}
-				}
-				results[i] = append(results[i], r)
-			}
-		}
-
 		tr.enter("post_execution")
 		for i, in := range inputs {
-			var files []outFile
-			for _, r := range results[i] {
-				if r.OutputFile != nil {
-					files = append(files, outFile{Name: *r.OutputFile, ContentType: "application/octet-stream", Path: path.Join(fmt.Sprintf("out/%d", i), *r.OutputFile)})
-				}
-			}
-			var pkg *string
-			if len(dyn.PackageNames) > 0 {
-				pkg = dyn.PackageNames[i]
-			}
-			data := map[string]any{"purpose": d.Purpose, "fingerprint": fpr, "results": results[i], "binary_package_name": pkg}
+			data, files := t.output(i, results[i])
 			if _, err := w.api.createArtifact(ctx, "debusine:signing-output", tr.wr.Workspace, tr.wr.ID, data, tr.outFiles(files), []int64{in.id}); err != nil {
 				return false, err
 			}
 		}
-		return signed > 0 && failed == 0, nil
+		return ok, nil
 	}, nil
+}
+
+// fetchSignInputs downloads and checks every input of a sign task: every
+// check on every input passes before anything is signed.
+func (w *worker) fetchSignInputs(ctx context.Context, tr *taskRun, t *signTask) ([]*input, error) {
+	inputs := make([]*input, len(t.UnsignedIDs))
+	for i, id := range t.UnsignedIDs {
+		in, err := w.fetch(ctx, tr, id, "debusine:signing-input", fmt.Sprintf("in/%d", i))
+		if err != nil {
+			return nil, err
+		}
+		if err := w.checkTrustedCerts(in); err != nil {
+			return nil, err
+		}
+		if err := w.permit(ctx, tr, t.Purpose, t.Fingerprint, in); err != nil {
+			return nil, err
+		}
+		inputs[i] = in
+	}
+	return inputs, nil
+}
+
+// signInputs is the sign task's execution stage: each file of input i is
+// signed into out/<i>/<file>.sig. It returns the results of each input and
+// whether the task succeeded (something signed, nothing failed).
+func (w *worker) signInputs(ctx context.Context, tr *taskRun, t *signTask, k *Key, inputs []*input) ([][]signResult, bool, error) {
+	signFile, err := w.fileSigner(k)
+	if err != nil {
+		return nil, false, err
+	}
+	signed, failed := 0, 0
+	results := make([][]signResult, len(inputs))
+	for i, in := range inputs {
+		for _, name := range in.files {
+			r := signResult{File: name}
+			if strings.HasSuffix(name, ".ko") {
+				msg := "Skipped kernel module (not yet supported)"
+				r.ErrorMessage = &msg
+			} else {
+				out := name + ".sig"
+				err := signFile(ctx, tr, path.Join(in.dir, name), path.Join(fmt.Sprintf("out/%d", i), out), tr.audit(in))
+				if ctx.Err() != nil {
+					return nil, false, ctx.Err()
+				}
+				if err != nil {
+					msg := strings.ReplaceAll(err.Error(), tr.dir+"/", "")
+					r.ErrorMessage = &msg
+					failed++
+					tr.logf("cmd-output.log", "%s: %v\n", name, err)
+				} else {
+					r.OutputFile = &out
+					signed++
+					tr.logf("cmd-output.log", "%s: signed\n", name)
+				}
+			}
+			results[i] = append(results[i], r)
+		}
+	}
+	return results, signed > 0 && failed == 0, nil
+}
+
+// output is the debusine:signing-output artifact of input i: its data and
+// its files, under out/<i>/ in the work directory.
+func (t *signTask) output(i int, results []signResult) (map[string]any, []outFile) {
+	var files []outFile
+	for _, r := range results {
+		if r.OutputFile != nil {
+			files = append(files, outFile{Name: *r.OutputFile, ContentType: "application/octet-stream", Path: path.Join(fmt.Sprintf("out/%d", i), *r.OutputFile)})
+		}
+	}
+	var pkg *string
+	if len(t.PackageNames) > 0 {
+		pkg = t.PackageNames[i]
+	}
+	data := map[string]any{"purpose": t.Purpose, "fingerprint": t.Fingerprint, "results": results, "binary_package_name": pkg}
+	return data, files
 }
 
 // fileSigner prepares key k once for the whole task and returns the
@@ -499,8 +551,13 @@ func (w *worker) checkTrustedCerts(in *input) error {
 	return nil
 }
 
-// configureDebsign: re-sign a debian:upload (protocol.md §6.4).
-func (w *worker) configureDebsign(wr *workRequest) (taskRunner, error) {
+// debsignTask is the task data of a debsign work request (protocol.md §6.4).
+type debsignTask struct {
+	Fingerprint string
+	UnsignedID  int64
+}
+
+func parseDebsignTask(wr *workRequest) (*debsignTask, error) {
 	var d struct {
 		Key string `json:"key"`
 	}
@@ -513,61 +570,109 @@ func (w *worker) configureDebsign(wr *workRequest) (taskRunner, error) {
 	if err := decodeTaskData(wr.DynamicTaskData, &dyn); err != nil {
 		return nil, err
 	}
-	fpr := normalFingerprint(d.Key)
-	if fpr == "" || dyn.UnsignedID == 0 {
+	t := &debsignTask{Fingerprint: normalFingerprint(d.Key), UnsignedID: dyn.UnsignedID}
+	if t.Fingerprint == "" || t.UnsignedID == 0 {
 		return nil, fmt.Errorf("debsign needs task_data key and dynamic_task_data unsigned_id")
 	}
+	return t, nil
+}
+
+// configureDebsign: re-sign a debian:upload (protocol.md §6.4).
+func (w *worker) configureDebsign(wr *workRequest) (taskRunner, error) {
+	t, err := parseDebsignTask(wr)
+	if err != nil {
+		return nil, err
+	}
 	return func(ctx context.Context, tr *taskRun) (bool, error) {
-		in, err := w.fetch(ctx, tr, dyn.UnsignedID, "debian:upload", "in")
+		in, err := w.fetchDebsignInput(ctx, tr, t)
 		if err != nil {
 			return false, err
 		}
-		if err := w.permit(ctx, tr, purposeOpenPGP, fpr, in); err != nil {
-			return false, err
-		}
-		k, err := w.lookupKey(purposeOpenPGP, fpr)
+		k, err := w.lookupKey(purposeOpenPGP, t.Fingerprint)
 		if err != nil {
 			return false, err
 		}
-		var changes []string
-		for _, name := range in.files {
-			if strings.HasSuffix(name, ".changes") {
-				changes = append(changes, name)
-			}
-		}
-		if len(changes) != 1 {
-			return false, fmt.Errorf("artifact %d holds %d .changes files, want 1", in.id, len(changes))
-		}
-
 		tr.enter("execution")
-		ac := auditContext{WorkRequest: &tr.wr.ID, Extra: in.perm.auditExtra()}
-		signedPath, err := debsignUpload(w.st, k, filepath.Join(tr.dir, "in", changes[0]), filepath.Join(tr.dir, "out"), ac)
-		if err != nil {
+		if err := w.debsign(tr, k, in); err != nil {
 			return false, err
 		}
-		tr.logf("cmd-output.log", "re-signed %s with %s\n", changes[0], fpr)
-		signed, err := os.ReadFile(signedPath)
-		if err != nil {
-			return false, err
-		}
-		fields, err := parseChanges(changes[0], signed)
-		if err != nil {
-			return false, err
-		}
-
 		tr.enter("post_execution")
-		files := []outFile{{Name: changes[0], ContentType: uploadContentType(changes[0]), Path: "out/" + changes[0]}}
-		listed, _ := fields["Checksums-Sha256"].([]map[string]string)
-		for _, f := range listed {
-			if err := validSignedName(f["name"]); err != nil {
-				return false, err
-			}
-			files = append(files, outFile{Name: f["name"], ContentType: uploadContentType(f["name"]), Path: "out/" + f["name"]})
+		data, files, err := debsignOutput(tr, in)
+		if err != nil {
+			return false, err
 		}
-		data := map[string]any{"type": "dpkg", "changes_fields": fields}
 		_, err = w.api.createArtifact(ctx, "debian:upload", tr.wr.Workspace, tr.wr.ID, data, tr.outFiles(files), []int64{in.id})
 		return err == nil, err
 	}, nil
+}
+
+// fetchDebsignInput downloads the upload into in/ and checks it.
+func (w *worker) fetchDebsignInput(ctx context.Context, tr *taskRun, t *debsignTask) (*input, error) {
+	in, err := w.fetch(ctx, tr, t.UnsignedID, "debian:upload", "in")
+	if err != nil {
+		return nil, err
+	}
+	if err := w.permit(ctx, tr, purposeOpenPGP, t.Fingerprint, in); err != nil {
+		return nil, err
+	}
+	if _, err := uploadChanges(in); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// uploadChanges names the one .changes file of an upload.
+func uploadChanges(in *input) (string, error) {
+	var changes []string
+	for _, name := range in.files {
+		if strings.HasSuffix(name, ".changes") {
+			changes = append(changes, name)
+		}
+	}
+	if len(changes) != 1 {
+		return "", fmt.Errorf("artifact %d holds %d .changes files, want 1", in.id, len(changes))
+	}
+	return changes[0], nil
+}
+
+// debsign is the debsign task's execution stage: the re-signed upload goes
+// to out/.
+func (w *worker) debsign(tr *taskRun, k *Key, in *input) error {
+	changes, err := uploadChanges(in)
+	if err != nil {
+		return err
+	}
+	if _, err := debsignUpload(w.st, k, filepath.Join(tr.dir, in.dir, changes), filepath.Join(tr.dir, "out"), tr.audit(in)); err != nil {
+		return err
+	}
+	tr.logf("cmd-output.log", "re-signed %s with %s\n", changes, k.Fingerprint)
+	return nil
+}
+
+// debsignOutput is the debian:upload artifact of the re-signed upload in
+// out/: the fields of its .changes, and every file it lists.
+func debsignOutput(tr *taskRun, in *input) (map[string]any, []outFile, error) {
+	changes, err := uploadChanges(in)
+	if err != nil {
+		return nil, nil, err
+	}
+	signed, err := tr.root.ReadFile(path.Join("out", changes))
+	if err != nil {
+		return nil, nil, err
+	}
+	fields, err := parseChanges(changes, signed)
+	if err != nil {
+		return nil, nil, err
+	}
+	files := []outFile{{Name: changes, ContentType: uploadContentType(changes), Path: "out/" + changes}}
+	listed, _ := fields["Checksums-Sha256"].([]map[string]string)
+	for _, f := range listed {
+		if err := validSignedName(f["name"]); err != nil {
+			return nil, nil, err
+		}
+		files = append(files, outFile{Name: f["name"], ContentType: uploadContentType(f["name"]), Path: "out/" + f["name"]})
+	}
+	return map[string]any{"type": "dpkg", "changes_fields": fields}, files, nil
 }
 
 // uploadContentType: the types Debusine gives the files of an upload.
@@ -587,9 +692,16 @@ func uploadContentType(name string) string {
 	return "application/octet-stream"
 }
 
-// configureSignRepositoryIndex: sign one repository index with every key
-// into one file (protocol.md §6.5).
-func (w *worker) configureSignRepositoryIndex(wr *workRequest) (taskRunner, error) {
+// repositoryIndexTask is the task data of a signrepositoryindex work
+// request (protocol.md §6.5).
+type repositoryIndexTask struct {
+	Mode        string
+	SignedName  string
+	SigningKeys []string
+	UnsignedID  int64
+}
+
+func parseRepositoryIndexTask(wr *workRequest) (*repositoryIndexTask, error) {
 	var d struct {
 		Mode       string `json:"mode"`
 		SignedName string `json:"signed_name"`
@@ -613,57 +725,92 @@ func (w *worker) configureSignRepositoryIndex(wr *workRequest) (taskRunner, erro
 	if dyn.UnsignedID == 0 {
 		return nil, fmt.Errorf("dynamic_task_data has no unsigned_id")
 	}
+	t := &repositoryIndexTask{Mode: d.Mode, SignedName: d.SignedName, UnsignedID: dyn.UnsignedID}
+	for _, f := range dyn.SigningKeys {
+		t.SigningKeys = append(t.SigningKeys, normalFingerprint(f))
+	}
+	return t, nil
+}
+
+// configureSignRepositoryIndex: sign one repository index with every key
+// into one file (protocol.md §6.5).
+func (w *worker) configureSignRepositoryIndex(wr *workRequest) (taskRunner, error) {
+	t, err := parseRepositoryIndexTask(wr)
+	if err != nil {
+		return nil, err
+	}
 	return func(ctx context.Context, tr *taskRun) (bool, error) {
-		if len(dyn.SigningKeys) == 0 {
-			return false, fmt.Errorf("no signing_keys: nothing to sign with")
-		}
-		in, err := w.fetch(ctx, tr, dyn.UnsignedID, "", "in")
+		in, err := w.fetchRepositoryIndexInput(ctx, tr, t)
 		if err != nil {
 			return false, err
 		}
-		if len(in.files) != 1 {
-			return false, fmt.Errorf("artifact %d holds %d files, want exactly 1", in.id, len(in.files))
-		}
-		// One check per key; they must all say the same, or the audit
-		// rows could not name one requester and resource.
-		var first []byte
-		for _, f := range dyn.SigningKeys {
-			if err := w.permit(ctx, tr, purposeOpenPGP, normalFingerprint(f), in); err != nil {
-				return false, err
-			}
-			b, _ := json.Marshal(in.perm)
-			if first == nil {
-				first = b
-			} else if !bytes.Equal(first, b) {
-				return false, fmt.Errorf("the permission checks of the signing keys disagree: %s and %s", first, b)
-			}
-		}
-		keys := make([]*Key, len(dyn.SigningKeys))
-		for i, f := range dyn.SigningKeys {
-			if keys[i], err = w.lookupKey(purposeOpenPGP, normalFingerprint(f)); err != nil {
+		keys := make([]*Key, len(t.SigningKeys))
+		for i, f := range t.SigningKeys {
+			if keys[i], err = w.lookupKey(purposeOpenPGP, f); err != nil {
 				return false, err
 			}
 		}
-
 		tr.enter("execution")
-		data, err := tr.root.ReadFile(path.Join(in.dir, in.files[0]))
-		if err != nil {
+		if err := w.signRepositoryIndex(tr, t, keys, in); err != nil {
 			return false, err
 		}
-		ac := auditContext{WorkRequest: &tr.wr.ID, Extra: in.perm.auditExtra()}
-		sig, err := signOpenPGPData(w.st, keys, data, d.Mode, ac)
-		if err != nil {
-			return false, err
-		}
-		tr.logf("cmd-output.log", "signed %s (%s) with %d key(s)\n", in.files[0], d.Mode, len(keys))
-
 		tr.enter("post_execution")
-		ct := "application/pgp-signature"
-		if d.Mode == openpgpModeClear {
-			ct = "text/plain; charset=utf-8"
-		}
-		files := []outFile{{Name: d.SignedName, ContentType: ct, Data: sig}}
-		_, err = w.api.createArtifact(ctx, "debian:repository-index", tr.wr.Workspace, tr.wr.ID, map[string]any{"path": d.SignedName}, files, []int64{in.id})
+		data, files := t.output()
+		_, err = w.api.createArtifact(ctx, "debian:repository-index", tr.wr.Workspace, tr.wr.ID, data, tr.outFiles(files), []int64{in.id})
 		return err == nil, err
 	}, nil
+}
+
+// fetchRepositoryIndexInput downloads the index into in/ and runs one
+// permission check per key; they must all say the same, or the audit rows
+// could not name one requester and resource.
+func (w *worker) fetchRepositoryIndexInput(ctx context.Context, tr *taskRun, t *repositoryIndexTask) (*input, error) {
+	if len(t.SigningKeys) == 0 {
+		return nil, fmt.Errorf("no signing_keys: nothing to sign with")
+	}
+	in, err := w.fetch(ctx, tr, t.UnsignedID, "", "in")
+	if err != nil {
+		return nil, err
+	}
+	if len(in.files) != 1 {
+		return nil, fmt.Errorf("artifact %d holds %d files, want exactly 1", in.id, len(in.files))
+	}
+	var first []byte
+	for _, f := range t.SigningKeys {
+		if err := w.permit(ctx, tr, purposeOpenPGP, f, in); err != nil {
+			return nil, err
+		}
+		b, _ := json.Marshal(in.perm)
+		if first == nil {
+			first = b
+		} else if !bytes.Equal(first, b) {
+			return nil, fmt.Errorf("the permission checks of the signing keys disagree: %s and %s", first, b)
+		}
+	}
+	return in, nil
+}
+
+// signRepositoryIndex is the execution stage: the signature goes to
+// out/<signed_name>.
+func (w *worker) signRepositoryIndex(tr *taskRun, t *repositoryIndexTask, keys []*Key, in *input) error {
+	data, err := tr.root.ReadFile(path.Join(in.dir, in.files[0]))
+	if err != nil {
+		return err
+	}
+	sig, err := signOpenPGPData(w.st, keys, data, t.Mode, tr.audit(in))
+	if err != nil {
+		return err
+	}
+	tr.logf("cmd-output.log", "signed %s (%s) with %d key(s)\n", in.files[0], t.Mode, len(keys))
+	return tr.writeFile(path.Join("out", t.SignedName), sig)
+}
+
+// output is the debian:repository-index artifact holding the signature.
+func (t *repositoryIndexTask) output() (map[string]any, []outFile) {
+	ct := "application/pgp-signature"
+	if t.Mode == openpgpModeClear {
+		ct = "text/plain; charset=utf-8"
+	}
+	files := []outFile{{Name: t.SignedName, ContentType: ct, Path: path.Join("out", t.SignedName)}}
+	return map[string]any{"path": t.SignedName}, files
 }
