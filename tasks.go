@@ -113,18 +113,34 @@ func (w *worker) execute(ctx context.Context, wr *workRequest) error {
 	return w.deliver(ctx, wr.ID, body)
 }
 
-// runTask returns the completion of wr, or false when ctx ended first.
-func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger) (completion, bool) {
-	if !strings.EqualFold(wr.TaskType, "Signing") {
-		return errorCompletion("wrong-task-type", fmt.Sprintf("Task: %s is of type %s, not %s", wr.TaskName, wr.TaskType, "Signing")), true
+// configure returns wr's configured task, or the error completion of a
+// work request this worker cannot run: wrong type, unknown task (on a
+// relay: one the offline host does not run), bad task data.
+func (w *worker) configure(wr *workRequest) (taskRunner, *completion) {
+	fail := func(code, msg string) (taskRunner, *completion) {
+		c := errorCompletion(code, msg)
+		return nil, &c
 	}
-	t, ok := w.tasks()[strings.ToLower(wr.TaskName)]
-	if !ok {
-		return errorCompletion("setup-failed", fmt.Sprintf("Task: %s is not a task this signing worker can run", wr.TaskName)), true
+	if !strings.EqualFold(wr.TaskType, "Signing") {
+		return fail("wrong-task-type", fmt.Sprintf("Task: %s is of type %s, not %s", wr.TaskName, wr.TaskType, "Signing"))
+	}
+	name := strings.ToLower(wr.TaskName)
+	t, ok := w.tasks()[name]
+	if !ok || (w.relayKeys != nil && !relayTasks[name]) {
+		return fail("setup-failed", fmt.Sprintf("Task: %s is not a task this signing worker can run", wr.TaskName))
 	}
 	run, err := t.configure(wr)
 	if err != nil {
-		return errorCompletion("configure-failed", fmt.Sprintf("Task: %s Error configure: %v", wr.TaskName, err)), true
+		return fail("configure-failed", fmt.Sprintf("Task: %s Error configure: %v", wr.TaskName, err))
+	}
+	return run, nil
+}
+
+// runTask returns the completion of wr, or false when ctx ended first.
+func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger) (completion, bool) {
+	run, bad := w.configure(wr)
+	if bad != nil {
+		return *bad, true
 	}
 
 	start, cpu0 := time.Now(), cpuTime()
@@ -149,8 +165,16 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 	if ctx.Err() != nil {
 		return completion{}, false
 	}
+	c := w.finish(ctx, tr, success, err, time.Since(start), cpuTime()-cpu0)
+	return c, c.Result != "error" || ctx.Err() == nil
+}
+
+// finish ends a run: an error goes to the current stage's log, the logs
+// are uploaded, and the completion says success or failure with the run's
+// statistics, or error when the logs could not be uploaded.
+func (w *worker) finish(ctx context.Context, tr *taskRun, success bool, err error, duration, cpu time.Duration) completion {
 	if err != nil {
-		log.Warn("task failed", "stage", tr.stage, "error", err)
+		tr.log.Warn("task failed", "stage", tr.stage, "error", err)
 		tr.logf(tr.stage+".log", "%v\n", err)
 		success = false
 	}
@@ -158,16 +182,17 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 		delete(tr.logs, "stages.log")
 	}
 	if err := w.uploadDebugLogs(ctx, tr); err != nil {
-		return executeFailed(err)
+		tr.log.Error("task failed to execute", "error", err)
+		return errorCompletion("execute-failed", fmt.Sprintf("Task: %s Error execute: %v", tr.wr.TaskName, err))
 	}
 	result := "failure"
 	if success {
 		result = "success"
 	}
 	return completion{Result: result, OutputData: &outputData{RuntimeStatistics: &runtimeStatistics{
-		Duration: int64(time.Since(start).Round(time.Second) / time.Second),
-		CPUTime:  int64((cpuTime() - cpu0).Round(time.Second) / time.Second),
-	}}}, true
+		Duration: int64(duration.Round(time.Second) / time.Second),
+		CPUTime:  int64(cpu.Round(time.Second) / time.Second),
+	}}}
 }
 
 // uploadDebugLogs stores the run's logs as debusine:work-request-debug-logs

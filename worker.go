@@ -41,6 +41,10 @@ type worker struct {
 	trusted             map[string]bool // trusted_certs, upper-case hex
 	once                bool
 	workDir             string // where per-task directories are made
+	// relayKeys, on a relay (relay fetch), are the keys it advertises
+	// instead of the store's: keys held on the offline host. A relay
+	// advertises only the tasks the offline host runs (relayTasks).
+	relayKeys []string
 
 	// wsDelay is the pause before reconnecting the WebSocket; onceQuiet is
 	// how long --once waits for a notification after the server said it had
@@ -433,6 +437,9 @@ func (w *worker) metadata() (map[string]any, error) {
 		"system:architectures":     []string{arch},
 	}
 	for name, t := range w.tasks() {
+		if w.relayKeys != nil && !relayTasks[name] {
+			continue
+		}
 		md["signing:"+name+":version"] = t.version
 		for k, v := range t.available {
 			if k == "" {
@@ -442,9 +449,12 @@ func (w *worker) metadata() (map[string]any, error) {
 			}
 		}
 	}
-	keys, err := w.usableKeys()
-	if err != nil {
-		return nil, err
+	keys := w.relayKeys
+	if keys == nil {
+		var err error
+		if keys, err = w.usableKeys(); err != nil {
+			return nil, err
+		}
 	}
 	md["signing:keys"] = keys
 	return md, nil
