@@ -290,14 +290,23 @@ func canRunOn(md map[string]any, wr *fakeWorkRequest) bool {
 	return true
 }
 
-// schedule assigns pending work to connected workers and notifies them (mu held).
+// schedule assigns pending work to connected workers and notifies them (mu
+// held). As the real scheduler, it gives a worker (concurrency 1) a work
+// request only while it has none pending or running.
 func (s *fakeServer) schedule() {
+	busy := map[string]bool{}
+	for _, wr := range s.workReqs {
+		if wr.Worker != "" && (wr.Status == "pending" || wr.Status == "running") {
+			busy[wr.Worker] = true
+		}
+	}
 	for _, wr := range s.workReqs {
 		if wr.Status != "pending" || wr.Worker != "" {
 			continue
 		}
 		for h, w := range s.workers {
-			if w.Enabled && w.Metadata != nil && len(w.conns) > 0 && canRunOn(w.Metadata, wr) {
+			if !busy[h] && w.Enabled && w.Metadata != nil && len(w.conns) > 0 && canRunOn(w.Metadata, wr) {
+				busy[h] = true
 				wr.Worker = h
 				s.notify(w, "work_request_available")
 				break

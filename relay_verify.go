@@ -174,11 +174,14 @@ func verifyOpenPGP(signature, data []byte, mode string, keys openpgp.EntityList,
 		if len(found) == 0 {
 			return fmt.Errorf("signature by unknown key %016X", *sig.IssuerKeyId)
 		}
+		// A text signature hashes the canonical text, but its trailer
+		// goes into the bare hash.
 		h := sig.Hash.New()
+		var w io.Writer = h
 		if sig.SigType == packet.SigTypeText {
-			h = openpgp.NewCanonicalTextHash(h)
+			w = openpgp.NewCanonicalTextHash(h)
 		}
-		h.Write(signedText)
+		w.Write(signedText)
 		if err := found[0].PublicKey.VerifySignature(h, sig); err != nil {
 			return fmt.Errorf("signature by key %016X does not verify: %w", *sig.IssuerKeyId, err)
 		}
