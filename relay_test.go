@@ -18,17 +18,15 @@ import (
 // offline host with its own store and no [worker] table, each with its own
 // configuration file, as an operator would set them up.
 type relayRig struct {
-	t                     *testing.T
-	srv                   *fakeServer
-	relayDir, offlineDir  string
-	relayCfg, offlineCfg  string
-	st                    *Store // the offline store
-	uefi, pgp1, pgp2      *Key
-	uefiCert              string
-	bundlePub, resultPub  string
-	work                  relayWork
-	extraKeys, extraTOML  string
-	offlineTrustedCertsOK bool
+	t                    *testing.T
+	srv                  *fakeServer
+	relayDir, offlineDir string
+	relayCfg, offlineCfg string
+	st                   *Store // the offline store
+	uefi, pgp1, pgp2     *Key
+	uefiCert             string
+	bundlePub, resultPub string
+	work                 relayWork
 }
 
 // relayWork is one of each task the relay carries, with what checking
@@ -110,20 +108,21 @@ public_key_file = "pgp1.asc"
 purpose = "openpgp"
 fingerprint = %q
 public_key_file = "pgp2.asc"
-%s`, r.srv.apiURL(), r.resultPub, workers, r.uefi.Fingerprint, r.pgp1.Fingerprint, r.pgp2.Fingerprint, r.extraKeys)))
+`, r.srv.apiURL(), r.resultPub, workers, r.uefi.Fingerprint, r.pgp1.Fingerprint, r.pgp2.Fingerprint)))
 	r.offlineCfg = writeFile(r.t, r.offlineDir, "offline.toml", []byte(fmt.Sprintf(`database = "signing.sqlite3"
 service_keys = ["service-key"]
-%s
 [relay]
 state_dir = "relay-state"
 bundle_public_key = %q
 result_key_file = "result.key"
-`, r.extraTOML, r.bundlePub)))
+`, r.bundlePub)))
 }
 
 func (r *relayRig) relay(args ...string) (int, string, string) { return runRelay(r.relayCfg, args...) }
 
-func (r *relayRig) offline(args ...string) (int, string, string) { return runRelay(r.offlineCfg, args...) }
+func (r *relayRig) offline(args ...string) (int, string, string) {
+	return runRelay(r.offlineCfg, args...)
+}
 
 // runRelay runs debusine-signing --config cfg relay args... in process.
 func runRelay(cfg string, args ...string) (int, string, string) {
