@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -526,4 +527,60 @@ func mustRead(t *testing.T, p string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestRelayRestart: each step runs as a new process would, from the state
+// directory alone. While a bundle is out, another fetch leaves its work
+// requests alone (a get-next would make the server abort them); a complete
+// cut short resumes where it stopped, completing nothing twice.
+func TestRelayRestart(t *testing.T) {
+	requireTool(t, "sbverify")
+	r := newRelayRig(t, 3)
+	r.work = r.addWork(r.srv)
+	r.must(r.relay("fetch", "--output", r.path("bundle.tar"), "--wait", "2s"))
+	getNexts := func() int {
+		r.srv.mu.Lock()
+		defer r.srv.mu.Unlock()
+		return len(keep(r.srv.requests, func(s string) bool { return strings.Contains(s, "get-next-for-worker") }))
+	}
+	before := getNexts()
+	status, _, stderr := r.relay("fetch", "--output", r.path("bundle2.tar"), "--wait", "1s")
+	if status != 0 || !strings.Contains(stderr, "no work") || getNexts() != before {
+		t.Fatalf("a second fetch: exit %d: %s; get-next calls %d -> %d", status, stderr, before, getNexts())
+	}
+	if _, err := os.Stat(r.path("bundle2.tar")); err == nil {
+		t.Error("an empty bundle was written")
+	}
+	r.srv.mu.Lock()
+	for _, wr := range r.srv.workReqs {
+		if wr.Status != "running" {
+			t.Errorf("work request %d is %s", wr.ID, wr.Status)
+		}
+	}
+	r.srv.mu.Unlock()
+
+	r.must(r.offline("sign", r.path("bundle.tar"), "--output", r.path("result.tar")))
+	refusedOnce := false
+	r.srv.mu.Lock()
+	r.srv.hook = func(w http.ResponseWriter, req *http.Request) bool {
+		if !refusedOnce && req.Method == "PUT" && req.URL.Path == fmt.Sprintf("/api/1.0/work-request/%d/completed/", r.work.debsign) {
+			refusedOnce = true
+			problem(w, 403, "You do not have permission to perform this action.", "")
+			return true
+		}
+		return false
+	}
+	r.srv.mu.Unlock()
+	r.refused(r.relay("complete", r.path("result.tar"))).says("run relay complete again")
+	if len(r.srv.completionsOf(r.work.sign)) != 1 || len(r.srv.completionsOf(r.work.debsign)) != 0 || len(r.srv.completionsOf(r.work.index)) != 0 {
+		t.Fatal("the first complete did not stop at the refused completion")
+	}
+	stdout := r.must(r.relay("complete", r.path("result.tar")))
+	if !strings.Contains(stdout, fmt.Sprintf("work request %d: already completed", r.work.sign)) {
+		t.Errorf("second complete: %s", stdout)
+	}
+	r.checkOutputs(r.srv, r.work)
+	if n := len(r.srv.artifactsOf(r.work.debsign, "debian:upload")); n != 1 {
+		t.Errorf("%d debian:upload outputs after the resumed completion", n)
+	}
 }
