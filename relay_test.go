@@ -414,6 +414,10 @@ func TestRelayRefusals(t *testing.T) {
 		return b
 	})
 	r.refused(r.relay("complete", forged)).says("does not verify")
+	// A result cut short on the way.
+	res, _ := os.ReadFile(result)
+	writeFile(t, r.relayDir, "short.tar", res[:len(res)-2000])
+	r.refused(r.relay("complete", r.path("short.tar"))).says("truncated")
 	// A result member changed after the offline host signed it.
 	r.refused(r.relay("complete", rewriteMember(t, result, "wr-", func(b []byte) []byte { b[0] ^= 1; return b }))).says("was modified")
 	// A result signed by someone else.

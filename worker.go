@@ -596,13 +596,9 @@ func cmdWorker(e *env, args []string) error {
 	if wc.APIURL == "" || wc.TokenFile == "" {
 		return fmt.Errorf("configuration %s: the worker needs [worker] api_url and token_file", cfg.path)
 	}
-	trusted := map[string]bool{}
-	for _, c := range cfg.TrustedCerts {
-		f := normalFingerprint(c)
-		if _, err := hex.DecodeString(f); err != nil || len(f) != 64 {
-			return fmt.Errorf("configuration %s: trusted_certs: %q is not a SHA-256 fingerprint", cfg.path, c)
-		}
-		trusted[f] = true
+	trusted, err := trustedCerts(cfg)
+	if err != nil {
+		return err
 	}
 	log, closeLog, err := workerLogger(wc, e.stderr)
 	if err != nil {
