@@ -484,8 +484,11 @@ func cmdRelayFetch(e *env, args []string) error {
 func (f *relayFetch) fill(ctx context.Context, w *worker, slot int, wait time.Duration) error {
 	for {
 		wr, err := w.takeOne(ctx, wait)
-		if err != nil || wr == nil {
-			return err
+		if err != nil {
+			return fmt.Errorf("worker identity %d (%s): %w", slot, w.fqdn, err)
+		}
+		if wr == nil {
+			return nil
 		}
 		entry, ws, err := f.prepare(ctx, w, wr)
 		if err != nil {

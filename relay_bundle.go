@@ -271,7 +271,7 @@ func readArchive(p, what string, open func([]byte) (string, error), dir string, 
 	if err != nil {
 		return nil, fmt.Errorf("%s: not a %s (unreadable tar: %v)", p, what, err)
 	}
-	if hdr.Name != manifestName || hdr.Typeflag != tar.TypeReg || hdr.Size > maxManifest {
+	if hdr.Name != manifestName || hdr.Typeflag != tar.TypeReg || sparse(hdr) || hdr.Size > maxManifest {
 		return nil, fmt.Errorf("%s: not a %s (its first member is %q, not %s)", p, what, hdr.Name, manifestName)
 	}
 	raw, err := io.ReadAll(tr)
@@ -316,7 +316,7 @@ func readArchive(p, what string, open func([]byte) (string, error), dir string, 
 			return nil, fmt.Errorf("%s: member %q is not in the manifest: refused", p, hdr.Name)
 		case seen[hdr.Name]:
 			return nil, fmt.Errorf("%s: member %q appears twice: refused", p, hdr.Name)
-		case hdr.Typeflag != tar.TypeReg:
+		case hdr.Typeflag != tar.TypeReg || sparse(hdr):
 			return nil, fmt.Errorf("%s: member %q is not a regular file: refused", p, hdr.Name)
 		case hdr.Size != af.Size:
 			return nil, fmt.Errorf("%s: member %s has %d bytes, the manifest says %d: refused", p, hdr.Name, hdr.Size, af.Size)
@@ -332,6 +332,17 @@ func readArchive(p, what string, open func([]byte) (string, error), dir string, 
 		}
 	}
 	return a, nil
+}
+
+// sparse says whether a member is a PAX sparse file, which archive/tar
+// expands, holes as zeros, to a size its content does not bound.
+func sparse(hdr *tar.Header) bool {
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
 }
 
 // extractMember copies one member to root/name and checks its SHA-256.

@@ -267,6 +267,9 @@ func (w *worker) checkWork(bw *bundleWorkRequest, dir string, carried map[string
 			return nil, errors.New("no signing_keys")
 		}
 	}
+	if !slices.Equal(bw.Keys, keys) {
+		return nil, fmt.Errorf("the bundle says it needs keys %v, the task %v", bw.Keys, keys)
+	}
 	var got []string
 	for _, bi := range bw.Inputs {
 		got = append(got, fmt.Sprintf("%d@%s", bi.Artifact, bi.Dir))

@@ -51,7 +51,7 @@ func verifyAuthenticode(sig []byte, r io.ReaderAt, size int64, cert *x509.Certif
 	var ci, signedData, encap, idc, signerInfos cryptobyte.String
 	var oid asn1.ObjectIdentifier
 	var version int64
-	if !s.ReadASN1(&ci, cbasn1.SEQUENCE) || !ci.ReadASN1ObjectIdentifier(&oid) || !oid.Equal(oidSignedData) ||
+	if !s.ReadASN1(&ci, cbasn1.SEQUENCE) || !s.Empty() || !ci.ReadASN1ObjectIdentifier(&oid) || !oid.Equal(oidSignedData) ||
 		!ci.ReadASN1(&signedData, cbasn1.Tag(0).Constructed().ContextSpecific()) ||
 		!signedData.ReadASN1(&signedData, cbasn1.SEQUENCE) ||
 		!signedData.ReadASN1Integer(&version) || !signedData.SkipASN1(cbasn1.SET) ||
