@@ -316,7 +316,7 @@ func (c *relayComplete) verifySign(t *signTask, bw *bundleWorkRequest, res *resu
 			case r.OutputFile == nil && r.ErrorMessage == nil:
 				return fmt.Errorf("%s: neither output nor error", r.File)
 			case r.OutputFile == nil:
-				if !strings.HasSuffix(r.File, ".ko") {
+				if *r.ErrorMessage != kmodSkipped {
 					failed++
 				}
 				continue
@@ -342,7 +342,8 @@ func (c *relayComplete) verifySign(t *signTask, bw *bundleWorkRequest, res *resu
 }
 
 // verifyFileSignature checks what the worker's sign task writes for one
-// file: a detached Authenticode signature, or a clear-signed copy.
+// file: a detached Authenticode or kernel module signature, or a
+// clear-signed copy.
 func verifyFileSignature(k *relayKey, sig []byte, root *os.Root, in string) error {
 	if k.Purpose == purposeUEFI {
 		cert, err := parseCertificatePEM(k.publicKey)
@@ -354,6 +355,9 @@ func verifyFileSignature(k *relayKey, sig []byte, root *os.Root, in string) erro
 			return err
 		}
 		defer f.Close()
+		if strings.HasSuffix(in, kmodSuffix) {
+			return verifyKmodSignature(sig, f, fi.Size(), cert)
+		}
 		return verifyAuthenticode(sig, f, fi.Size(), cert)
 	}
 	keyring, err := readOpenPGPKeys(k.publicKey)

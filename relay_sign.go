@@ -79,7 +79,7 @@ func cmdRelaySign(e *env, args []string) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, nil))
-	w := &worker{st: st, log: log, trusted: trusted}
+	w := &worker{st: st, log: log, trusted: trusted, skipKernelModules: !cfg.Worker.signKernelModules()}
 	tmp, err := os.MkdirTemp(cfg.Relay.StateDir, "sign-")
 	if err != nil {
 		return err

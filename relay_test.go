@@ -171,10 +171,12 @@ func (r *relayRig) addWork(srv *fakeServer) relayWork {
 		t.Skipf("linuxx64.efi.stub: %v (install systemd-boot-efi)", err)
 	}
 	w.efi["linuxx64.efi.stub"] = stub
+	const module = "lib/modules/6.1.0-test-amd64/kernel/lib/synthetic.ko"
+	w.efi[module] = testModule(7000, 9)
 	in1 := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "shim-signed"},
 		map[string][]byte{"shimx64.efi": w.efi["shimx64.efi"]})
 	in2 := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "systemd-boot-efi-amd64-signed"},
-		map[string][]byte{"boot/systemd-bootx64.efi": w.efi["boot/systemd-bootx64.efi"], "linuxx64.efi.stub": stub})
+		map[string][]byte{"boot/systemd-bootx64.efi": w.efi["boot/systemd-bootx64.efi"], "linuxx64.efi.stub": stub, module: w.efi[module]})
 	w.sign = srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": []string{"a", "b"}, "key": r.uefi.Fingerprint},
 		map[string]any{"unsigned_ids": []int64{in1, in2}, "unsigned_binary_package_names": []string{"shim-signed", "systemd-boot-efi-amd64-signed"}})
 
@@ -224,14 +226,18 @@ func (r *relayRig) checkOutputs(srv *fakeServer, w relayWork) {
 			img, sig := filepath.Join(dir, filepath.Base(res.File)), filepath.Join(dir, filepath.Base(res.File)+".sig")
 			os.WriteFile(img, w.efi[res.File], 0o644)
 			os.WriteFile(sig, out.Files[*res.OutputFile].content, 0o644)
-			if o, err := exec.Command("sbverify", "--cert", r.uefiCert, "--detached", sig, img).CombinedOutput(); err != nil {
+			if strings.HasSuffix(res.File, kmodSuffix) {
+				if !cmsVerify(t, r.uefiCert, sig, img) {
+					t.Errorf("openssl cms -verify %s failed", res.File)
+				}
+			} else if o, err := exec.Command("sbverify", "--cert", r.uefiCert, "--detached", sig, img).CombinedOutput(); err != nil {
 				t.Errorf("sbverify %s: %v\n%s", res.File, err, o)
 			}
 			signed++
 		}
 	}
-	if signed != 3 {
-		t.Errorf("%d EFI files signed, want 3", signed)
+	if signed != 4 {
+		t.Errorf("%d EFI files and modules signed, want 4", signed)
 	}
 	up := srv.artifactsOf(w.debsign, "debian:upload")
 	if len(up) != 1 {
@@ -319,20 +325,21 @@ func mapsKeys[V any](m map[string]V) func(func(string) bool) {
 	}
 }
 
-// TestRelayRoundTrip carries a sign of three EFI files, a debsign and a
+// TestRelayRoundTrip carries a sign of three EFI files and a kernel module,
+// a debsign and a
 // signrepositoryindex to a separate offline store and back, checks the
 // outputs with sbverify, dscverify and gpgv, and checks that the server
 // sees what it sees from the online worker doing the same work.
 func TestRelayRoundTrip(t *testing.T) {
-	requireTool(t, "sbverify")
+	requireTool(t, "sbverify", "openssl")
 	r := newRelayRig(t, 3)
 	r.roundTrip()
 	r.checkOutputs(r.srv, r.work)
 
 	// The offline audit log names each work request and the bundle.
 	rows := signAudits(t, r.st)
-	if len(rows) != 3+3+2 {
-		t.Errorf("%d sign audit rows, want 8", len(rows))
+	if len(rows) != 4+3+2 {
+		t.Errorf("%d sign audit rows, want 9", len(rows))
 	}
 	for _, row := range rows {
 		if row.WorkRequest == nil || !strings.Contains(string(row.Data), `"relay_bundle"`) || !strings.Contains(string(row.Data), `"username":"alice"`) {

@@ -116,6 +116,39 @@ func verifyAuthenticode(sig []byte, r io.ReaderAt, size int64, cert *x509.Certif
 	return nil
 }
 
+// verifyKmodSignature checks that sig, a detached module signature as
+// sign-file -d writes it (no signed attributes, content detached), signs
+// the module r (size bytes) with the key of cert.
+func verifyKmodSignature(sig []byte, r io.ReaderAt, size int64, cert *x509.Certificate) error {
+	pub, ok := cert.PublicKey.(*rsa.PublicKey)
+	if !ok {
+		return fmt.Errorf("certificate %s: not an RSA key", cert.Subject)
+	}
+	s := cryptobyte.String(sig)
+	var ci, sd, encap, signerInfos, si, value cryptobyte.String
+	var oid asn1.ObjectIdentifier
+	if !s.ReadASN1(&ci, cbasn1.SEQUENCE) || !s.Empty() || !ci.ReadASN1ObjectIdentifier(&oid) || !oid.Equal(oidSignedData) ||
+		!ci.ReadASN1(&sd, cbasn1.Tag(0).Constructed().ContextSpecific()) || !sd.ReadASN1(&sd, cbasn1.SEQUENCE) ||
+		!sd.SkipASN1(cbasn1.INTEGER) || !sd.SkipASN1(cbasn1.SET) ||
+		!sd.ReadASN1(&encap, cbasn1.SEQUENCE) || !encap.ReadASN1ObjectIdentifier(&oid) || !oid.Equal(oidData) || !encap.Empty() ||
+		!sd.SkipOptionalASN1(cbasn1.Tag(0).Constructed().ContextSpecific()) ||
+		!sd.SkipOptionalASN1(cbasn1.Tag(1).Constructed().ContextSpecific()) ||
+		!sd.ReadASN1(&signerInfos, cbasn1.SET) || !signerInfos.ReadASN1(&si, cbasn1.SEQUENCE) ||
+		!si.SkipASN1(cbasn1.INTEGER) || !si.SkipASN1(cbasn1.SEQUENCE) || !si.SkipASN1(cbasn1.SEQUENCE) ||
+		si.PeekASN1Tag(cbasn1.Tag(0).Constructed().ContextSpecific()) ||
+		!si.SkipASN1(cbasn1.SEQUENCE) || !si.ReadASN1(&value, cbasn1.OCTET_STRING) {
+		return errors.New("not a detached module signature (malformed PKCS#7)")
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(r, 0, size)); err != nil {
+		return err
+	}
+	if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, h.Sum(nil), value); err != nil {
+		return fmt.Errorf("the signature does not verify with certificate %s over this module", cert.Subject)
+	}
+	return nil
+}
+
 // readOpenPGPKeys reads armoured public keys.
 func readOpenPGPKeys(armoured ...[]byte) (openpgp.EntityList, error) {
 	var all openpgp.EntityList

@@ -439,6 +439,10 @@ func (w *worker) fetchSignInputs(ctx context.Context, tr *taskRun, t *signTask) 
 	return inputs, nil
 }
 
+// kmodSkipped is the result of a kernel module left unsigned, as Debusine
+// words it.
+const kmodSkipped = "Skipped kernel module (not yet supported)"
+
 // signInputs is the sign task's execution stage: each file of input i is
 // signed into out/<i>/<file>.sig. It returns the results of each input and
 // whether the task succeeded (something signed, nothing failed).
@@ -452,8 +456,8 @@ func (w *worker) signInputs(ctx context.Context, tr *taskRun, t *signTask, k *Ke
 	for i, in := range inputs {
 		for _, name := range in.files {
 			r := signResult{File: name}
-			if strings.HasSuffix(name, ".ko") {
-				msg := "Skipped kernel module (not yet supported)"
+			if strings.HasSuffix(name, kmodSuffix) && (w.skipKernelModules || t.Purpose != purposeUEFI) {
+				msg := kmodSkipped
 				r.ErrorMessage = &msg
 			} else {
 				out := name + ".sig"
@@ -516,7 +520,11 @@ func (w *worker) fileSigner(k *Key) (func(ctx context.Context, tr *taskRun, in, 
 			if err != nil {
 				return err
 			}
-			sig, err := signUEFIDetached(w.st, k, signer, cert, in, f, fi.Size(), ac)
+			sign := signUEFIDetached
+			if strings.HasSuffix(in, kmodSuffix) {
+				sign = signKmodDetached
+			}
+			sig, err := sign(w.st, k, signer, cert, in, f, fi.Size(), ac)
 			if err != nil {
 				return err
 			}
