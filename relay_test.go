@@ -595,3 +595,29 @@ func TestRelayRestart(t *testing.T) {
 		t.Errorf("%d debian:upload outputs after the resumed completion", n)
 	}
 }
+
+// TestRelayFailsAtFetch: a work request the worker would fail before
+// signing (here, the server denies sign_with) is failed by relay fetch as
+// the worker fails it, and travels no further.
+func TestRelayFailsAtFetch(t *testing.T) {
+	r := newRelayRig(t, 1)
+	r.srv.mu.Lock()
+	r.srv.denied[purposeOpenPGP+":"+r.pgp1.Fingerprint] = true
+	r.srv.mu.Unlock()
+	idx := r.srv.addArtifact("debian:repository-index", map[string]any{"path": "Release"}, map[string][]byte{"Release": []byte("Suite: x\n")})
+	id := r.srv.addWorkRequest("signrepositoryindex", map[string]any{"mode": "clear", "signed_name": "InRelease"},
+		map[string]any{"signing_keys": []string{r.pgp1.Fingerprint}, "unsigned_id": idx})
+	_, _, stderr := r.relay("fetch", "--output", r.path("bundle.tar"), "--wait", "1s")
+	if !strings.Contains(stderr, "no work for the offline keys") {
+		t.Errorf("fetch: %s", stderr)
+	}
+	if c := r.srv.completionsOf(id); len(c) != 1 || c[0].Result != "failure" {
+		t.Fatalf("completions %+v", c)
+	}
+	if log := r.srv.debugLog(t, id, "fetch_input.log"); !strings.Contains(log, "no sign_with permission") {
+		t.Errorf("fetch_input.log: %q", log)
+	}
+	if _, err := os.Stat(r.path("bundle.tar")); err == nil {
+		t.Error("a bundle was written")
+	}
+}
