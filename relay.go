@@ -67,7 +67,7 @@ type relayKey struct {
 
 func (k *relayKey) slug() string { return k.Purpose + ":" + k.Fingerprint }
 
-// relayPaths makes the [relay] paths absolute (loadConfig's rule).
+// paths lists the [relay] paths, which loadConfig makes absolute.
 func (rc *RelayConfig) paths() []*string {
 	ps := []*string{&rc.StateDir, &rc.BundleKeyFile, &rc.ResultKeyFile}
 	for i := range rc.Keys {
@@ -462,21 +462,27 @@ func cmdRelayFetch(e *env, args []string) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	var fillErr error
 	for i, w := range workers {
 		slot := i + 1
 		if wr, ok := busy[slot]; ok {
 			log.Info("worker identity busy with a work request sent offline; skipped", "slot", slot, "work_request", wr)
 			continue
 		}
-		if err := f.fill(ctx, w, slot, *wait); err != nil {
-			return err
+		// Work already taken goes into the bundle even when another
+		// identity fails: left out, it would wait for the next get-next
+		// of its identity to be aborted and retried.
+		if fillErr = f.fill(ctx, w, slot, *wait); fillErr != nil {
+			break
 		}
 	}
 	if len(f.entries) == 0 {
-		fmt.Fprintln(e.stderr, "debusine-signing: no work for the offline keys; no bundle written")
-		return nil
+		if fillErr == nil {
+			fmt.Fprintln(e.stderr, "debusine-signing: no work for the offline keys; no bundle written")
+		}
+		return fillErr
 	}
-	return f.write(signer, *output, e)
+	return errors.Join(f.write(signer, *output, e), fillErr)
 }
 
 // fill takes work with slot's worker identity until it holds one work

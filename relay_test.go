@@ -621,3 +621,16 @@ func TestRelayFailsAtFetch(t *testing.T) {
 		t.Error("a bundle was written")
 	}
 }
+
+// TestRelayFetchKeepsWhatItTook: an identity the server does not accept
+// yet (registered, not enabled) fails the fetch, but the work another
+// identity took is in the bundle all the same.
+func TestRelayFetchKeepsWhatItTook(t *testing.T) {
+	r := newRelayRig(t, 1)
+	r.writeConfigs(2)
+	idx := r.srv.addArtifact("debian:repository-index", map[string]any{"path": "Release"}, map[string][]byte{"Release": []byte("Suite: x\n")})
+	r.srv.addWorkRequest("signrepositoryindex", map[string]any{"mode": "clear", "signed_name": "InRelease"},
+		map[string]any{"signing_keys": []string{r.pgp1.Fingerprint}, "unsigned_id": idx})
+	r.refused(r.relay("fetch", "--output", r.path("bundle.tar"), "--wait", "1s")).says("worker identity 2 (2.relay.example.org)")
+	r.must(r.offline("sign", r.path("bundle.tar"), "--output", r.path("result.tar")))
+}
