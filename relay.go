@@ -46,6 +46,9 @@ type RelayConfig struct {
 	ResultPublicKey string     `toml:"result_public_key"`
 	Workers         int        `toml:"workers"`
 	Keys            []RelayKey `toml:"keys"`
+	// AuditPublicKey, when set, is the offline host's audit verifier key
+	// (`audit key` there): results' checkpoints must verify with it.
+	AuditPublicKey string `toml:"audit_public_key"`
 	// Offline host: the relay's public key that bundles must be signed
 	// with, and the key that signs results.
 	BundlePublicKey string `toml:"bundle_public_key"`

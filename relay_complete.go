@@ -195,7 +195,26 @@ func (c *relayComplete) open(p string, verifier note.Verifier, tmp string) error
 			return err
 		}
 	}
-	return os.Rename(filepath.Join(res.Dir, checkpointName), filepath.Join(c.dir, checkpointName))
+	if err := os.Rename(filepath.Join(res.Dir, checkpointName), filepath.Join(c.dir, checkpointName)); err != nil {
+		return fmt.Errorf("%s: no %s: refused", p, checkpointName)
+	}
+	return c.checkCheckpoint(p)
+}
+
+// checkCheckpoint checks the offline host's audit checkpoint with its
+// verifier key, when the relay has it.
+func (c *relayComplete) checkCheckpoint(p string) error {
+	if c.cfg.Relay.AuditPublicKey == "" {
+		return nil
+	}
+	msg, err := os.ReadFile(filepath.Join(c.dir, checkpointName))
+	if err != nil {
+		return err
+	}
+	if _, err := OpenCheckpoint(msg, c.cfg.Relay.AuditPublicKey); err != nil {
+		return fmt.Errorf("%s: the offline audit %w: refused", p, err)
+	}
+	return nil
 }
 
 // verify checks one work request's outputs before anything is uploaded:
@@ -544,6 +563,9 @@ func (c *relayComplete) finish(result string, e *env) error {
 	if err := writeFileSync(cp, checkpoint, 0o600); err != nil {
 		return err
 	}
+	if err := c.keepNewest(checkpoint); err != nil {
+		return err
+	}
 	c.state.CompletedAt = nowRFC3339()
 	if err := saveState(done, c.state); err != nil {
 		return err
@@ -554,4 +576,24 @@ func (c *relayComplete) finish(result string, e *env) error {
 	syncDir(outstanding)
 	fmt.Fprintf(e.stdout, "bundle %s completed from %s; the offline audit checkpoint is kept in %s\n", c.state.ID, result, cp)
 	return nil
+}
+
+// keepNewest keeps in <state_dir>/newest.checkpoint the checkpoint covering
+// the most rows, for `audit verify --checkpoint` on the offline host.
+// Without the verifier key, the newest received is kept.
+func (c *relayComplete) keepNewest(checkpoint []byte) error {
+	newest := filepath.Join(c.cfg.Relay.StateDir, "newest.checkpoint")
+	if vkey := c.cfg.Relay.AuditPublicKey; vkey != "" {
+		if prev, err := os.ReadFile(newest); err == nil {
+			old, oerr := OpenCheckpoint(prev, vkey)
+			cp, cerr := OpenCheckpoint(checkpoint, vkey)
+			if oerr == nil && cerr == nil && cp.Size < old.Size {
+				return nil
+			}
+		}
+	}
+	if err := writeFileSync(newest+".tmp", checkpoint, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(newest+".tmp", newest)
 }

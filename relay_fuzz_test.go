@@ -81,7 +81,7 @@ func FuzzVerifyAuthenticode(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	s, err := signPEImage(bytes.NewReader(img), int64(len(img)), signer, cert, time.Now(), make([]byte, peCopyBufferSize))
+	s, err := signPEImage(bytes.NewReader(img), int64(len(img)), nil, signer, cert, time.Now(), make([]byte, peCopyBufferSize))
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -93,6 +93,7 @@ func TestRelayReadmeWalkthrough(t *testing.T) {
 	runBlock(blocks[1])
 	bundlePub := strings.TrimSpace(string(mustRead(t, filepath.Join(media, "relay-bundle.pub"))))
 	resultPub := strings.TrimSpace(string(mustRead(t, filepath.Join(media, "relay-result.pub"))))
+	auditPub := strings.TrimSpace(string(mustRead(t, filepath.Join(media, "audit.pub"))))
 	offline.writeConfig(t, fmt.Sprintf("database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n[relay]\nstate_dir = \"relay\"\nbundle_public_key = %q\nresult_key_file = \"relay-result.key\"\n", bundlePub))
 	tok, _ := newSecret()
 	writeFile(t, connected, "token", []byte(tok))
@@ -110,12 +111,13 @@ fqdn = "relay.example.org"
 state_dir = "relay"
 bundle_key_file = "relay-bundle.key"
 result_public_key = %q
+audit_public_key = %q
 workers = 1
 [[relay.keys]]
 purpose = "uefi"
 fingerprint = %q
 public_key_file = "sb2026.pem"
-`, srv.apiURL(), srv.caFile(connected), resultPub, fpr)))
+`, srv.apiURL(), srv.caFile(connected), resultPub, auditPub, fpr)))
 
 	shim := efiInputs(t)["shimx64.efi"]
 	in := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "shim-signed"}, map[string][]byte{"shimx64.efi": shim})

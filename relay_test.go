@@ -27,6 +27,7 @@ type relayRig struct {
 	uefi, pgp1, pgp2     *Key
 	uefiCert             string
 	bundlePub, resultPub string
+	auditPub             string // the offline store's checkpoint verifier key
 	work                 relayWork
 }
 
@@ -67,6 +68,9 @@ func newRelayRig(t *testing.T, workers int) *relayRig {
 	writeFile(t, r.relayDir, "pgp1.asc", r.pgp1.PublicKey)
 	writeFile(t, r.relayDir, "pgp2.asc", r.pgp2.PublicKey)
 	r.srv.caFile(r.relayDir)
+	if r.auditPub, err = r.st.CheckpointVerifierKey(); err != nil {
+		t.Fatal(err)
+	}
 	r.writeConfigs(workers)
 	for slot := 1; slot <= workers; slot++ {
 		tokenFile := filepath.Join(r.relayDir, "token")
@@ -96,6 +100,7 @@ fqdn = "relay.example.org"
 state_dir = "state"
 bundle_key_file = "bundle.key"
 result_public_key = %q
+audit_public_key = %q
 workers = %d
 [[relay.keys]]
 purpose = "uefi"
@@ -109,7 +114,7 @@ public_key_file = "pgp1.asc"
 purpose = "openpgp"
 fingerprint = %q
 public_key_file = "pgp2.asc"
-`, r.srv.apiURL(), r.resultPub, workers, r.uefi.Fingerprint, r.pgp1.Fingerprint, r.pgp2.Fingerprint)))
+`, r.srv.apiURL(), r.resultPub, r.auditPub, workers, r.uefi.Fingerprint, r.pgp1.Fingerprint, r.pgp2.Fingerprint)))
 	r.offlineCfg = writeFile(r.t, r.offlineDir, "offline.toml", []byte(fmt.Sprintf(`database = "signing.sqlite3"
 service_keys = ["service-key"]
 [relay]
@@ -350,6 +355,12 @@ func TestRelayRoundTrip(t *testing.T) {
 	if len(kept) != 1 {
 		t.Errorf("kept checkpoints %v", kept)
 	}
+	if cp, err := OpenCheckpoint(mustRead(t, filepath.Join(r.relayDir, "state", "newest.checkpoint")), r.auditPub); err != nil || cp.Size != int64(len(auditRows(t, r.st, AuditFilter{}))) {
+		t.Errorf("newest checkpoint %+v, %v", cp, err)
+	}
+	if _, err := r.st.VerifyAudit(); err != nil {
+		t.Errorf("offline audit log: %v", err)
+	}
 
 	// The same work through the online worker, on a server of its own.
 	online := newFakeServer(t)
@@ -427,6 +438,17 @@ func TestRelayRefusals(t *testing.T) {
 	r.refused(r.relay("complete", r.path("short.tar"))).says("truncated")
 	// A result member changed after the offline host signed it.
 	r.refused(r.relay("complete", rewriteMember(t, result, "wr-", func(b []byte) []byte { b[0] ^= 1; return b }))).says("was modified")
+	// A result whose audit checkpoint is another host's.
+	otherCheckpoint, err := newTestEnv(t).store(t).Checkpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.refused(r.relay("complete", resign(t, result, filepath.Join(r.offlineDir, "result.key"), func(name string, b []byte) []byte {
+		if name == checkpointName {
+			return otherCheckpoint
+		}
+		return b
+	}))).says("offline audit checkpoint")
 	// A result signed by someone else.
 	r.refused(r.relay("complete", resign(t, result, other, nil))).says("not signed by offline.example.org")
 	for _, id := range []int64{r.work.sign, r.work.debsign, r.work.index} {

@@ -38,14 +38,11 @@ func verifyAuthenticode(sig []byte, r io.ReaderAt, size int64, cert *x509.Certif
 	if !ok {
 		return fmt.Errorf("certificate %s: not an RSA key", cert.Subject)
 	}
-	pe, err := parsePE(r, size)
+	pe, err := readPEOnce(io.NewSectionReader(r, 0, size), size, nil, make([]byte, peCopyBufferSize))
 	if err != nil {
 		return err
 	}
-	imageHash, err := pe.imageHash(make([]byte, peCopyBufferSize))
-	if err != nil {
-		return err
-	}
+	imageHash := pe.imageHash
 
 	s := cryptobyte.String(sig)
 	var ci, signedData, encap, idc, signerInfos cryptobyte.String

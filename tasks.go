@@ -511,15 +511,11 @@ func (w *worker) fileSigner(k *Key) (func(ctx context.Context, tr *taskRun, in, 
 		return func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error {
 			// Read through the work directory's root, like every other
 			// file of a task, so a name can never reach outside it.
-			f, err := tr.root.Open(in)
+			f, fi, err := openRootInput(tr.root, in)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			fi, err := f.Stat()
-			if err != nil {
-				return err
-			}
 			sign := signUEFIDetached
 			if strings.HasSuffix(in, kmodSuffix) {
 				sign = signKmodDetached

@@ -41,6 +41,7 @@ type worker struct {
 	trusted             map[string]bool // trusted_certs, upper-case hex
 	once                bool
 	workDir             string // where per-task directories are made
+	checkpointFile      string // [worker] checkpoint_file, "" for none
 	skipKernelModules   bool   // sign_kernel_modules = false: skip .ko files as Debusine does
 	// relayKeys, on a relay (relay fetch), are the keys it advertises
 	// instead of the store's: keys held on the offline host. A relay
@@ -143,6 +144,9 @@ func (w *worker) drain(ctx context.Context) error {
 		}
 		if err := w.execute(ctx, wr); err != nil {
 			return err
+		}
+		if err := writeCheckpointFile(w.st, w.checkpointFile); err != nil {
+			w.log.Error("cannot write the audit checkpoint", "file", w.checkpointFile, "error", err)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -623,7 +627,7 @@ func cmdWorker(e *env, args []string) error {
 	w := &worker{
 		api: api, st: st, log: log, fqdn: fqdn,
 		tokenFile: wc.TokenFile, activationTokenFile: wc.ActivationTokenFile,
-		trusted: trusted, once: *once, workDir: os.TempDir(),
+		trusted: trusted, once: *once, workDir: os.TempDir(), checkpointFile: wc.CheckpointFile,
 		wsDelay: wsJitter, onceQuiet: 10 * time.Second,
 		skipKernelModules: !wc.signKernelModules(),
 	}
