@@ -26,7 +26,8 @@ import (
 
 // signedRecord is the offline host's record of a bundle it processed, in
 // <state_dir>/signed/<id>.json: created before the first signature, so a
-// bundle is never signed twice, even after a crash half-way.
+// bundle is never signed twice, even after a crash half-way. The result is
+// kept next to it, as <id>.result.tar.
 type signedRecord struct {
 	Bundle       string `json:"bundle"`
 	BundleSHA256 string `json:"bundle_sha256"`
@@ -132,12 +133,18 @@ func cmdRelaySign(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeArchive(*output, manifest, a.Dir, files); err != nil {
+	// The host's own copy first: signatures made are never lost to a
+	// failing medium, since the bundle will not be signed again.
+	kept := filepath.Join(records, m.ID+".result.tar")
+	if err := writeArchive(kept, manifest, a.Dir, files); err != nil {
 		return err
 	}
 	rec.SignedAt, rec.ResultSHA256 = rm.SignedAt, (&openedArchive{Manifest: manifest}).SHA256()
 	if err := writeRecord(records, rec); err != nil {
 		return err
+	}
+	if err := writeArchive(*output, manifest, a.Dir, files); err != nil {
+		return fmt.Errorf("%w (the result is kept as %s: copy that file instead)", err, kept)
 	}
 	for _, r := range rm.WorkRequests {
 		outcome := "failed (see its logs after completion)"
@@ -169,7 +176,7 @@ func claimBundle(dir string, rec *signedRecord) error {
 		if prev.SignedAt == "" {
 			return fmt.Errorf("bundle %s was already taken up on %s and interrupted before its result was written; it is not signed again: refused (see the audit log, and fetch the work again)", rec.Bundle, prev.StartedAt)
 		}
-		return fmt.Errorf("bundle %s was already signed on %s (a replayed bundle?): refused, nothing signed", rec.Bundle, prev.SignedAt)
+		return fmt.Errorf("bundle %s was already signed on %s (a replayed bundle?; its result is kept in %s): refused, nothing signed", rec.Bundle, prev.SignedAt, dir)
 	}
 	if err != nil {
 		return err
