@@ -236,6 +236,11 @@ func (c *relayComplete) verify(bw *bundleWorkRequest) error {
 		}
 		return b, nil
 	}
+	for name := range res.Logs {
+		if strings.ContainsAny(name, "/\\\x00") || !strings.HasSuffix(name, ".log") || name == ".log" {
+			return fmt.Errorf("debug log name %q: refused", name)
+		}
+	}
 	expected := map[string]bool{}
 	switch strings.ToLower(wr.TaskName) {
 	case "sign":
