@@ -94,9 +94,13 @@ type resultWorkRequest struct {
 	Success bool              `json:"success"`
 	Logs    map[string]string `json:"logs"`
 	// Results is, for a sign task, the results of each input.
-	Results    [][]signResult `json:"results,omitempty"`
-	DurationMS int64          `json:"duration_ms"`
-	CPUTimeMS  int64          `json:"cpu_time_ms"`
+	Results [][]signResult `json:"results,omitempty"`
+	// Copies, for debsign, are the files of the re-signed upload left
+	// out of the result because they are the upload's own, unchanged:
+	// the relay takes them from its copy of the bundle.
+	Copies     []string `json:"copies,omitempty"`
+	DurationMS int64    `json:"duration_ms"`
+	CPUTimeMS  int64    `json:"cpu_time_ms"`
 }
 
 // wrDir is the directory of a work request's files in a bundle or result.

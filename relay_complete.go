@@ -194,11 +194,49 @@ func (c *relayComplete) open(p string, verifier note.Verifier, tmp string) error
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
+		if err := c.restoreCopies(&bw, filepath.Join(c.dir, d)); err != nil {
+			return fmt.Errorf("%s: work request %d: %w: refused", p, bw.WorkRequest.ID, err)
+		}
 	}
 	if err := os.Rename(filepath.Join(res.Dir, checkpointName), filepath.Join(c.dir, checkpointName)); err != nil {
 		return fmt.Errorf("%s: no %s: refused", p, checkpointName)
 	}
 	return c.checkCheckpoint(p)
+}
+
+// restoreCopies puts back in out/ the files of a re-signed upload the
+// result left out as unchanged copies of the upload's own.
+func (c *relayComplete) restoreCopies(bw *bundleWorkRequest, dir string) error {
+	copies := c.results[bw.WorkRequest.ID].Copies
+	if len(copies) > 0 && strings.ToLower(bw.WorkRequest.TaskName) != "debsign" {
+		return errors.New("copies listed for a task that makes none")
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	for _, name := range copies {
+		if err := validSignedName(name); err != nil {
+			return err
+		}
+		data, err := root.ReadFile(path.Join("in", name))
+		if err != nil {
+			return fmt.Errorf("copy %s: not a file of the upload", name)
+		}
+		f, err := root.OpenFile(path.Join("out", name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return fmt.Errorf("copy %s: %w", name, err)
+		}
+		_, err = f.Write(data)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkCheckpoint checks the offline host's audit checkpoint with its

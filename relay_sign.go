@@ -107,7 +107,14 @@ func cmdRelaySign(e *env, args []string) error {
 
 	rm := resultManifest{Format: resultFormat, Bundle: m.ID, BundleSHA256: a.SHA256()}
 	for _, ow := range work {
-		rm.WorkRequests = append(rm.WorkRequests, w.signOffline(ow, m.ID, filepath.Join(a.Dir, wrDir(ow.wr.ID))))
+		dir := filepath.Join(a.Dir, wrDir(ow.wr.ID))
+		res := w.signOffline(ow, m.ID, dir)
+		if ow.deb != nil {
+			if res.Copies, err = leaveOutCopies(dir); err != nil {
+				return err
+			}
+		}
+		rm.WorkRequests = append(rm.WorkRequests, res)
 	}
 	rm.SignedAt = nowRFC3339()
 	checkpoint, err := st.Checkpoint()
@@ -380,4 +387,33 @@ func (w *worker) executeOffline(tr *taskRun, ow *offlineWork) (bool, [][]signRes
 	default:
 		return true, nil, w.signRepositoryIndex(tr, ow.index, ow.keys, ow.inputs[0])
 	}
+}
+
+// leaveOutCopies removes from a re-signed upload in dir/out/ the files
+// identical to the upload's own in dir/in/ (the packages, the source
+// tarballs), so that they do not travel back, and returns their names.
+func leaveOutCopies(dir string) ([]string, error) {
+	outs, err := describeFiles(dir, "out")
+	if err != nil {
+		return nil, err
+	}
+	ins, err := describeFiles(dir, "in")
+	if err != nil {
+		return nil, err
+	}
+	inputs := map[string]archiveFile{}
+	for _, f := range ins {
+		inputs[strings.TrimPrefix(f.Path, "in/")] = f
+	}
+	var copies []string
+	for _, f := range outs {
+		name := strings.TrimPrefix(f.Path, "out/")
+		if in, ok := inputs[name]; ok && in.SHA256 == f.SHA256 && in.Size == f.Size {
+			if err := os.Remove(filepath.Join(dir, filepath.FromSlash(f.Path))); err != nil {
+				return nil, err
+			}
+			copies = append(copies, name)
+		}
+	}
+	return copies, nil
 }

@@ -341,6 +341,13 @@ func TestRelayRoundTrip(t *testing.T) {
 	r.roundTrip()
 	r.checkOutputs(r.srv, r.work)
 
+	// The upload's unchanged files do not travel back.
+	copyArchive(t, r.path("result.tar"), func(name string, b []byte) []byte {
+		if strings.HasSuffix(name, ".deb") || strings.HasSuffix(name, ".tar.xz") {
+			t.Errorf("the result carries %s back", name)
+		}
+		return b
+	})
 	// The offline audit log names each work request and the bundle.
 	rows := signAudits(t, r.st)
 	if len(rows) != 4+3+2 {
