@@ -546,7 +546,10 @@ func (f *relayFetch) prepare(ctx context.Context, w *worker, wr *workRequest) (*
 		return nil, nil, ctx.Err()
 	}
 	if err != nil {
-		c := w.finish(ctx, tr, false, err, time.Since(start), cpuTime()-cpu0)
+		c, uerr := w.finish(ctx, tr, false, err, time.Since(start), cpuTime()-cpu0)
+		if uerr != nil {
+			c = executeFailedCompletion(wr, uerr)
+		}
 		os.RemoveAll(dir)
 		return deliver(c)
 	}
@@ -571,8 +574,19 @@ func (f *relayFetch) fetchInputs(ctx context.Context, w *worker, tr *taskRun) (*
 		if err != nil {
 			return nil, err
 		}
-		if inputs, err = w.fetchSignInputs(ctx, tr, t); err != nil {
-			return nil, err
+		for i := range t.UnsignedIDs {
+			in, err := w.describeSignInput(ctx, tr, t, i)
+			if err != nil {
+				return nil, err
+			}
+			for _, name := range in.files {
+				if err := w.downloadFile(ctx, tr, in, name); err != nil {
+					return nil, err
+				}
+			}
+			tr.sources = append(tr.sources, in.id)
+			tr.logf("fetch_input.log", "downloaded artifact %d (%s): %d file(s)\n", in.id, in.art.Category, len(in.files))
+			inputs = append(inputs, in)
 		}
 		entry.Keys = []string{t.Purpose + ":" + t.Fingerprint}
 	case "debsign":

@@ -512,6 +512,13 @@ func (c *relayComplete) completeOne(ctx context.Context, w *worker, bw *bundleWo
 		defer root.Close()
 		tr := &taskRun{wr: wr, log: w.log.With("work_request", wr.ID, "task", wr.TaskName), dir: dir, root: root,
 			logs: map[string]*bytes.Buffer{}, sources: ws.Sources, stage: "execution"}
+		// As the worker checks before each input it signs: a work
+		// request aborted or given to another worker while it was out
+		// gets nothing, neither outputs nor completion.
+		if e := notOurs(w.stillOurs(ctx, tr, 0)); e != nil {
+			ws.Completed = nowRFC3339()
+			return "not completed, nothing uploaded: " + e.Error(), saveState(outstandingDir(c.cfg.Relay.StateDir), c.state)
+		}
 		for _, logs := range []map[string]string{ws.Logs, res.Logs} {
 			for _, name := range slices.Sorted(func(yield func(string) bool) {
 				for n := range logs {
@@ -529,7 +536,13 @@ func (c *relayComplete) completeOne(ctx context.Context, w *worker, bw *bundleWo
 		}
 		duration := time.Duration(ws.FetchMS+res.DurationMS)*time.Millisecond + time.Since(start)
 		cpu := time.Duration(ws.FetchCPU+res.CPUTimeMS)*time.Millisecond + cpuTime() - cpu0
-		comp := w.finish(ctx, tr, res.Success, err, duration, cpu)
+		comp, err := w.finish(ctx, tr, res.Success, err, duration, cpu)
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		if err != nil {
+			comp = executeFailedCompletion(wr, err)
+		}
 		if ws.Completion, err = json.Marshal(comp); err != nil {
 			return "", err
 		}

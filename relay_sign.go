@@ -380,8 +380,24 @@ func (w *worker) signOffline(ow *offlineWork, bundle, dir string) resultWorkRequ
 func (w *worker) executeOffline(tr *taskRun, ow *offlineWork) (bool, [][]signResult, error) {
 	switch {
 	case ow.sign != nil:
-		results, ok, err := w.signInputs(context.Background(), tr, ow.sign, ow.keys[0], ow.inputs)
-		return ok, results, err
+		signFile, err := w.fileSigner(ow.keys[0])
+		if err != nil {
+			return false, nil, err
+		}
+		signed, failed := 0, 0
+		results := make([][]signResult, len(ow.inputs))
+		for i, in := range ow.inputs {
+			for _, name := range in.files {
+				r, bad := w.signOne(context.Background(), tr, signFile, ow.sign, i, in, name)
+				if bad {
+					failed++
+				} else if r.OutputFile != nil {
+					signed++
+				}
+				results[i] = append(results[i], r)
+			}
+		}
+		return signed > 0 && failed == 0, results, nil
 	case ow.deb != nil:
 		return true, nil, w.debsign(tr, ow.keys[0], ow.inputs[0])
 	default:

@@ -663,3 +663,33 @@ func TestRelayFetchKeepsWhatItTook(t *testing.T) {
 	r.refused(r.relay("fetch", "--output", r.path("bundle.tar"), "--wait", "1s")).says("worker identity 2 (2.relay.example.org)")
 	r.must(r.offline("sign", r.path("bundle.tar"), "--output", r.path("result.tar")))
 }
+
+// TestRelayAbortedWhileOut: a work request aborted on the server while its
+// bundle was out gets nothing at completion, as the worker stops on one;
+// the others of the bundle are completed.
+func TestRelayAbortedWhileOut(t *testing.T) {
+	requireTool(t, "sbverify", "openssl")
+	r := newRelayRig(t, 3)
+	r.work = r.addWork(r.srv)
+	r.must(r.relay("fetch", "--output", r.path("bundle.tar"), "--wait", "2s"))
+	r.must(r.offline("sign", r.path("bundle.tar"), "--output", r.path("result.tar")))
+	r.srv.mu.Lock()
+	for _, wr := range r.srv.workReqs {
+		if wr.ID == r.work.debsign {
+			wr.Status = "aborted"
+		}
+	}
+	r.srv.mu.Unlock()
+	out := r.must(r.relay("complete", r.path("result.tar")))
+	if !strings.Contains(out, fmt.Sprintf("work request %d: not completed, nothing uploaded", r.work.debsign)) {
+		t.Errorf("complete: %s", out)
+	}
+	if len(r.srv.completionsOf(r.work.debsign)) != 0 || len(r.srv.artifactsOf(r.work.debsign, "debian:upload")) != 0 {
+		t.Error("the aborted work request got outputs or a completion")
+	}
+	for _, id := range []int64{r.work.sign, r.work.index} {
+		if c := r.srv.completionsOf(id); len(c) != 1 || c[0].Result != "success" {
+			t.Errorf("work request %d: completions %+v", id, c)
+		}
+	}
+}

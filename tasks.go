@@ -8,14 +8,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -51,8 +54,11 @@ type taskRun struct {
 	dir     string   // the work directory
 	root    *os.Root // the same, for names that come from the network
 	stage   string
+	logsMu  sync.Mutex // the sign task's pipeline logs from several goroutines
 	logs    map[string]*bytes.Buffer
 	sources []int64
+
+	checked time.Time // when the work request's status was last read
 	// auditExtra is added to the data of every sign audit row (the relay
 	// names its bundle there).
 	auditExtra map[string]any
@@ -74,6 +80,8 @@ func (tr *taskRun) enter(stage string) {
 }
 
 func (tr *taskRun) logf(file, format string, args ...any) {
+	tr.logsMu.Lock()
+	defer tr.logsMu.Unlock()
 	b := tr.logs[file]
 	if b == nil {
 		b = new(bytes.Buffer)
@@ -91,17 +99,70 @@ func decodeTaskData(raw json.RawMessage, v any) error {
 	return json.Unmarshal(raw, v)
 }
 
+// stageError is a failure of a stage other than the current one: the sign
+// task's pipeline fetches inputs and uploads outputs while it signs, and
+// a failed download still belongs in fetch_input.log.
+type stageError struct {
+	stage string
+	err   error
+}
+
+func (e *stageError) Error() string { return e.err.Error() }
+func (e *stageError) Unwrap() error { return e.err }
+
+// notOursError: the work request is no longer this worker's to run (an
+// administrator aborted it, or the server gave it to another worker). The
+// task stops at once: nothing more is signed or uploaded, and no result is
+// sent, as the server would refuse it.
+type notOursError struct {
+	reason string
+}
+
+func (e *notOursError) Error() string {
+	return "the work request is no longer assigned to this worker: " + e.reason
+}
+
+// stillOurs reads the work request's status from the server, unless it was
+// read less than every ago, and fails with a notOursError when the work
+// request is not running on this worker any more. Debusine does not notify
+// a worker of an abort (it sets the status to aborted and unassigns the
+// worker), so the sign tasks call this before each input they sign.
+func (w *worker) stillOurs(ctx context.Context, tr *taskRun, every time.Duration) error {
+	if !tr.checked.IsZero() && time.Since(tr.checked) < every {
+		return nil
+	}
+	st, err := w.api.workRequestState(ctx, tr.wr.ID)
+	switch {
+	case httpStatus(err) == http.StatusNotFound:
+		return &notOursError{"the server no longer knows it"}
+	case err != nil:
+		return fmt.Errorf("reading the work request's status: %w", err)
+	case st.Status != "running":
+		return &notOursError{"its status is " + st.Status}
+	case tr.wr.Worker != nil && (st.Worker == nil || *st.Worker != *tr.wr.Worker):
+		return &notOursError{"it is assigned to another worker, or none"}
+	}
+	tr.checked = time.Now()
+	return nil
+}
+
 func errorCompletion(code, msg string) completion {
 	return completion{Result: "error", OutputData: &outputData{Errors: []taskError{{Message: msg, Code: code}}}}
 }
 
 // execute runs one work request and delivers its result. A run cut short by
-// ctx (SIGTERM) is abandoned without a word: the server retries it.
+// ctx (SIGTERM) is abandoned without a word: the server retries it. A work
+// request that stopped being this worker's gets no result either.
 func (w *worker) execute(ctx context.Context, wr *workRequest) error {
 	log := w.log.With("work_request", wr.ID, "task", wr.TaskName)
 	log.Info("work request started")
-	c, ok := w.runTask(ctx, wr, log)
-	if !ok || ctx.Err() != nil {
+	c, err := w.runTask(ctx, wr, log)
+	var notOurs *notOursError
+	switch {
+	case errors.As(err, &notOurs):
+		log.Warn("work request stopped: it is no longer this worker's; nothing more is signed or uploaded, and no result is sent", "reason", notOurs.reason)
+		return nil
+	case err != nil || ctx.Err() != nil:
 		log.Warn("work request abandoned on signal; the server will retry it")
 		return ctx.Err()
 	}
@@ -136,17 +197,25 @@ func (w *worker) configure(wr *workRequest) (taskRunner, *completion) {
 	return run, nil
 }
 
-// runTask returns the completion of wr, or false when ctx ended first.
-func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger) (completion, bool) {
+// runTask returns the completion of wr; an error when ctx ended first
+// (ctx's), or when the work request stopped being this worker's (a
+// notOursError).
+func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger) (completion, error) {
 	run, bad := w.configure(wr)
 	if bad != nil {
-		return *bad, true
+		return *bad, nil
 	}
 
 	start, cpu0 := time.Now(), cpuTime()
-	executeFailed := func(err error) (completion, bool) {
+	executeFailed := func(err error) (completion, error) {
+		if ctx.Err() != nil {
+			return completion{}, ctx.Err()
+		}
+		if e := notOurs(err); e != nil {
+			return completion{}, e
+		}
 		log.Error("task failed to execute", "error", err)
-		return errorCompletion("execute-failed", fmt.Sprintf("Task: %s Error execute: %v", wr.TaskName, err)), ctx.Err() == nil
+		return executeFailedCompletion(wr, err), nil
 	}
 	dir, err := os.MkdirTemp(w.workDir, fmt.Sprintf("work-request-%d-", wr.ID))
 	if err != nil {
@@ -163,27 +232,37 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 	tr.enter("fetch_input")
 	success, err := run(ctx, tr)
 	if ctx.Err() != nil {
-		return completion{}, false
+		return completion{}, ctx.Err()
 	}
-	c := w.finish(ctx, tr, success, err, time.Since(start), cpuTime()-cpu0)
-	return c, c.Result != "error" || ctx.Err() == nil
+	if e := notOurs(err); e != nil {
+		return completion{}, e
+	}
+	c, err := w.finish(ctx, tr, success, err, time.Since(start), cpuTime()-cpu0)
+	if err != nil {
+		return executeFailed(err)
+	}
+	return c, nil
 }
 
-// finish ends a run: an error goes to the current stage's log, the logs
-// are uploaded, and the completion says success or failure with the run's
-// statistics, or error when the logs could not be uploaded.
-func (w *worker) finish(ctx context.Context, tr *taskRun, success bool, err error, duration, cpu time.Duration) completion {
+// finish ends a run: an error goes to its stage's log, the logs are
+// uploaded, and the completion says success or failure with the run's
+// statistics. It fails when the logs could not be uploaded.
+func (w *worker) finish(ctx context.Context, tr *taskRun, success bool, err error, duration, cpu time.Duration) (completion, error) {
 	if err != nil {
-		tr.log.Warn("task failed", "stage", tr.stage, "error", err)
-		tr.logf(tr.stage+".log", "%v\n", err)
+		stage := tr.stage
+		var se *stageError
+		if errors.As(err, &se) {
+			stage = se.stage
+		}
+		tr.log.Warn("task failed", "stage", stage, "error", err)
+		tr.logf(stage+".log", "%v\n", err)
 		success = false
 	}
 	if success {
 		delete(tr.logs, "stages.log")
 	}
 	if err := w.uploadDebugLogs(ctx, tr); err != nil {
-		tr.log.Error("task failed to execute", "error", err)
-		return errorCompletion("execute-failed", fmt.Sprintf("Task: %s Error execute: %v", tr.wr.TaskName, err))
+		return completion{}, err
 	}
 	result := "failure"
 	if success {
@@ -191,8 +270,36 @@ func (w *worker) finish(ctx context.Context, tr *taskRun, success bool, err erro
 	}
 	return completion{Result: result, OutputData: &outputData{RuntimeStatistics: &runtimeStatistics{
 		Duration: int64(duration.Round(time.Second) / time.Second),
-		CPUTime:  int64(cpu.Round(time.Second) / time.Second),
-	}}}
+		CPUTime:  cpuSeconds(cpu),
+	}}}, nil
+}
+
+// executeFailedCompletion is the completion of a run that failed outside
+// its task, such as its debug logs not reaching the server.
+func executeFailedCompletion(wr *workRequest, err error) completion {
+	return errorCompletion("execute-failed", fmt.Sprintf("Task: %s Error execute: %v", wr.TaskName, err))
+}
+
+// notOurs returns err as a notOursError when it is one, or when it is the
+// server answering 401 to one of the task's calls, which it does (Invalid
+// worker to update the work request) for a work request that is not this
+// worker's; nil otherwise.
+func notOurs(err error) *notOursError {
+	var e *notOursError
+	if errors.As(err, &e) {
+		return e
+	}
+	if httpStatus(err) == http.StatusUnauthorized {
+		return &notOursError{err.Error()}
+	}
+	return nil
+}
+
+// cpuSeconds is the CPU time in the whole seconds runtime_statistics
+// carries, rounded up: the signing happens in this process and takes well
+// under a second for most tasks, which rounding down would report as 0.
+func cpuSeconds(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
 }
 
 // uploadDebugLogs stores the run's logs as debusine:work-request-debug-logs
@@ -293,6 +400,24 @@ type input struct {
 // fetch downloads artifact id into the work directory under dir, checking
 // its category when want is not empty, and remembers it as a source.
 func (w *worker) fetch(ctx context.Context, tr *taskRun, id int64, want, dir string) (*input, error) {
+	in, err := w.describe(ctx, tr, id, want, dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range in.files {
+		if err := w.downloadFile(ctx, tr, in, name); err != nil {
+			return nil, err
+		}
+	}
+	tr.sources = append(tr.sources, id)
+	tr.logf("fetch_input.log", "downloaded artifact %d (%s): %d file(s)\n", id, in.art.Category, len(in.files))
+	return in, nil
+}
+
+// describe reads artifact id's description, checks its category when want
+// is not empty and its file names, and makes the directories its files
+// will be downloaded to, under dir in the work directory.
+func (w *worker) describe(ctx context.Context, tr *taskRun, id int64, want, dir string) (*input, error) {
 	a, err := w.api.getArtifact(ctx, id)
 	if err != nil {
 		return nil, err
@@ -308,22 +433,25 @@ func (w *worker) fetch(ctx context.Context, tr *taskRun, id int64, want, dir str
 		in.files = append(in.files, name)
 	}
 	slices.Sort(in.files)
-	if err := tr.root.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	sub, err := tr.root.OpenRoot(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer sub.Close()
 	for _, name := range in.files {
-		if err := w.api.download(ctx, sub, name, a.Files[name]); err != nil {
-			return nil, fmt.Errorf("artifact %d: %w", id, err)
+		if err := tr.root.MkdirAll(path.Join(dir, path.Dir(name)), 0o700); err != nil {
+			return nil, err
 		}
 	}
-	tr.sources = append(tr.sources, id)
-	tr.logf("fetch_input.log", "downloaded artifact %d (%s): %d file(s)\n", id, a.Category, len(in.files))
 	return in, nil
+}
+
+// downloadFile downloads one file of in to its place in the work directory.
+func (w *worker) downloadFile(ctx context.Context, tr *taskRun, in *input, name string) error {
+	sub, err := tr.root.OpenRoot(in.dir)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	if err := w.api.download(ctx, sub, name, in.art.Files[name]); err != nil {
+		return fmt.Errorf("artifact %d: %w", in.id, err)
+	}
+	return nil
 }
 
 // permit runs the sign_with check of key on an input and fails unless the
@@ -344,50 +472,6 @@ func (w *worker) permit(ctx context.Context, tr *taskRun, purpose, fpr string, i
 	return nil
 }
 
-// signResult is one entry of a debusine:signing-output's results.
-type signResult struct {
-	File         string  `json:"file"`
-	OutputFile   *string `json:"output_file"`
-	ErrorMessage *string `json:"error_message"`
-}
-
-// signTask is the task data of a sign work request (protocol.md §6.3).
-type signTask struct {
-	Purpose      string
-	Fingerprint  string
-	UnsignedIDs  []int64
-	PackageNames []*string
-}
-
-func parseSignTask(wr *workRequest) (*signTask, error) {
-	var d struct {
-		Purpose string `json:"purpose"`
-		Key     string `json:"key"`
-	}
-	var dyn struct {
-		UnsignedIDs  []int64   `json:"unsigned_ids"`
-		PackageNames []*string `json:"unsigned_binary_package_names"`
-	}
-	if err := decodeTaskData(wr.TaskData, &d); err != nil {
-		return nil, err
-	}
-	if err := decodeTaskData(wr.DynamicTaskData, &dyn); err != nil {
-		return nil, err
-	}
-	t := &signTask{Purpose: d.Purpose, Fingerprint: normalFingerprint(d.Key), UnsignedIDs: dyn.UnsignedIDs, PackageNames: dyn.PackageNames}
-	switch {
-	case t.Purpose != purposeUEFI && t.Purpose != purposeOpenPGP:
-		return nil, fmt.Errorf("purpose %q: want %s or %s", t.Purpose, purposeUEFI, purposeOpenPGP)
-	case t.Fingerprint == "":
-		return nil, fmt.Errorf("no key")
-	case len(t.UnsignedIDs) == 0:
-		return nil, fmt.Errorf("dynamic_task_data has no unsigned_ids")
-	case len(t.PackageNames) != 0 && len(t.PackageNames) != len(t.UnsignedIDs):
-		return nil, fmt.Errorf("dynamic_task_data: %d unsigned_binary_package_names for %d unsigned_ids", len(t.PackageNames), len(t.UnsignedIDs))
-	}
-	return t, nil
-}
-
 // configureSign: the sign task (protocol.md §6.3).
 func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 	t, err := parseSignTask(wr)
@@ -395,113 +479,112 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 		return nil, err
 	}
 	return func(ctx context.Context, tr *taskRun) (bool, error) {
-		inputs, err := w.fetchSignInputs(ctx, tr, t)
+		// Every check on every input passes before anything is signed.
+		inputs := make([]*input, len(t.UnsignedIDs))
+		err := parallel(ctx, len(inputs), maxInFlight, func(ctx context.Context, i int) error {
+			in, err := w.describeSignInput(ctx, tr, t, i)
+			inputs[i] = in
+			return err
+		})
 		if err != nil {
 			return false, err
+		}
+		for _, in := range inputs {
+			tr.sources = append(tr.sources, in.id)
 		}
 		k, err := w.lookupKey(t.Purpose, t.Fingerprint)
 		if err != nil {
 			return false, err
 		}
+
 		tr.enter("execution")
-		results, ok, err := w.signInputs(ctx, tr, t, k, inputs)
+		signFile, err := w.fileSigner(k)
 		if err != nil {
 			return false, err
 		}
-		tr.enter("post_execution")
+		p := newSignPipeline(ctx, w, tr, inputs)
+		defer p.close()
+		signed, failed := 0, 0
+		results := make([][]signResult, len(inputs))
 		for i, in := range inputs {
-			data, files := t.output(i, results[i])
-			if _, err := w.api.createArtifact(ctx, "debusine:signing-output", tr.wr.Workspace, tr.wr.ID, data, tr.outFiles(files), []int64{in.id}); err != nil {
+			if err := p.stillOurs(); err != nil {
 				return false, err
 			}
+			for j, name := range in.files {
+				if err := p.downloaded(i, j); err != nil {
+					return false, err
+				}
+				r, bad := w.signOne(p.ctx, tr, signFile, t, i, in, name)
+				if p.ctx.Err() != nil {
+					return false, p.err()
+				}
+				if bad {
+					failed++
+				} else if r.OutputFile != nil {
+					signed++
+				}
+				results[i] = append(results[i], r)
+			}
+			tr.logf("fetch_input.log", "downloaded artifact %d (%s): %d file(s)\n", in.id, in.art.Category, len(in.files))
+			data, files := t.output(i, results[i])
+			p.upload(i, data, tr.outFiles(files))
 		}
-		return ok, nil
+
+		tr.enter("post_execution")
+		if err := p.wait(); err != nil {
+			return false, err
+		}
+		return signed > 0 && failed == 0, nil
 	}, nil
 }
 
-// fetchSignInputs downloads and checks every input of a sign task: every
-// check on every input passes before anything is signed.
-func (w *worker) fetchSignInputs(ctx context.Context, tr *taskRun, t *signTask) ([]*input, error) {
-	inputs := make([]*input, len(t.UnsignedIDs))
-	for i, id := range t.UnsignedIDs {
-		in, err := w.fetch(ctx, tr, id, "debusine:signing-input", fmt.Sprintf("in/%d", i))
-		if err != nil {
-			return nil, err
-		}
-		if err := w.checkTrustedCerts(in); err != nil {
-			return nil, err
-		}
-		if err := w.permit(ctx, tr, t.Purpose, t.Fingerprint, in); err != nil {
-			return nil, err
-		}
-		inputs[i] = in
+// describeSignInput reads and checks input i of a sign task: its
+// description, trusted_certs and the server's permission.
+func (w *worker) describeSignInput(ctx context.Context, tr *taskRun, t *signTask, i int) (*input, error) {
+	in, err := w.describe(ctx, tr, t.UnsignedIDs[i], "debusine:signing-input", fmt.Sprintf("in/%d", i))
+	if err != nil {
+		return nil, err
 	}
-	return inputs, nil
+	if err := w.checkTrustedCerts(in); err != nil {
+		return nil, err
+	}
+	if err := w.permit(ctx, tr, t.Purpose, t.Fingerprint, in); err != nil {
+		return nil, err
+	}
+	return in, nil
 }
 
 // kmodSkipped is the result of a kernel module left unsigned, as Debusine
 // words it.
 const kmodSkipped = "Skipped kernel module (not yet supported)"
 
-// signInputs is the sign task's execution stage: each file of input i is
-// signed into out/<i>/<file>.sig. It returns the results of each input and
-// whether the task succeeded (something signed, nothing failed).
-func (w *worker) signInputs(ctx context.Context, tr *taskRun, t *signTask, k *Key, inputs []*input) ([][]signResult, bool, error) {
-	signFile, err := w.fileSigner(k)
-	if err != nil {
-		return nil, false, err
+// signOne signs file name of input i into out/<i>/<name>.sig, or skips it
+// (a kernel module, as configured); bad says that signing it failed.
+func (w *worker) signOne(ctx context.Context, tr *taskRun, signFile fileSignFunc, t *signTask, i int, in *input, name string) (r signResult, bad bool) {
+	r = signResult{File: name}
+	if strings.HasSuffix(name, kmodSuffix) && (w.skipKernelModules || t.Purpose != purposeUEFI) {
+		msg := kmodSkipped
+		r.ErrorMessage = &msg
+		return r, false
 	}
-	signed, failed := 0, 0
-	results := make([][]signResult, len(inputs))
-	for i, in := range inputs {
-		for _, name := range in.files {
-			r := signResult{File: name}
-			if strings.HasSuffix(name, kmodSuffix) && (w.skipKernelModules || t.Purpose != purposeUEFI) {
-				msg := kmodSkipped
-				r.ErrorMessage = &msg
-			} else {
-				out := name + ".sig"
-				err := signFile(ctx, tr, path.Join(in.dir, name), path.Join(fmt.Sprintf("out/%d", i), out), tr.audit(in))
-				if ctx.Err() != nil {
-					return nil, false, ctx.Err()
-				}
-				if err != nil {
-					msg := strings.ReplaceAll(err.Error(), tr.dir+"/", "")
-					r.ErrorMessage = &msg
-					failed++
-					tr.logf("cmd-output.log", "%s: %v\n", name, err)
-				} else {
-					r.OutputFile = &out
-					signed++
-					tr.logf("cmd-output.log", "%s: signed\n", name)
-				}
-			}
-			results[i] = append(results[i], r)
-		}
+	out := name + ".sig"
+	if err := signFile(ctx, tr, path.Join(in.dir, name), path.Join(fmt.Sprintf("out/%d", i), out), tr.audit(in)); err != nil {
+		msg := strings.ReplaceAll(err.Error(), tr.dir+"/", "")
+		r.ErrorMessage = &msg
+		tr.logf("cmd-output.log", "%s: %v\n", name, err)
+		return r, true
 	}
-	return results, signed > 0 && failed == 0, nil
+	r.OutputFile = &out
+	tr.logf("cmd-output.log", "%s: signed\n", name)
+	return r, false
 }
 
-// output is the debusine:signing-output artifact of input i: its data and
-// its files, under out/<i>/ in the work directory.
-func (t *signTask) output(i int, results []signResult) (map[string]any, []outFile) {
-	var files []outFile
-	for _, r := range results {
-		if r.OutputFile != nil {
-			files = append(files, outFile{Name: *r.OutputFile, ContentType: "application/octet-stream", Path: path.Join(fmt.Sprintf("out/%d", i), *r.OutputFile)})
-		}
-	}
-	var pkg *string
-	if len(t.PackageNames) > 0 {
-		pkg = t.PackageNames[i]
-	}
-	data := map[string]any{"purpose": t.Purpose, "fingerprint": t.Fingerprint, "results": results, "binary_package_name": pkg}
-	return data, files
-}
+// fileSignFunc signs one file of the work directory into another.
+type fileSignFunc func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error
 
 // fileSigner prepares key k once for the whole task and returns the
 // function signing one file of the work directory into another.
-func (w *worker) fileSigner(k *Key) (func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error, error) {
+func (w *worker) fileSigner(k *Key) (fileSignFunc, error) {
 	switch k.Purpose {
 	case purposeUEFI:
 		signer, cert, err := uefiSigner(w.st, k)
@@ -580,32 +663,6 @@ func (w *worker) checkTrustedCerts(in *input) error {
 	return nil
 }
 
-// debsignTask is the task data of a debsign work request (protocol.md §6.4).
-type debsignTask struct {
-	Fingerprint string
-	UnsignedID  int64
-}
-
-func parseDebsignTask(wr *workRequest) (*debsignTask, error) {
-	var d struct {
-		Key string `json:"key"`
-	}
-	var dyn struct {
-		UnsignedID int64 `json:"unsigned_id"`
-	}
-	if err := decodeTaskData(wr.TaskData, &d); err != nil {
-		return nil, err
-	}
-	if err := decodeTaskData(wr.DynamicTaskData, &dyn); err != nil {
-		return nil, err
-	}
-	t := &debsignTask{Fingerprint: normalFingerprint(d.Key), UnsignedID: dyn.UnsignedID}
-	if t.Fingerprint == "" || t.UnsignedID == 0 {
-		return nil, fmt.Errorf("debsign needs task_data key and dynamic_task_data unsigned_id")
-	}
-	return t, nil
-}
-
 // configureDebsign: re-sign a debian:upload (protocol.md §6.4).
 func (w *worker) configureDebsign(wr *workRequest) (taskRunner, error) {
 	t, err := parseDebsignTask(wr)
@@ -622,6 +679,9 @@ func (w *worker) configureDebsign(wr *workRequest) (taskRunner, error) {
 			return false, err
 		}
 		tr.enter("execution")
+		if err := w.stillOurs(ctx, tr, 0); err != nil {
+			return false, err
+		}
 		if err := w.debsign(tr, k, in); err != nil {
 			return false, err
 		}
@@ -650,20 +710,6 @@ func (w *worker) fetchDebsignInput(ctx context.Context, tr *taskRun, t *debsignT
 	return in, nil
 }
 
-// uploadChanges names the one .changes file of an upload.
-func uploadChanges(in *input) (string, error) {
-	var changes []string
-	for _, name := range in.files {
-		if strings.HasSuffix(name, ".changes") {
-			changes = append(changes, name)
-		}
-	}
-	if len(changes) != 1 {
-		return "", fmt.Errorf("artifact %d holds %d .changes files, want 1", in.id, len(changes))
-	}
-	return changes[0], nil
-}
-
 // debsign is the debsign task's execution stage: the re-signed upload goes
 // to out/.
 func (w *worker) debsign(tr *taskRun, k *Key, in *input) error {
@@ -676,89 +722,6 @@ func (w *worker) debsign(tr *taskRun, k *Key, in *input) error {
 	}
 	tr.logf("cmd-output.log", "re-signed %s with %s\n", changes, k.Fingerprint)
 	return nil
-}
-
-// debsignOutput is the debian:upload artifact of the re-signed upload in
-// out/: the fields of its .changes, and every file it lists.
-func debsignOutput(tr *taskRun, in *input) (map[string]any, []outFile, error) {
-	changes, err := uploadChanges(in)
-	if err != nil {
-		return nil, nil, err
-	}
-	signed, err := tr.root.ReadFile(path.Join("out", changes))
-	if err != nil {
-		return nil, nil, err
-	}
-	fields, err := parseChanges(changes, signed)
-	if err != nil {
-		return nil, nil, err
-	}
-	files := []outFile{{Name: changes, ContentType: uploadContentType(changes), Path: "out/" + changes}}
-	listed, _ := fields["Checksums-Sha256"].([]map[string]string)
-	for _, f := range listed {
-		if err := validSignedName(f["name"]); err != nil {
-			return nil, nil, err
-		}
-		files = append(files, outFile{Name: f["name"], ContentType: uploadContentType(f["name"]), Path: "out/" + f["name"]})
-	}
-	return map[string]any{"type": "dpkg", "changes_fields": fields}, files, nil
-}
-
-// uploadContentType: the types Debusine gives the files of an upload.
-func uploadContentType(name string) string {
-	switch path.Ext(name) {
-	case ".changes", ".dsc", ".buildinfo":
-		return "text/plain; charset=utf-8"
-	case ".deb", ".udeb", ".ddeb":
-		return "application/vnd.debian.binary-package"
-	case ".xz":
-		return "application/x-xz"
-	case ".gz":
-		return "application/gzip"
-	case ".bz2":
-		return "application/x-bzip2"
-	}
-	return "application/octet-stream"
-}
-
-// repositoryIndexTask is the task data of a signrepositoryindex work
-// request (protocol.md §6.5).
-type repositoryIndexTask struct {
-	Mode        string
-	SignedName  string
-	SigningKeys []string
-	UnsignedID  int64
-}
-
-func parseRepositoryIndexTask(wr *workRequest) (*repositoryIndexTask, error) {
-	var d struct {
-		Mode       string `json:"mode"`
-		SignedName string `json:"signed_name"`
-	}
-	var dyn struct {
-		SigningKeys []string `json:"signing_keys"`
-		UnsignedID  int64    `json:"unsigned_id"`
-	}
-	if err := decodeTaskData(wr.TaskData, &d); err != nil {
-		return nil, err
-	}
-	if err := decodeTaskData(wr.DynamicTaskData, &dyn); err != nil {
-		return nil, err
-	}
-	if d.Mode != openpgpModeDetached && d.Mode != openpgpModeClear {
-		return nil, fmt.Errorf("mode %q: want %s or %s", d.Mode, openpgpModeDetached, openpgpModeClear)
-	}
-	if err := validSignedName(d.SignedName); err != nil {
-		return nil, fmt.Errorf("signed_name: %w", err)
-	}
-	if dyn.UnsignedID == 0 {
-		return nil, fmt.Errorf("dynamic_task_data has no unsigned_id")
-	}
-	t := &repositoryIndexTask{Mode: d.Mode, SignedName: d.SignedName, UnsignedID: dyn.UnsignedID}
-	for _, f := range dyn.SigningKeys {
-		t.SigningKeys = append(t.SigningKeys, normalFingerprint(f))
-	}
-	return t, nil
 }
 
 // configureSignRepositoryIndex: sign one repository index with every key
@@ -780,6 +743,9 @@ func (w *worker) configureSignRepositoryIndex(wr *workRequest) (taskRunner, erro
 			}
 		}
 		tr.enter("execution")
+		if err := w.stillOurs(ctx, tr, 0); err != nil {
+			return false, err
+		}
 		if err := w.signRepositoryIndex(tr, t, keys, in); err != nil {
 			return false, err
 		}
@@ -832,14 +798,4 @@ func (w *worker) signRepositoryIndex(tr *taskRun, t *repositoryIndexTask, keys [
 	}
 	tr.logf("cmd-output.log", "signed %s (%s) with %d key(s)\n", in.files[0], t.Mode, len(keys))
 	return tr.writeFile(path.Join("out", t.SignedName), sig)
-}
-
-// output is the debian:repository-index artifact holding the signature.
-func (t *repositoryIndexTask) output() (map[string]any, []outFile) {
-	ct := "application/pgp-signature"
-	if t.Mode == openpgpModeClear {
-		ct = "text/plain; charset=utf-8"
-	}
-	files := []outFile{{Name: t.SignedName, ContentType: ct, Path: path.Join("out", t.SignedName)}}
-	return map[string]any{"path": t.SignedName}, files
 }

@@ -53,6 +53,9 @@ type worker struct {
 	// no work. Both are fields so that tests run fast.
 	wsDelay   func() time.Duration
 	onceQuiet time.Duration
+	// statusEvery: before an input is signed, the work request's status is
+	// read again unless the last reading is younger than this.
+	statusEvery time.Duration
 
 	wake         chan struct{} // "call get-next", capacity 1
 	metadataMu   sync.Mutex
@@ -515,6 +518,8 @@ func (w *worker) deliver(ctx context.Context, id int64, body []byte) error {
 		return ctx.Err()
 	case httpStatus(err) == http.StatusForbidden:
 		return err
+	case httpStatus(err) == http.StatusUnauthorized:
+		w.log.Warn("the work request is no longer this worker's (aborted, or given to another worker): result dropped", "work_request", id, "error", err)
 	case err != nil:
 		w.log.Error("the server refused the result", "work_request", id, "error", err)
 	default:
@@ -614,6 +619,9 @@ func cmdWorker(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if wc.RetryFor.Duration > 0 {
+		api.retryFor = wc.RetryFor.Duration
+	}
 	st, err := e.openStore()
 	if err != nil {
 		return err
@@ -628,7 +636,7 @@ func cmdWorker(e *env, args []string) error {
 		api: api, st: st, log: log, fqdn: fqdn,
 		tokenFile: wc.TokenFile, activationTokenFile: wc.ActivationTokenFile,
 		trusted: trusted, once: *once, workDir: os.TempDir(), checkpointFile: wc.CheckpointFile,
-		wsDelay: wsJitter, onceQuiet: 10 * time.Second,
+		wsDelay: wsJitter, onceQuiet: 10 * time.Second, statusEvery: time.Second,
 		skipKernelModules: !wc.signKernelModules(),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
