@@ -38,12 +38,15 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 
 // Config is the TOML configuration; signing.toml.example documents it.
 type Config struct {
-	Database     string        `toml:"database"`
-	ServiceKeys  []string      `toml:"service_keys"`
-	TrustedCerts []string      `toml:"trusted_certs"`
-	Worker       WorkerConfig  `toml:"worker"`
-	YubiKey      YubiKeyConfig `toml:"yubikey"`
-	Relay        RelayConfig   `toml:"relay"`
+	Database string `toml:"database"`
+	// DatabasePasswordFile holds the PostgreSQL password (a systemd
+	// credential, for example); never in database itself.
+	DatabasePasswordFile string        `toml:"database_password_file"`
+	ServiceKeys          []string      `toml:"service_keys"`
+	TrustedCerts         []string      `toml:"trusted_certs"`
+	Worker               WorkerConfig  `toml:"worker"`
+	YubiKey              YubiKeyConfig `toml:"yubikey"`
+	Relay                RelayConfig   `toml:"relay"`
 
 	// path is the file the configuration came from, "" for the embedded
 	// default.
@@ -122,7 +125,10 @@ func loadConfig(path string) (*Config, error) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
-	abs(&cfg.Database)
+	if !isPostgres(cfg.Database) {
+		abs(&cfg.Database)
+	}
+	abs(&cfg.DatabasePasswordFile)
 	for i := range cfg.ServiceKeys {
 		abs(&cfg.ServiceKeys[i])
 	}
@@ -214,7 +220,7 @@ func (e *env) openStore() (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStore(cfg.Database, cfg.ServiceKeys)
+	st, err := openStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys)
 	if err != nil {
 		return nil, err
 	}
@@ -243,6 +249,7 @@ func init() {
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
 		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
+		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", cmdImportDebusineDB},
 		{"relay", "generate-key|fetch|sign|complete ...", "carry work requests to an offline host and back ([relay] table)", cmdRelay},
 		{"version", "", "print the version, VCS revision and build settings", cmdVersion},
 	}
