@@ -1,5 +1,3 @@
-//go:build cgo
-
 package main
 
 import (
@@ -28,9 +26,9 @@ import (
 )
 
 // virtualYubiKey is a PIV card that behaves like a YubiKey 5 as far as
-// piv-go and yubico-piv-tool can tell. It plugs into vsmartcard's virtual
+// piv.go and yubico-piv-tool can tell. It plugs into vsmartcard's virtual
 // reader driver (vpcd), which pcscd loads from /etc/reader.conf.d/vpcd, so
-// the code under test runs its real path: piv-go -> libpcsclite -> pcscd ->
+// the code under test runs its real path: piv.go -> pcsc.go -> pcscd ->
 // vpcd -> this card. The card holds real RSA keys and answers real
 // cryptography; only touch is not simulated. PIVCARD_DEBUG=1 in the
 // environment prints what vpcd sends the card.
@@ -230,8 +228,7 @@ func (c *virtualYubiKey) remove() {
 	// pcscd polls vpcd for the card every 400 ms. A real YubiKey takes its
 	// reader away when unplugged, which pcscd sees at once; waiting for the
 	// poll makes this removal look the same. (Otherwise a client may connect
-	// to the card pcscd still believes present, fail, and piv-go's Open
-	// leaks that exclusive handle until the process ends.)
+	// to the card pcscd still believes present, and fail.)
 	time.Sleep(time.Second)
 }
 
