@@ -18,6 +18,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -58,6 +59,10 @@ const (
 // pcscProtocols are the protocol versions (major 4) this client speaks,
 // newest first.
 var pcscProtocols = []int32{5, 4}
+
+// pcscAgreed is the minor version pcscd last accepted, tried first next
+// time: a session opened on Debian 12 then costs one connection, not two.
+var pcscAgreed atomic.Int32
 
 // pcscError is an error code (LONG) of the PC/SC API, as pcscd returns it.
 type pcscError uint32
@@ -159,7 +164,14 @@ type pcscContext struct {
 func pcscEstablish() (*pcscContext, error) {
 	path := pcscSocketPath()
 	var serverMinor int32 = -1
-	for _, minor := range pcscProtocols {
+	versions := pcscProtocols
+	if last := pcscAgreed.Load(); last != 0 {
+		versions = append([]int32{last}, versions...)
+	}
+	for i, minor := range versions {
+		if i > 0 && minor == versions[0] {
+			continue
+		}
 		c, err := pcscDial(path)
 		if err != nil {
 			return nil, err
@@ -183,6 +195,7 @@ func pcscEstablish() (*pcscContext, error) {
 			return nil, fmt.Errorf("pcscd at %s: protocol version 4:%d: %w", path, minor, rv)
 		}
 		c.minor = minor
+		pcscAgreed.Store(minor)
 		body = make([]byte, 12)
 		binary.NativeEndian.PutUint32(body[0:], pcscScopeSystem)
 		resp, err = c.call(pcscEstablishContext, body, 12)

@@ -44,6 +44,7 @@ type virtualYubiKey struct {
 	version    [3]byte
 	pin        []byte // padded to 8 bytes with 0xff, as sent in VERIFY
 	pinRetries int
+	notPIV     bool // refuses the PIV application, as another kind of card
 	puk        []byte
 	mgmtAlg    byte
 	mgmtKey    []byte
@@ -402,7 +403,7 @@ func (c *virtualYubiKey) apdu(cmd []byte) []byte {
 }
 
 func (c *virtualYubiKey) selectApp(p1 byte, aid []byte) []byte {
-	if p1 != 0x04 || !bytes.HasPrefix(aid, pivAID) || len(aid) < len(pivAID) {
+	if c.notPIV || p1 != 0x04 || !bytes.HasPrefix(aid, pivAID) || len(aid) < len(pivAID) {
 		c.selected = false
 		return status(swNotFound)
 	}

@@ -138,13 +138,17 @@ func (t *token) do(fn func(card *pivCard) error) error {
 		return err
 	}
 	t.close()
-	if fresh {
-		return fmt.Errorf("YubiKey %d: %w", t.serial, err)
+	if !fresh {
+		if card, err = t.session(); err != nil {
+			return err
+		}
+		err = fn(card)
+		if err == nil || !pcscGone(err) {
+			return err
+		}
+		t.close()
 	}
-	if card, err = t.session(); err != nil {
-		return err
-	}
-	return fn(card)
+	return fmt.Errorf("YubiKey %d: %w", t.serial, err)
 }
 
 // tokenKey is a crypto.Signer whose private key is in a YubiKey PIV slot.
