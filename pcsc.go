@@ -6,9 +6,11 @@ package main
 // (winscard_msg.h, winscard_clnt.c, winscard_svc.c): a request is a header
 // (body size, command), both uint32 in the host's byte order, then a fixed
 // C struct; the answer is the same struct with its fields filled in, without
-// a header. Debian 12's pcsc-lite 1.9.9 speaks protocol 4:4, 2.x speaks
-// 4:5; the messages used here are the same in both, and pcscd refuses a
-// client of another version, so the client asks for 4:5 first and 4:4 next.
+// a header. pcsc-lite 1.8.24 to 2.2 (Debian 12's 1.9.9) speak protocol 4:4,
+// 2.3 and 2.4 (Debian 13's 2.3.3) speak 4:5, 2.5 speaks 4:6 and accepts
+// both; the messages used here are the same in all, and pcscd before 2.4.1
+// refuses a client of another version, so the client asks for 4:5 first
+// and 4:4 next.
 
 import (
 	"bytes"
@@ -209,7 +211,7 @@ func pcscEstablish() (*pcscContext, error) {
 		c.ctx = binary.NativeEndian.Uint32(resp[4:])
 		return c, nil
 	}
-	return nil, fmt.Errorf("pcscd at %s speaks PC/SC protocol 4:%d, and this program speaks 4:5 (pcsc-lite 2.x) and 4:4 (pcsc-lite 1.8.24 to 1.9.9) only", path, serverMinor)
+	return nil, fmt.Errorf("pcscd at %s speaks PC/SC protocol 4:%d, and this program speaks 4:5 (pcsc-lite 2.3 and later) and 4:4 (pcsc-lite 1.8.24 to 2.2) only", path, serverMinor)
 }
 
 func pcscDial(path string) (*pcscContext, error) {
