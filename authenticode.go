@@ -77,6 +77,15 @@ func addAlgorithmIdentifier(b *cryptobyte.Builder, oid asn1.ObjectIdentifier) {
 
 func addSHA256AlgorithmIdentifier(b *cryptobyte.Builder) { addAlgorithmIdentifier(b, oidSHA256) }
 
+// addIssuerAndSerialNumber names a signer by its certificate (PKCS#7
+// IssuerAndSerialNumber).
+func addIssuerAndSerialNumber(b *cryptobyte.Builder, cert *x509.Certificate) {
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddBytes(cert.RawIssuer)
+		b.AddASN1BigInt(cert.SerialNumber)
+	})
+}
+
 // authenticodeSignature returns the DER ContentInfo(SignedData) signing
 // imageHash with signer, whose certificate is cert: the bytes
 // `sbsign --detached` writes and the attached mode embeds.
@@ -132,10 +141,7 @@ func authenticodeSignature(imageHash []byte, signer crypto.Signer, cert *x509.Ce
 				b.AddASN1(cbasn1.SET, func(b *cryptobyte.Builder) {
 					b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
 						b.AddASN1Int64(1)
-						b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
-							b.AddBytes(cert.RawIssuer)
-							b.AddASN1BigInt(cert.SerialNumber)
-						})
+						addIssuerAndSerialNumber(b, cert)
 						addSHA256AlgorithmIdentifier(b)
 						b.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(b *cryptobyte.Builder) {
 							b.AddBytes(attrs)

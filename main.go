@@ -234,7 +234,7 @@ func init() {
 		{"keys", "[--json]", "list the stored keys", cmdKeys},
 		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c]", "generate a key, print its fingerprint", cmdGenerateKey},
 		{"import-key", "--purpose P --private-key FILE ...", "import an existing private key", cmdImportKey},
-		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] FILE...", "sign files", cmdSign},
+		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] [--type T] [--replace] FILE...", "sign files", cmdSign},
 		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
@@ -560,10 +560,16 @@ func cmdSign(e *env, args []string) error {
 	fs.Var(&keys, "key", "key `fingerprint` (openpgp: repeat to sign with several keys)")
 	mode := fs.String("mode", "", "uefi: detached|attached; openpgp: detached|clear|debsign")
 	output := fs.String("output", "", "output `path` (one FILE only; a directory for debsign)")
+	typ := fs.String("type", "", "uefi: efi or linux-module (default: linux-module for FILEs named *.ko)")
+	replace := fs.Bool("replace", false, "linux-module: replace a module's existing signature")
 	if err := parseFlags(fs, e, args); err != nil {
 		return err
 	}
 	if err := checkPurpose(*purpose); err != nil {
+		return err
+	}
+	modules, err := kmodChosen(*purpose, *typ, *replace, fs.Args())
+	if err != nil {
 		return err
 	}
 	if *purpose == purposeUEFI && len(keys) != 1 {
@@ -572,6 +578,9 @@ func cmdSign(e *env, args []string) error {
 	st, err := e.openStore()
 	if err != nil {
 		return err
+	}
+	if modules {
+		return signKmodFiles(st, keys[0], *mode, *output, *replace, fs.Args())
 	}
 	if *purpose == purposeUEFI {
 		return signUEFIFiles(st, keys[0], *mode, *output, fs.Args())

@@ -372,7 +372,7 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 		for i, in := range inputs {
 			for _, name := range in.files {
 				r := signResult{File: name}
-				if strings.HasSuffix(name, ".ko") {
+				if strings.HasSuffix(name, kmodSuffix) && (w.skipKernelModules || d.Purpose != purposeUEFI) {
 					msg := "Skipped kernel module (not yet supported)"
 					r.ErrorMessage = &msg
 				} else {
@@ -439,7 +439,11 @@ func (w *worker) fileSigner(k *Key) (func(ctx context.Context, tr *taskRun, in, 
 			if err != nil {
 				return err
 			}
-			sig, err := signUEFIDetached(w.st, k, signer, cert, in, f, fi.Size(), ac)
+			sign := signUEFIDetached
+			if strings.HasSuffix(in, kmodSuffix) {
+				sign = signKmodDetached
+			}
+			sig, err := sign(w.st, k, signer, cert, in, f, fi.Size(), ac)
 			if err != nil {
 				return err
 			}

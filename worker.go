@@ -41,6 +41,7 @@ type worker struct {
 	trusted             map[string]bool // trusted_certs, upper-case hex
 	once                bool
 	workDir             string // where per-task directories are made
+	skipKernelModules   bool   // sign_kernel_modules = false: skip .ko files as Debusine does
 
 	// wsDelay is the pause before reconnecting the WebSocket; onceQuiet is
 	// how long --once waits for a notification after the server said it had
@@ -618,6 +619,7 @@ func cmdWorker(e *env, args []string) error {
 		tokenFile: wc.TokenFile, activationTokenFile: wc.ActivationTokenFile,
 		trusted: trusted, once: *once, workDir: os.TempDir(),
 		wsDelay: wsJitter, onceQuiet: 10 * time.Second,
+		skipKernelModules: !wc.signKernelModules(),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
