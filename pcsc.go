@@ -373,12 +373,13 @@ func (k *pcscCard) Disconnect() error {
 }
 
 // Begin starts a transaction: pcscd lets no other connection use the card
-// until End.
+// until End. While another program holds the card, it waits, polling as
+// libpcsclite does, up to pcscTimeout.
 func (k *pcscCard) Begin() error {
+	deadline := time.Now().Add(pcscTimeout)
 	for {
 		err := k.handleCall(pcscBeginTransaction)
-		// libpcsclite polls while another program holds the card.
-		if err != pcscErrSharingViolation {
+		if err != pcscErrSharingViolation || time.Now().After(deadline) {
 			return err
 		}
 		time.Sleep(100 * time.Millisecond)
