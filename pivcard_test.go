@@ -210,6 +210,34 @@ func (c *virtualYubiKey) insert(t testing.TB) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("virtual card: pcscd did not power the card on port %d", c.port)
 	}
+	// vpcd powers the card before pcscd has asked for its ATR; a program
+	// connecting in between (yubico-piv-tool) would be refused. Ready is
+	// when pcscd lists the card powered, with its ATR.
+	reader := fmt.Sprintf("Virtual PCD 00 %02d", c.port-vpcdFirstPort)
+	for deadline := time.Now().Add(15 * time.Second); !cardListed(reader); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("virtual card: pcscd does not list the card in %q", reader)
+		}
+	}
+}
+
+// cardListed says whether pcscd lists a powered card in reader.
+func cardListed(reader string) bool {
+	c, err := pcscEstablish()
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	readers, err := c.Readers()
+	if err != nil {
+		return false
+	}
+	for _, r := range readers {
+		if r.Name == reader {
+			return r.State&0x0010 != 0 && len(r.ATR) > 0 // SCARD_POWERED
+		}
+	}
+	return false
 }
 
 // remove pulls the card out of the reader.
