@@ -1,8 +1,10 @@
 package main
 
 // The HTTP side of the worker <-> server protocol (docs/protocol.md §1–§4): one
-// client, every call retried on connection errors and 5xx, RFC 7807 errors
-// turned into Go errors, resumable uploads and hash-checked downloads.
+// client, every call retried on connection errors and 5xx (with exponential
+// backoff, for [worker] retry_for), a few calls in flight at a time, RFC
+// 7807 errors turned into Go errors, resumable uploads and hash-checked
+// downloads.
 
 import (
 	"bytes"
@@ -25,6 +27,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,6 +39,16 @@ const maxChunk = 50 << 20
 // maxJSONBody bounds the API responses read into memory.
 const maxJSONBody = 16 << 20
 
+// defaultRetryFor is how long a failing call is retried when [worker]
+// retry_for is not set: long enough for a server restart or a database
+// failover, short enough that a task does not hang for hours.
+const defaultRetryFor = 10 * time.Minute
+
+// maxInFlight is how many calls the client has in flight at once: enough
+// to hide a network's round trips, few enough not to load the server (the
+// reference worker has one) or the disk.
+const maxInFlight = 4
+
 type apiClient struct {
 	base  string // api_url without a trailing slash
 	host  string // scheme://host of api_url: the only origin that gets the token
@@ -42,12 +56,15 @@ type apiClient struct {
 	hc    *http.Client
 	log   *slog.Logger
 
-	// attempts is how many times a call is tried when the connection fails
-	// or the server answers 5xx; delay is the pause before try n+1.
-	attempts int
+	// retryFor is how long a call is retried when the connection fails or
+	// the server answers 5xx, from its first failure; delay is the pause
+	// before try n+1.
+	retryFor time.Duration
 	delay    func(attempt int) time.Duration
 	// chunkSize is the upload chunk size (maxChunk; tests make it small).
 	chunkSize int64
+	// slots holds one token per call in flight (capacity maxInFlight).
+	slots chan struct{}
 }
 
 // newAPIClient checks api_url and builds the TLS client. Certificate
@@ -77,15 +94,16 @@ func newAPIClient(apiURL, caFile string, log *slog.Logger) (*apiClient, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	tr.ResponseHeaderTimeout = 5 * time.Minute
-	tr.MaxIdleConnsPerHost = 4
+	tr.MaxIdleConnsPerHost = maxInFlight
 	return &apiClient{
 		base:      strings.TrimRight(apiURL, "/"),
 		host:      u.Scheme + "://" + u.Host,
 		hc:        &http.Client{Transport: tr},
 		log:       log,
-		attempts:  6,
+		retryFor:  defaultRetryFor,
 		delay:     backoffDelay,
 		chunkSize: maxChunk,
+		slots:     make(chan struct{}, maxInFlight),
 	}, nil
 }
 
@@ -150,6 +168,42 @@ func httpStatus(err error) int {
 	return 0
 }
 
+// retrier paces the retries of one call: exponential backoff (c.delay)
+// for as long as c.retryFor since the first failure, or until ctx ends
+// when forever is set.
+type retrier struct {
+	c       *apiClient
+	forever bool
+	n       int // failures since the last success
+	first   time.Time
+}
+
+// again decides after a failed attempt: nil when the call should be tried
+// again (after the pause, which it sleeps), else the error to give up with.
+// msg and args describe the call in the log.
+func (r *retrier) again(ctx context.Context, err error, msg string, args ...any) error {
+	if !retryable(ctx, err) {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	if r.n == 0 {
+		r.first = time.Now()
+	}
+	d := r.c.delay(r.n)
+	if !r.forever {
+		left := r.c.retryFor - time.Since(r.first)
+		if left <= 0 {
+			return fmt.Errorf("%w (still failing after retrying for %s, [worker] retry_for)", err, r.c.retryFor)
+		}
+		d = min(d, left)
+	}
+	r.n++
+	r.c.log.Warn(msg, append(args, "error", err, "retry_in", d)...)
+	return sleepCtx(ctx, d)
+}
+
 // retryable says whether a failed attempt may succeed when repeated: the
 // connection failed, or the server had a 5xx moment.
 func retryable(ctx context.Context, err error) bool {
@@ -201,6 +255,12 @@ func (c *apiClient) once(ctx context.Context, r *request) (*response, error) {
 	if !r.noAuth && c.token != "" {
 		req.Header.Set("Token", c.token)
 	}
+	select {
+	case c.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-c.slots }()
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return nil, err
@@ -220,33 +280,40 @@ func (c *apiClient) once(ctx context.Context, r *request) (*response, error) {
 	if limit == 0 {
 		limit = maxJSONBody
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: reading the answer: %w", r.method, r.url, err)
 	}
 	if !good {
-		return nil, newAPIError(r.method, r.url, resp, data)
+		return nil, newAPIError(r.method, r.url, resp, data[:min(int64(len(data)), limit)])
+	}
+	if int64(len(data)) > limit {
+		// Not retried (it is an apiError with a status under 500): the
+		// same answer would come back.
+		return nil, &apiError{Method: r.method, URL: r.url, Status: resp.StatusCode,
+			Body: fmt.Sprintf("the answer is larger than %s, the most this worker reads from the API", sizeString(limit))}
 	}
 	return &response{status: resp.StatusCode, header: resp.Header, body: data}, nil
 }
 
+// sizeString says n bytes in MiB when it is a whole number of them.
+func sizeString(n int64) string {
+	if n%(1<<20) == 0 {
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
 // send performs r, repeating it after connection errors and 5xx answers
-// up to c.attempts times (forever when attempts < 0).
-func (c *apiClient) send(ctx context.Context, r *request, attempts int) (*response, error) {
-	for attempt := 0; ; attempt++ {
+// for c.retryFor (until ctx ends when forever is set).
+func (c *apiClient) send(ctx context.Context, r *request, forever bool) (*response, error) {
+	rt := &retrier{c: c, forever: forever}
+	for {
 		resp, err := c.once(ctx, r)
 		if err == nil {
 			return resp, nil
 		}
-		if !retryable(ctx, err) || (attempts >= 0 && attempt+1 >= attempts) {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, err
-		}
-		d := c.delay(attempt)
-		c.log.Warn("API call failed, retrying", "method", r.method, "url", r.url, "error", err, "retry_in", d)
-		if err := sleepCtx(ctx, d); err != nil {
+		if err := rt.again(ctx, err, "API call failed, retrying", "method", r.method, "url", r.url); err != nil {
 			return nil, err
 		}
 	}
@@ -274,7 +341,7 @@ func (c *apiClient) call(ctx context.Context, method, p string, in, out any, ok 
 		}
 		r.body = b
 	}
-	resp, err := c.send(ctx, r, c.attempts)
+	resp, err := c.send(ctx, r, false)
 	if err != nil {
 		return 0, err
 	}
@@ -311,13 +378,16 @@ type workRequest struct {
 	TaskData        json.RawMessage `json:"task_data"`
 	DynamicTaskData json.RawMessage `json:"dynamic_task_data"`
 	Workspace       string          `json:"workspace"`
+	// Worker is this worker's id on the server, which assigned it the
+	// work request.
+	Worker *int64 `json:"worker"`
 }
 
 // getNext asks for work; nil, nil means none (204).
 func (c *apiClient) getNext(ctx context.Context) (*workRequest, error) {
 	var wr workRequest
 	r := &request{method: http.MethodGet, url: c.base + "/1.0/work-request/get-next-for-worker/", ok: []int{200, 204}}
-	resp, err := c.send(ctx, r, c.attempts)
+	resp, err := c.send(ctx, r, false)
 	if err != nil {
 		return nil, err
 	}
@@ -330,11 +400,31 @@ func (c *apiClient) getNext(ctx context.Context) (*workRequest, error) {
 	return &wr, nil
 }
 
+// workRequestState is what the server says of a work request: its status
+// (pending, running, completed, aborted, blocked) and the worker it is
+// assigned to (null once aborted or de-assigned).
+type workRequestState struct {
+	Status string `json:"status"`
+	Worker *int64 `json:"worker"`
+}
+
+// workRequestState reads GET work-request/{id}/, which Debusine lets worker
+// tokens read (its view allows a worker's GET; workers may display any work
+// request). The server never tells a worker that a work request it runs
+// was aborted: this is how the worker finds out.
+func (c *apiClient) workRequestState(ctx context.Context, id int64) (*workRequestState, error) {
+	var st workRequestState
+	if _, err := c.call(ctx, http.MethodGet, fmt.Sprintf("work-request/%d/", id), nil, &st, 200); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
 // complete delivers a completion body, retrying connection errors and 5xx
 // until ctx ends: a result is never dropped while the server can be reached.
 func (c *apiClient) complete(ctx context.Context, id int64, body []byte) error {
 	r := &request{method: http.MethodPut, url: fmt.Sprintf("%s/1.0/work-request/%d/completed/", c.base, id), body: body, ok: []int{200}}
-	_, err := c.send(ctx, r, -1)
+	_, err := c.send(ctx, r, true)
 	return err
 }
 
@@ -420,7 +510,7 @@ func (c *apiClient) download(ctx context.Context, root *os.Root, name string, fi
 		}
 		return nil
 	}}
-	_, err = c.send(ctx, r, c.attempts)
+	_, err = c.send(ctx, r, false)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -465,50 +555,95 @@ func (o *outFile) open() (io.ReaderAt, int64, func(), error) {
 // createArtifact creates an artifact holding files, uploads the contents the
 // server still lacks, then adds a relates-to relation to each of relatesTo.
 func (c *apiClient) createArtifact(ctx context.Context, category, workspace string, workRequest int64, data any, files []outFile, relatesTo []int64) (int64, error) {
+	a, err := c.newArtifact(ctx, category, workspace, workRequest, data, files)
+	if err != nil {
+		return 0, err
+	}
+	return a.ID, c.finishArtifact(ctx, a, files, relatesTo)
+}
+
+// newArtifact creates an artifact holding files (their names, sizes and
+// SHA-256), without their contents.
+func (c *apiClient) newArtifact(ctx context.Context, category, workspace string, workRequest int64, data any, files []outFile) (*artifact, error) {
 	meta := make(map[string]fileInfo, len(files))
-	byName := make(map[string]*outFile, len(files))
 	for i := range files {
 		o := &files[i]
 		ra, size, done, err := o.open()
 		if err != nil {
-			return 0, fmt.Errorf("artifact file %s: %w", o.Name, err)
+			return nil, fmt.Errorf("artifact file %s: %w", o.Name, err)
 		}
 		h := sha256.New()
 		_, err = io.Copy(h, io.NewSectionReader(ra, 0, size))
 		done()
 		if err != nil {
-			return 0, fmt.Errorf("artifact file %s: %w", o.Name, err)
+			return nil, fmt.Errorf("artifact file %s: %w", o.Name, err)
 		}
 		ct := o.ContentType
 		meta[o.Name] = fileInfo{Size: size, Checksums: map[string]string{"sha256": hex.EncodeToString(h.Sum(nil))}, Type: "file", ContentType: &ct}
-		byName[o.Name] = o
 	}
 	body := map[string]any{"category": category, "workspace": workspace, "files": meta, "data": data, "work_request": workRequest}
 	var a artifact
 	if _, err := c.call(ctx, http.MethodPost, "artifact/", body, &a, 201); err != nil {
-		return 0, fmt.Errorf("creating the %s artifact: %w", category, err)
+		return nil, fmt.Errorf("creating the %s artifact: %w", category, err)
+	}
+	return &a, nil
+}
+
+// finishArtifact uploads, a few at a time, the files of a (created from
+// files) that the server still lacks, then relates a to each of relatesTo.
+func (c *apiClient) finishArtifact(ctx context.Context, a *artifact, files []outFile, relatesTo []int64) error {
+	byName := make(map[string]*outFile, len(files))
+	for i := range files {
+		byName[files[i].Name] = &files[i]
 	}
 	for _, name := range a.FilesToUpload {
-		o := byName[name]
-		if o == nil {
-			return 0, fmt.Errorf("artifact %d: the server wants file %q, which was not sent", a.ID, name)
-		}
-		ra, size, done, err := o.open()
-		if err != nil {
-			return 0, fmt.Errorf("artifact file %s: %w", name, err)
-		}
-		err = c.upload(ctx, a.ID, name, ra, size)
-		done()
-		if err != nil {
-			return 0, err
+		if byName[name] == nil {
+			return fmt.Errorf("artifact %d: the server wants file %q, which was not sent", a.ID, name)
 		}
 	}
-	for _, t := range relatesTo {
-		if err := c.relate(ctx, a.ID, t); err != nil {
-			return 0, err
+	err := parallel(ctx, len(a.FilesToUpload), cap(c.slots), func(ctx context.Context, i int) error {
+		name := a.FilesToUpload[i]
+		ra, size, done, err := byName[name].open()
+		if err != nil {
+			return fmt.Errorf("artifact file %s: %w", name, err)
 		}
+		defer done()
+		return c.upload(ctx, a.ID, name, ra, size)
+	})
+	if err != nil {
+		return err
 	}
-	return a.ID, nil
+	return parallel(ctx, len(relatesTo), cap(c.slots), func(ctx context.Context, i int) error {
+		return c.relate(ctx, a.ID, relatesTo[i])
+	})
+}
+
+// parallel runs fn(ctx, i) for every i in [0, n), in order of i, at most
+// limit at a time. The first failure cancels the calls still running,
+// starts no more, and is what parallel returns.
+func parallel(ctx context.Context, n, limit int, fn func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(n, max(limit, 1)) {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := fn(ctx, i); err != nil {
+					cancel(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return nil
 }
 
 func (c *apiClient) relate(ctx context.Context, from, to int64) error {
@@ -529,14 +664,22 @@ func (c *apiClient) uploadURL(id int64, name string) string {
 }
 
 // upload sends one file's content with the resumable protocol of §4.3:
-// probe for the offset the server holds, send chunks from there, re-probe
+// send chunks from offset 0, re-probe for the offset the server holds
 // after any connection error or 5xx (so a broken connection resumes rather
 // than restarts), and start again from zero when the server answers 409
 // (its hash check failed and it dropped the partial file).
+//
+// Unlike Debusine's own client, the first chunk is sent without probing
+// first (a probe is a round trip per file): Debusine's upload view accepts
+// a chunk starting at 0 whatever it holds of the file, since it only
+// refuses a chunk that would leave a gap (nothing yet: it starts the file;
+// part of it: it writes over it from the start; all of it: it answers 201).
+// An empty file is probed, as a chunk cannot be empty.
 func (c *apiClient) upload(ctx context.Context, id int64, name string, ra io.ReaderAt, size int64) error {
 	u := c.uploadURL(id, name)
-	failures, restarts := 0, 0
-	probe := true
+	rt := &retrier{c: c}
+	restarts := 0
+	probe := size == 0
 	var off int64
 	for {
 		var r *request
@@ -558,26 +701,21 @@ func (c *apiClient) upload(ctx context.Context, id int64, name string, ra io.Rea
 		resp, err := c.once(ctx, r)
 		switch {
 		case err == nil:
-			failures = 0
+			rt.n = 0
 		case httpStatus(err) == http.StatusConflict && restarts < 3:
 			restarts++
 			c.log.Warn("upload hash mismatch at the server, restarting the file", "artifact", id, "file", name, "error", err)
 			off, probe = 0, false
 			continue
-		case retryable(ctx, err) && failures+1 < c.attempts:
-			d := c.delay(failures)
-			failures++
-			c.log.Warn("upload interrupted, resuming", "artifact", id, "file", name, "error", err, "retry_in", d)
-			if err := sleepCtx(ctx, d); err != nil {
-				return err
+		default:
+			if err := rt.again(ctx, err, "upload interrupted, resuming", "artifact", id, "file", name); err != nil {
+				if ctx.Err() != nil {
+					return err
+				}
+				return fmt.Errorf("uploading %s to artifact %d: %w", name, id, err)
 			}
 			probe = true
 			continue
-		default:
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("uploading %s to artifact %d: %w", name, id, err)
 		}
 		if resp.status == 201 || (probe && resp.status == 200) {
 			return nil

@@ -8,8 +8,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -50,21 +53,32 @@ type AuditRow struct {
 	Data        json.RawMessage `json:"data"`
 	CreatedAt   string          `json:"created_at"`
 	WorkRequest *int64          `json:"created_by_work_request_id"`
-	PrevHash    string          `json:"prev_hash"`
-	Hash        string          `json:"hash"`
+	// ProgramVersion is the build that wrote the row; "" for rows written
+	// before rows recorded it (schema version 1), hashed as they were then.
+	ProgramVersion string `json:"program_version"`
+	PrevHash       string `json:"prev_hash"`
+	Hash           string `json:"hash"`
+	// MAC authenticates Hash with the audit key (see auditkey.go).
+	MAC string `json:"mac"`
 }
 
 var genesisHash = strings.Repeat("0", 64)
 
 // hash commits to every field of the row and to the previous row's hash.
 // Fields are length-prefixed so that no two different rows encode alike.
+// Rows of schema version 1 had no program version and are hashed without
+// it, so that their hashes, and the chain through them, stay valid.
 func (r *AuditRow) computeHash() string {
 	h := sha256.New()
 	wr := ""
 	if r.WorkRequest != nil {
 		wr = strconv.FormatInt(*r.WorkRequest, 10)
 	}
-	for _, f := range []string{strconv.FormatInt(r.ID, 10), r.Event, r.Purpose, r.Fingerprint, string(r.Data), r.CreatedAt, wr, r.PrevHash} {
+	fields := []string{strconv.FormatInt(r.ID, 10), r.Event, r.Purpose, r.Fingerprint, string(r.Data), r.CreatedAt, wr, r.PrevHash}
+	if r.ProgramVersion != "" {
+		fields = append(fields, r.ProgramVersion)
+	}
+	for _, f := range fields {
 		var n [binary.MaxVarintLen64]byte
 		h.Write(n[:binary.PutUvarint(n[:], uint64(len(f)))])
 		h.Write([]byte(f))
@@ -74,13 +88,21 @@ func (r *AuditRow) computeHash() string {
 
 // Audit appends one row to the audit log, durably (synchronous=FULL).
 func (s *Store) Audit(e AuditEntry) error {
+	return s.auditAll([]AuditEntry{e})
+}
+
+// auditAll appends the entries to the audit log in one transaction: all of
+// them or none.
+func (s *Store) auditAll(entries []AuditEntry) error {
 	tx, err := s.db.Begin()
 	if err != nil {
 		return fmt.Errorf("audit log: %w", sqliteError(err))
 	}
 	defer tx.Rollback()
-	if err := appendAudit(tx, e); err != nil {
-		return err
+	for _, e := range entries {
+		if err := s.appendAudit(tx, e); err != nil {
+			return err
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("audit log: %w", err)
@@ -88,10 +110,14 @@ func (s *Store) Audit(e AuditEntry) error {
 	return nil
 }
 
-// appendAudit adds a hash-chained row inside tx, which must hold the write
-// lock (every transaction here begins IMMEDIATE) so that no other process
-// can append between reading the chain's head and inserting.
-func appendAudit(tx *sql.Tx, e AuditEntry) error {
+// appendAudit adds a hash-chained, authenticated row inside tx, which must
+// hold the write lock (every transaction here begins IMMEDIATE) so that no
+// other process can append between reading the chain's head and inserting.
+func (s *Store) appendAudit(tx *sql.Tx, e AuditEntry) error {
+	ak, err := s.auditKey(tx)
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
 	data, err := json.Marshal(e.Data)
 	if err != nil {
 		return fmt.Errorf("audit log: encoding data: %w", err)
@@ -99,7 +125,8 @@ func appendAudit(tx *sql.Tx, e AuditEntry) error {
 	if e.Data == nil {
 		data = []byte("{}")
 	}
-	r := AuditRow{Event: e.Event, Purpose: e.Purpose, Fingerprint: e.Fingerprint, Data: data, CreatedAt: nowUTC(), WorkRequest: e.WorkRequest}
+	r := AuditRow{Event: e.Event, Purpose: e.Purpose, Fingerprint: e.Fingerprint, Data: data, CreatedAt: nowUTC(),
+		WorkRequest: e.WorkRequest, ProgramVersion: programVersion()}
 	err = tx.QueryRow("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").Scan(&r.ID, &r.PrevHash)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
@@ -109,9 +136,10 @@ func appendAudit(tx *sql.Tx, e AuditEntry) error {
 	}
 	r.ID++
 	r.Hash = r.computeHash()
-	if _, err := tx.Exec(`INSERT INTO audit_log (id, event, purpose, fingerprint, data, created_at, created_by_work_request_id, prev_hash, hash)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		r.ID, r.Event, r.Purpose, r.Fingerprint, string(r.Data), r.CreatedAt, r.WorkRequest, r.PrevHash, r.Hash); err != nil {
+	r.MAC = ak.rowMAC(r.Hash)
+	if _, err := tx.Exec(`INSERT INTO audit_log (id, event, purpose, fingerprint, data, created_at, created_by_work_request_id, program_version, prev_hash, hash, mac)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		r.ID, r.Event, r.Purpose, r.Fingerprint, string(r.Data), r.CreatedAt, r.WorkRequest, r.ProgramVersion, r.PrevHash, r.Hash, r.MAC); err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
 	return nil
@@ -125,7 +153,28 @@ type AuditFilter struct {
 
 // AuditRows returns the rows matching f, oldest first.
 func (s *Store) AuditRows(f AuditFilter) ([]AuditRow, error) {
-	q := "SELECT id, event, purpose, fingerprint, data, created_at, created_by_work_request_id, prev_hash, hash FROM audit_log WHERE 1 = 1"
+	return queryAuditRows(s.db, f)
+}
+
+// auditColumns are the columns scanAuditRow reads, in its order.
+const auditColumns = "id, event, purpose, fingerprint, data, created_at, created_by_work_request_id, coalesce(program_version, ''), prev_hash, hash, coalesce(mac, '')"
+
+func scanAuditRow(rows interface{ Scan(...any) error }) (AuditRow, error) {
+	var r AuditRow
+	var data string
+	if err := rows.Scan(&r.ID, &r.Event, &r.Purpose, &r.Fingerprint, &data, &r.CreatedAt, &r.WorkRequest, &r.ProgramVersion, &r.PrevHash, &r.Hash, &r.MAC); err != nil {
+		return r, fmt.Errorf("audit log: %w", err)
+	}
+	r.Data = json.RawMessage(data)
+	return r, nil
+}
+
+// queryAuditRows reads the rows matching f, oldest first, through db or a
+// transaction.
+func queryAuditRows(db interface {
+	Query(string, ...any) (*sql.Rows, error)
+}, f AuditFilter) ([]AuditRow, error) {
+	q := "SELECT " + auditColumns + " FROM audit_log WHERE 1 = 1"
 	var args []any
 	if f.Fingerprint != "" {
 		q += " AND fingerprint = ?"
@@ -135,38 +184,72 @@ func (s *Store) AuditRows(f AuditFilter) ([]AuditRow, error) {
 		q += " AND created_by_work_request_id = ?"
 		args = append(args, *f.WorkRequest)
 	}
-	rows, err := s.db.Query(q+" ORDER BY id", args...)
+	rows, err := db.Query(q+" ORDER BY id", args...)
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", sqliteError(err))
 	}
 	defer rows.Close()
 	var out []AuditRow
 	for rows.Next() {
-		var r AuditRow
-		var data string
-		if err := rows.Scan(&r.ID, &r.Event, &r.Purpose, &r.Fingerprint, &data, &r.CreatedAt, &r.WorkRequest, &r.PrevHash, &r.Hash); err != nil {
-			return nil, fmt.Errorf("audit log: %w", err)
+		r, err := scanAuditRow(rows)
+		if err != nil {
+			return nil, err
 		}
-		r.Data = json.RawMessage(data)
 		out = append(out, r)
 	}
 	return out, rows.Err()
 }
 
-// AuditVerification is the outcome of recomputing the hash chain.
+// AuditVerification is the outcome of verifying the audit log.
 type AuditVerification struct {
 	Rows int
-	Head string // hash of the last row: record it elsewhere to detect truncation
+	Head string // hash of the last row: a checkpoint signs it with the size
 }
 
-// VerifyAudit recomputes the hash chain from the first row and reports the
-// first row that does not match: edited, deleted (the next row's prev_hash
-// then names a hash no row has) or reordered rows all break it.
+// VerifyAudit checks the schema and triggers, recomputes the hash chain
+// from the first row and checks every row's authentication code, and
+// reports the first row that does not match: edited, deleted (the next
+// row's prev_hash then names a hash no row has), reordered, or written by
+// someone without the audit key. Removing the newest rows leaves a valid
+// shorter log: only a checkpoint kept elsewhere shows that (VerifyCheckpoint).
 func (s *Store) VerifyAudit() (AuditVerification, error) {
+	v, err := s.verifyRows()
+	if schemaErr := s.checkSchema(); schemaErr != nil {
+		if err != nil {
+			return v, fmt.Errorf("%w; and %v", err, schemaErr)
+		}
+		return v, schemaErr
+	}
+	return v, err
+}
+
+func (s *Store) verifyRows() (AuditVerification, error) {
+	ak, err := s.auditKey(nil)
+	if err != nil {
+		return AuditVerification{}, fmt.Errorf("audit log: %w", err)
+	}
 	rows, err := s.AuditRows(AuditFilter{})
 	if err != nil {
 		return AuditVerification{}, err
 	}
+	// The first row that fails either check is the one named: the chain
+	// names a row changed without recomputing hashes, the authentication
+	// code one rewritten with recomputed hashes.
+	v, err := verifyChain(rows)
+	for i, r := range rows {
+		if i >= v.Rows && err != nil {
+			break
+		}
+		if !ak.checkRowMAC(r.Hash, r.MAC) {
+			return v, fmt.Errorf("audit log broken at row %d: its authentication code does not match (row written or rewritten without the audit key)", r.ID)
+		}
+	}
+	return v, err
+}
+
+// verifyChain recomputes the hash chain of rows, which must be the whole
+// log, oldest first.
+func verifyChain(rows []AuditRow) (AuditVerification, error) {
 	v := AuditVerification{Head: genesisHash}
 	var prevID int64
 	for _, r := range rows {
@@ -200,4 +283,79 @@ func (r *AuditRow) String() string {
 		created = t.Format(time.RFC3339)
 	}
 	return fmt.Sprintf("%d\t%s\t%-9s\t%s:%s\t%s\t%s", r.ID, created, r.Event, r.Purpose, r.Fingerprint, wr, r.Data)
+}
+
+// schemaObject is one table, index or trigger of the database.
+type schemaObject struct{ kind, name, sql string }
+
+// schemaObjects lists the tables, indexes and triggers of db (SQLite's own
+// catalogue; another engine would compare its own).
+func schemaObjects(db querier) (map[string]schemaObject, error) {
+	rows, err := db.Query("SELECT type, name, coalesce(sql, '') FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'")
+	if err != nil {
+		return nil, sqliteError(err)
+	}
+	defer rows.Close()
+	objs := map[string]schemaObject{}
+	for rows.Next() {
+		var o schemaObject
+		if err := rows.Scan(&o.kind, &o.name, &o.sql); err != nil {
+			return nil, err
+		}
+		objs[o.name] = o
+	}
+	return objs, rows.Err()
+}
+
+// expectedSchema is what schema.sql makes of an empty database.
+var expectedSchema = sync.OnceValues(func() (map[string]schemaObject, error) {
+	db, err := sql.Open("sqlite", ":memory:")
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	for _, section := range schemaSections() {
+		if _, err := db.Exec(section); err != nil {
+			return nil, fmt.Errorf("schema.sql: %w", err)
+		}
+	}
+	return schemaObjects(db)
+})
+
+// checkSchema checks that the database's schema version, tables, indexes
+// and triggers are exactly those this version makes: a dropped or altered
+// trigger no longer protects the log, even if every row still verifies.
+func (s *Store) checkSchema() error {
+	var version int
+	if err := s.db.QueryRow("PRAGMA user_version").Scan(&version); err != nil {
+		return sqliteError(err)
+	}
+	if version != len(schemaSections()) {
+		return fmt.Errorf("database schema version %d, this program expects %d", version, len(schemaSections()))
+	}
+	want, err := expectedSchema()
+	if err != nil {
+		return err
+	}
+	have, err := schemaObjects(s.db)
+	if err != nil {
+		return err
+	}
+	names := slices.Sorted(maps.Keys(want))
+	for _, name := range names {
+		o, ok := have[name]
+		switch {
+		case !ok:
+			return fmt.Errorf("database schema changed: %s %s is missing (dropped?); the audit log is not protected", want[name].kind, name)
+		case o != want[name]:
+			return fmt.Errorf("database schema changed: %s %s is not what this version expects (altered?)", o.kind, name)
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(have)) {
+		if _, ok := want[name]; !ok {
+			return fmt.Errorf("database schema changed: unexpected %s %s", have[name].kind, name)
+		}
+	}
+	return nil
 }

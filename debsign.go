@@ -186,7 +186,7 @@ type debUpload struct {
 }
 
 func readUpload(changesPath string) (*debUpload, error) {
-	data, err := os.ReadFile(changesPath)
+	data, err := readInput(changesPath, ".changes", maxTextSize)
 	if err != nil {
 		return nil, err
 	}
@@ -239,7 +239,7 @@ func readUpload(changesPath string) (*debUpload, error) {
 		return nil, fmt.Errorf("%s lists no files (no Files or Checksums-* field)", changesPath)
 	}
 	for _, name := range u.files {
-		f, err := os.Open(filepath.Join(u.dir, name))
+		f, _, err := openInput(filepath.Join(u.dir, name))
 		if err != nil {
 			return nil, fmt.Errorf("%s lists %s, which cannot be read: %w", changesPath, name, err)
 		}
@@ -268,10 +268,11 @@ func readUpload(changesPath string) (*debUpload, error) {
 // are audited.
 type debsignResult struct {
 	changesName string
-	signed      map[string][]byte // .dsc, .buildinfo and .changes, signed
-	order       []string          // signed files, the .changes last
-	inputSHA256 map[string]string // of each signed file as given
-	copies      []string          // listed files copied unchanged
+	signed      map[string][]byte         // .dsc, .buildinfo and .changes, signed
+	order       []string                  // signed files, the .changes last
+	inputSHA256 map[string]string         // of each signed file as given
+	copies      []string                  // listed files copied unchanged
+	copyDigests map[string]debFileDigests // what the .changes says of them
 }
 
 // debsignPrepare does what debsign --re-sign does, in memory: clear-sign
@@ -282,15 +283,17 @@ func debsignPrepare(u *debUpload, e *openpgp.Entity, now time.Time) (*debsignRes
 		changesName: u.changesName,
 		signed:      map[string][]byte{},
 		inputSHA256: map[string]string{},
+		copyDigests: map[string]debFileDigests{},
 	}
 	newDigests := map[string]debFileDigests{}
 	for _, name := range u.files {
 		if !strings.HasSuffix(name, ".dsc") && !strings.HasSuffix(name, ".buildinfo") {
 			res.copies = append(res.copies, name)
+			res.copyDigests[name] = u.digests[name]
 			continue
 		}
 		path := filepath.Join(u.dir, name)
-		data, err := os.ReadFile(path)
+		data, err := readInput(path, "signed file", maxTextSize)
 		if err != nil {
 			return nil, err
 		}
@@ -366,68 +369,82 @@ func debsignCheckOutputDir(dir string) error {
 	return nil
 }
 
-// writeDebsign puts the re-signed upload in outDir: the unchanged files
-// first, then the signed ones, the .changes last, each through a temporary
-// file and a rename so that no half-written file carries a final name.
+// writeDebsign puts the re-signed upload in outDir: every file is written
+// into a locked temporary directory beside it, which is then renamed to
+// outDir (rename(2) replaces an empty directory), so that outDir appears
+// whole or not at all. A run killed on the way leaves only the temporary
+// directory, which the next run removes (tempfiles.go), so a rerun works.
 func writeDebsign(res *debsignResult, srcDir, outDir string) (string, error) {
 	if err := debsignCheckOutputDir(outDir); err != nil {
 		return "", err
 	}
-	if err := os.MkdirAll(outDir, 0o755); err != nil {
+	outDir = filepath.Clean(outDir)
+	if err := os.MkdirAll(filepath.Dir(outDir), 0o755); err != nil {
 		return "", fmt.Errorf("creating output directory: %w", err)
 	}
+	tmp, lock, err := createOutputTempDir(outDir)
+	if err != nil {
+		return "", fmt.Errorf("creating output directory: %w", err)
+	}
+	defer lock.Close()
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(tmp)
+		}
+	}()
 	for _, name := range res.copies {
-		if err := pgpCopyFile(filepath.Join(srcDir, name), filepath.Join(outDir, name)); err != nil {
+		if err := debsignCopyFile(filepath.Join(srcDir, name), filepath.Join(tmp, name), res.copyDigests[name]); err != nil {
 			return "", err
 		}
 	}
 	for _, name := range res.order {
-		if err := pgpWriteFile(filepath.Join(outDir, name), res.signed[name]); err != nil {
-			return "", err
+		if err := os.WriteFile(filepath.Join(tmp, name), res.signed[name], 0o644); err != nil {
+			return "", fmt.Errorf("writing %s: %w", name, err)
 		}
 	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, outDir); err != nil {
+		return "", fmt.Errorf("output directory %s: %w", outDir, err)
+	}
+	ok = true
 	return filepath.Join(outDir, res.changesName), nil
+}
+
+// debsignCopyFile copies a file the .changes lists, unchanged, and checks
+// that the copy is what the .changes says: a file changed since it was
+// checked is not passed on under a signature that does not cover it.
+func debsignCopyFile(src, dst string, want debFileDigests) error {
+	in, _, err := openInput(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return err
+	}
+	got, err := debDigestsOf(io.TeeReader(in, out))
+	if err != nil {
+		out.Close()
+		return fmt.Errorf("copying %s: %w", src, err)
+	}
+	if got != want {
+		out.Close()
+		return fmt.Errorf("%s changed while being signed", src)
+	}
+	return out.Close()
 }
 
 // pgpWriteFile writes data to path through a temporary file in the same
 // directory and a rename.
 func pgpWriteFile(path string, data []byte) error {
-	return pgpWriteWith(path, func(w io.Writer) error {
-		_, err := w.Write(data)
+	if err := writeFileAtomic(path, func(f *os.File) error {
+		_, err := f.Write(data)
 		return err
-	})
-}
-
-func pgpCopyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	return pgpWriteWith(dst, func(w io.Writer) error {
-		_, err := io.Copy(w, in)
-		return err
-	})
-}
-
-func pgpWriteWith(path string, fill func(io.Writer) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := fill(tmp); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	}); err != nil {
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	return nil

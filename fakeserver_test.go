@@ -59,6 +59,7 @@ type fakeWorkRequest struct {
 }
 
 type fakeWorker struct {
+	ID         int64
 	Name       string
 	FQDN       string
 	WorkerType string
@@ -114,6 +115,9 @@ type fakeServer struct {
 	// hook, when set, sees each request first and may answer it itself
 	// (return true), e.g. with a 500 or a dropped connection.
 	hook func(w http.ResponseWriter, r *http.Request) bool
+	// latency delays every answer, as a server across a real network does
+	// (round trip, TLS, the application server's own time).
+	latency time.Duration
 }
 
 func newFakeServer(t testing.TB) *fakeServer {
@@ -182,7 +186,7 @@ func (s *fakeServer) worker(r *http.Request) (*fakeWorker, string) {
 func (s *fakeServer) addWorker(token string, enabled bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.workers[hashToken(token)] = &fakeWorker{Name: "signing-test", WorkerType: "signing", Enabled: enabled}
+	s.workers[hashToken(token)] = &fakeWorker{ID: s.newID(), Name: "signing-test", WorkerType: "signing", Enabled: enabled}
 }
 
 // enable enables every registered worker, as debusine-admin worker enable.
@@ -316,6 +320,7 @@ func (s *fakeServer) notify(w *fakeWorker, text string) {
 }
 
 var (
+	reWorkReq    = regexp.MustCompile(`^/api/1\.0/work-request/(\d+)/$`)
 	reCompleted  = regexp.MustCompile(`^/api/1\.0/work-request/(\d+)/completed/$`)
 	reArtifact   = regexp.MustCompile(`^/api/1\.0/artifact/(\d+)/$`)
 	reUpload     = regexp.MustCompile(`^/api/1\.0/artifact/(\d+)/files/(.+)/$`)
@@ -327,8 +332,9 @@ var (
 func (s *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.requests = append(s.requests, r.Method+" "+r.URL.Path)
-	hook := s.hook
+	hook, latency := s.hook, s.latency
 	s.mu.Unlock()
+	time.Sleep(latency)
 	if hook != nil && hook(w, r) {
 		return
 	}
@@ -364,6 +370,8 @@ func (s *fakeServer) handle(w http.ResponseWriter, r *http.Request) {
 		s.schedule()
 	case r.Method == "GET" && p == "/api/1.0/work-request/get-next-for-worker/":
 		s.getNext(w, r)
+	case r.Method == "GET" && reWorkReq.MatchString(p):
+		s.workRequest(w, r, reWorkReq.FindStringSubmatch(p))
 	case r.Method == "PUT" && reCompleted.MatchString(p):
 		s.completed(w, r, body, reCompleted.FindStringSubmatch(p))
 	case r.Method == "GET" && reArtifact.MatchString(p):
@@ -417,9 +425,9 @@ func (s *fakeServer) register(w http.ResponseWriter, r *http.Request, body []byt
 	}
 	if name, ok := s.activation[act]; ok {
 		delete(s.activation, act)
-		s.workers[h] = &fakeWorker{Name: name, FQDN: req.FQDN, WorkerType: "signing", Enabled: true}
+		s.workers[h] = &fakeWorker{ID: s.newID(), Name: name, FQDN: req.FQDN, WorkerType: "signing", Enabled: true}
 	} else {
-		s.workers[h] = &fakeWorker{Name: strings.ReplaceAll(req.FQDN, ".", "-"), FQDN: req.FQDN, WorkerType: req.WorkerType}
+		s.workers[h] = &fakeWorker{ID: s.newID(), Name: strings.ReplaceAll(req.FQDN, ".", "-"), FQDN: req.FQDN, WorkerType: req.WorkerType}
 	}
 	w.WriteHeader(201)
 }
@@ -448,7 +456,7 @@ func (s *fakeServer) getNext(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, 200, map[string]any{
 				"id": wr.ID, "url": fmt.Sprintf("/debusine/System/work-request/%d/", wr.ID), "task_name": wr.TaskName,
 				"created_at": "2025-03-01T10:00:00.123456Z", "created_by": wr.CreatedBy, "aborted_by": nil,
-				"started_at": nil, "completed_at": nil, "duration": nil, "worker": 17, "task_type": wr.TaskType,
+				"started_at": nil, "completed_at": nil, "duration": nil, "worker": wk.ID, "task_type": wr.TaskType,
 				"task_data": wr.TaskData, "dynamic_task_data": dyn, "priority_base": 0, "priority_adjustment": 0,
 				"workflow_data": map[string]any{}, "event_reactions": map[string]any{}, "status": "pending",
 				"result": "", "artifacts": []int{}, "scope": "debusine", "workspace": wr.Workspace,
@@ -457,6 +465,46 @@ func (s *fakeServer) getNext(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	w.WriteHeader(204)
+}
+
+// workRequest answers GET work-request/{id}/ with the fields of a work
+// request the worker reads (any enabled worker may read any).
+func (s *fakeServer) workRequest(w http.ResponseWriter, r *http.Request, m []string) {
+	if wk, _ := s.worker(r); wk == nil {
+		problem(w, 403, "You do not have permission to perform this action.", "")
+		return
+	}
+	id, _ := strconv.ParseInt(m[1], 10, 64)
+	wr := s.workRequestByID(id)
+	if wr == nil {
+		problem(w, 404, "No WorkRequest matches the given query.", "")
+		return
+	}
+	var worker any
+	for h, wk := range s.workers {
+		if h == wr.Worker {
+			worker = wk.ID
+		}
+	}
+	writeJSON(w, 200, map[string]any{"id": wr.ID, "task_name": wr.TaskName, "task_type": wr.TaskType, "status": wr.Status,
+		"worker": worker, "workspace": wr.Workspace, "scope": "debusine", "task_data": wr.TaskData})
+}
+
+func (s *fakeServer) workRequestByID(id int64) *fakeWorkRequest {
+	for _, x := range s.workReqs {
+		if x.ID == id {
+			return x
+		}
+	}
+	return nil
+}
+
+// abort aborts work request id as an administrator does in Debusine: the
+// status becomes aborted and the worker is unassigned, without a word to
+// the worker (mu held).
+func (s *fakeServer) abort(id int64) {
+	wr := s.workRequestByID(id)
+	wr.Status, wr.Worker = "aborted", ""
 }
 
 func (s *fakeServer) completed(w http.ResponseWriter, r *http.Request, body []byte, m []string) {
@@ -622,8 +670,8 @@ func (s *fakeServer) upload(w http.ResponseWriter, r *http.Request, body []byte,
 		return
 	}
 	switch {
-	case start != int64(len(f.content)):
-		problem(w, 400, "Invalid Content-Range", fmt.Sprintf("Server had %d bytes. Please continue from %d", len(f.content), len(f.content)))
+	case start > int64(len(f.content)):
+		problem(w, 400, "Invalid Content-Range", fmt.Sprintf("Server had received %d bytes of the file. New upload starts at %d. Please continue from %d", len(f.content), start, len(f.content)))
 		return
 	case int64(len(body)) != end-start+1:
 		problem(w, 400, "Invalid body length", "")
@@ -632,7 +680,12 @@ func (s *fakeServer) upload(w http.ResponseWriter, r *http.Request, body []byte,
 		problem(w, 400, "Writing past the end of the file", "")
 		return
 	}
-	f.content = append(f.content, body...)
+	// Like Debusine, write at start over what it holds: a chunk may
+	// start before the end of what was received, never after it.
+	if grown := start + int64(len(body)); grown > int64(len(f.content)) {
+		f.content = append(f.content, make([]byte, grown-int64(len(f.content)))...)
+	}
+	copy(f.content[start:], body)
 	if int64(len(f.content)) < f.Size {
 		w.Header().Set("Range", fmt.Sprintf("bytes=0-%d", len(f.content)))
 		w.WriteHeader(200)

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/crypto/curve25519"
@@ -48,6 +50,9 @@ type Store struct {
 	serviceKeys []*serviceKey
 	// yubikey configures access to keys held on a YubiKey; set by main.
 	yubikey YubiKeyConfig
+
+	auditKeyMu    sync.Mutex
+	auditKeyCache *auditKey // unsealed on first use (auditkey.go)
 }
 
 // Key is one row of the keys table.
@@ -144,18 +149,12 @@ type serviceKey struct {
 }
 
 func loadServiceKey(path string) (*serviceKey, error) {
-	f, err := os.Open(path)
+	harden()
+	f, fi, err := openInput(path)
 	if err != nil {
 		return nil, fmt.Errorf("service key: %w", err)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("service key: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("service key %s: not a regular file", path)
-	}
 	if fi.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("service key %s: permissions %04o are too open (readable by group or others); run chmod 600 %s", path, fi.Mode().Perm(), path)
 	}
@@ -217,6 +216,14 @@ func openStore(dbPath string, serviceKeyPaths []string) (*Store, error) {
 	if strings.ContainsAny(dbPath, "?#") {
 		return nil, fmt.Errorf("database %s: the path may not contain '?' or '#'", dbPath)
 	}
+	// Creating and migrating the schema is one exclusive step: a process
+	// that finds the database new or old waits here until the one before
+	// it has finished, instead of seeing half a schema.
+	unlock, err := lockDatabaseDir(dbPath)
+	if err != nil {
+		return nil, fmt.Errorf("database %s: %w", dbPath, err)
+	}
+	defer unlock()
 	// Create the file ourselves so that it is not world-readable; SQLite
 	// gives its -wal and -shm files the same permissions.
 	if f, err := os.OpenFile(dbPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
@@ -248,6 +255,29 @@ func openStore(dbPath string, serviceKeyPaths []string) (*Store, error) {
 }
 
 func (s *Store) Close() error { return s.db.Close() }
+
+// lockDatabaseDir takes an exclusive flock(2) on the directory holding the
+// database, waiting for it. It locks the directory rather than the file: a
+// descriptor this program opened and closed on the database file itself
+// would drop the POSIX locks SQLite holds on it in this process. The
+// returned function releases it.
+func lockDatabaseDir(dbPath string) (func(), error) {
+	d, err := os.Open(filepath.Dir(dbPath))
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err = syscall.Flock(int(d.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		d.Close()
+		return nil, fmt.Errorf("locking %s: %w", d.Name(), err)
+	}
+	return func() { d.Close() }, nil
+}
 
 // schemaSections splits schema.sql into its "-- version N" sections.
 func schemaSections() []string {
@@ -289,6 +319,15 @@ func checkDatabaseFile(path string) error {
 	return nil
 }
 
+// migrationSteps are the data steps that run right after a schema
+// section, in the same transaction: migrationSteps[N] after section N.
+var migrationSteps = map[int]func(*Store, *sql.Tx) error{
+	2: (*Store).sealAuditRowsV2,
+}
+
+// migrate brings the schema to this program's version, every pending
+// section in one transaction, and creates the audit key if there is none yet and a
+// service key is configured. openStore runs it under the directory lock.
 func (s *Store) migrate() error {
 	sections := schemaSections()
 	tx, err := s.db.Begin()
@@ -303,16 +342,24 @@ func (s *Store) migrate() error {
 	if version > len(sections) {
 		return fmt.Errorf("schema version %d is newer than this program knows (%d); upgrade debusine-signing", version, len(sections))
 	}
-	if version == len(sections) {
-		return nil
-	}
-	for _, section := range sections[version:] {
+	for i, section := range sections[version:] {
+		n := version + i + 1
 		if _, err := tx.Exec(section); err != nil {
+			return fmt.Errorf("migrating schema to version %d: %w", n, err)
+		}
+		if step := migrationSteps[n]; step != nil {
+			if err := step(s, tx); err != nil {
+				return fmt.Errorf("migrating schema to version %d: %w", n, err)
+			}
+		}
+	}
+	if version < len(sections) {
+		if _, err := tx.Exec(fmt.Sprintf("PRAGMA application_id = %d; PRAGMA user_version = %d", applicationID, len(sections))); err != nil {
 			return fmt.Errorf("migrating schema: %w", err)
 		}
 	}
-	if _, err := tx.Exec(fmt.Sprintf("PRAGMA application_id = %d; PRAGMA user_version = %d", applicationID, len(sections))); err != nil {
-		return fmt.Errorf("migrating schema: %w", err)
+	if _, err := s.ensureAuditKey(tx); err != nil {
+		return err
 	}
 	return tx.Commit()
 }
@@ -420,7 +467,7 @@ func (s *Store) AddKeyWithData(k *Key, event string, data map[string]any, workRe
 		k.Purpose, k.Fingerprint, string(k.PrivateKey), k.PublicKey, k.Description, now, now); err != nil {
 		return fmt.Errorf("storing key %s: %w", k, err)
 	}
-	if err := appendAudit(tx, AuditEntry{Event: event, Purpose: k.Purpose, Fingerprint: k.Fingerprint, Data: data, WorkRequest: workRequest}); err != nil {
+	if err := s.appendAudit(tx, AuditEntry{Event: event, Purpose: k.Purpose, Fingerprint: k.Fingerprint, Data: data, WorkRequest: workRequest}); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {
@@ -454,6 +501,7 @@ func (s *Store) Unseal(k *Key) ([]byte, error) {
 	if p.Storage != storageNaCl {
 		return nil, fmt.Errorf("key %s is held on a token (%s), it cannot be unsealed", k, p.Storage)
 	}
+	harden()
 	sk := s.serviceKeyFor(p.PublicKey)
 	if sk == nil {
 		return nil, fmt.Errorf("key %s is sealed to service public key %s, and no configured service key matches it", k, base64.StdEncoding.EncodeToString(p.PublicKey))
@@ -474,71 +522,75 @@ func (s *Store) serviceKeyFor(public []byte) *serviceKey {
 	return nil
 }
 
-// ReencryptKeys re-seals every software key that is not sealed to the first
-// service key, with one audit row per key, all in one transaction: either
-// every key moves to the new service key or none does.
-func (s *Store) ReencryptKeys() ([]*Key, error) {
+// ReencryptKeys re-seals every software key, and the audit key, that is
+// not sealed to the first service key, with one audit row per key, all in
+// one transaction: either every key moves to the new service key or none
+// does.
+func (s *Store) ReencryptKeys() (moved []*Key, auditKeyMoved bool, err error) {
 	if len(s.serviceKeys) == 0 {
-		return nil, errors.New("no service key configured (service_keys in the configuration)")
+		return nil, false, errors.New("no service key configured (service_keys in the configuration)")
 	}
 	first := s.serviceKeys[0]
 	tx, err := s.db.Begin()
 	if err != nil {
-		return nil, sqliteError(err)
+		return nil, false, sqliteError(err)
 	}
 	defer tx.Rollback()
 	rows, err := tx.Query("SELECT " + keyColumns + " FROM keys ORDER BY purpose, fingerprint")
 	if err != nil {
-		return nil, sqliteError(err)
+		return nil, false, sqliteError(err)
 	}
 	var keys []*Key
 	for rows.Next() {
 		k, err := scanKey(rows)
 		if err != nil {
 			rows.Close()
-			return nil, err
+			return nil, false, err
 		}
 		keys = append(keys, k)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return nil, sqliteError(err)
+		return nil, false, sqliteError(err)
 	}
-	var moved []*Key
+	auditMoved, err := s.reencryptAuditKey(tx)
+	if err != nil {
+		return nil, false, err
+	}
 	for _, k := range keys {
 		p, err := parseProtectedKey(k.PrivateKey)
 		if err != nil {
-			return nil, fmt.Errorf("key %s: %w", k, err)
+			return nil, false, fmt.Errorf("key %s: %w", k, err)
 		}
 		if p.Storage != storageNaCl || bytes.Equal(p.PublicKey, first.public[:]) {
 			continue
 		}
 		plain, err := s.Unseal(k)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		sealed, err := s.Seal(plain)
 		clear(plain)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if _, err := tx.Exec("UPDATE keys SET private_key = ?, updated_at = ? WHERE purpose = ? AND fingerprint = ?",
 			string(sealed), nowUTC(), k.Purpose, k.Fingerprint); err != nil {
-			return nil, fmt.Errorf("re-encrypting key %s: %w", k, err)
+			return nil, false, fmt.Errorf("re-encrypting key %s: %w", k, err)
 		}
 		data := map[string]any{
 			"from_service_key": base64.StdEncoding.EncodeToString(p.PublicKey),
 			"to_service_key":   base64.StdEncoding.EncodeToString(first.public[:]),
 		}
-		if err := appendAudit(tx, AuditEntry{Event: "reencrypt", Purpose: k.Purpose, Fingerprint: k.Fingerprint, Data: data}); err != nil {
-			return nil, err
+		if err := s.appendAudit(tx, AuditEntry{Event: "reencrypt", Purpose: k.Purpose, Fingerprint: k.Fingerprint, Data: data}); err != nil {
+			return nil, false, err
 		}
 		moved = append(moved, k)
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, fmt.Errorf("re-encrypting keys: %w", err)
+		return nil, false, fmt.Errorf("re-encrypting keys: %w", err)
 	}
-	return moved, nil
+	return moved, auditMoved, nil
 }
 
 // defaultStateDir is where the embedded default keeps its database and

@@ -14,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -96,9 +95,9 @@ type YubiKeyConfig struct {
 // line they are on, so that a misspelt key never silently falls back to a
 // default. Relative paths are taken relative to the file's directory.
 func loadConfig(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readInput(path, "configuration", maxTextSize)
 	if err != nil {
-		return nil, fmt.Errorf("configuration: %w", err)
+		return nil, err
 	}
 	cfg := &Config{path: path}
 	md, err := toml.Decode(string(data), cfg)
@@ -238,7 +237,7 @@ func init() {
 		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
-		{"audit", "[--json] [--key FPR] [--work-request N] | verify", "list or verify the audit log", cmdAudit},
+		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
 		{"version", "", "print the version, VCS revision and build settings", cmdVersion},
 	}
@@ -370,9 +369,12 @@ func cmdReencryptKeys(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	moved, err := st.ReencryptKeys()
+	moved, auditKeyMoved, err := st.ReencryptKeys()
 	if err != nil {
 		return err
+	}
+	if auditKeyMoved {
+		fmt.Fprintln(e.stdout, "re-encrypted the audit key")
 	}
 	for _, k := range moved {
 		fmt.Fprintf(e.stdout, "re-encrypted %s\n", k)
@@ -464,7 +466,7 @@ func cmdImportKey(e *env, args []string) error {
 	if *privateKey == "" {
 		return usagef("import-key needs --private-key")
 	}
-	keyData, err := os.ReadFile(*privateKey)
+	keyData, err := readInput(*privateKey, "private key", maxKeyFileSize)
 	if err != nil {
 		return err
 	}
@@ -478,7 +480,7 @@ func cmdImportKey(e *env, args []string) error {
 		if *passphraseFile != "" {
 			return usagef("--passphrase-file is for openpgp keys")
 		}
-		certData, err := os.ReadFile(*certificate)
+		certData, err := readInput(*certificate, "certificate", maxKeyFileSize)
 		if err != nil {
 			return err
 		}
@@ -495,7 +497,7 @@ func cmdImportKey(e *env, args []string) error {
 		}
 		var passphrase []byte
 		if *passphraseFile != "" {
-			data, err := os.ReadFile(*passphraseFile)
+			data, err := readInput(*passphraseFile, "passphrase file", maxKeyFileSize)
 			if err != nil {
 				return err
 			}
@@ -603,7 +605,7 @@ func cmdRegisterPKCS11(e *env, args []string) error {
 	if purpose != purposeUEFI {
 		return fmt.Errorf("register-pkcs11-static-key: only uefi keys can be held on a PKCS#11 token")
 	}
-	certData, err := os.ReadFile(certFile)
+	certData, err := readInput(certFile, "certificate", maxKeyFileSize)
 	if err != nil {
 		return err
 	}
@@ -645,63 +647,4 @@ func cmdExportPublicKey(e *env, args []string) error {
 	}
 	_, err = e.stdout.Write(k.PublicKey)
 	return err
-}
-
-func cmdAudit(e *env, args []string) error {
-	if len(args) > 0 && args[0] == "verify" {
-		if len(args) != 1 {
-			return usagef("audit verify takes no arguments")
-		}
-		st, err := e.openStore()
-		if err != nil {
-			return err
-		}
-		v, err := st.VerifyAudit()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(e.stdout, "audit log intact: %d rows, head %s\n", v.Rows, v.Head)
-		return nil
-	}
-	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print JSON")
-	fpr := fs.String("key", "", "only rows of the key with this fingerprint")
-	wr := fs.String("work-request", "", "only rows of this work request")
-	if err := parseFlags(fs, e, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("audit takes no positional arguments (did you mean \"audit verify\"?)")
-	}
-	var f AuditFilter
-	f.Fingerprint = *fpr
-	if *wr != "" {
-		n, err := strconv.ParseInt(*wr, 10, 64)
-		if err != nil {
-			return usagef("--work-request must be a number, not %q", *wr)
-		}
-		f.WorkRequest = &n
-	}
-	st, err := e.openStore()
-	if err != nil {
-		return err
-	}
-	rows, err := st.AuditRows(f)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		if rows == nil {
-			rows = []AuditRow{}
-		}
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
-	}
-	tw := tabwriter.NewWriter(e.stdout, 2, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tCREATED\tEVENT\tKEY\tWORK REQUEST\tDATA")
-	for _, r := range rows {
-		fmt.Fprintln(tw, r.String())
-	}
-	return tw.Flush()
 }

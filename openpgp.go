@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -572,7 +571,12 @@ func signOpenPGPFiles(st *Store, fprs []string, mode, output string, files []str
 			}
 			continue
 		}
-		data, err := os.ReadFile(file)
+		f, _, err := openInput(file)
+		if err != nil {
+			return err
+		}
+		data, err := io.ReadAll(f)
+		f.Close()
 		if err != nil {
 			return err
 		}

@@ -8,7 +8,6 @@ package main
 
 import (
 	"cmp"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -90,9 +89,27 @@ func readAt(r io.ReaderAt, b []byte, off int64, what string) error {
 	return fmt.Errorf("reading %s: %w", what, err)
 }
 
-// parsePE checks the structure of a PE image of the given size. Errors say
-// what is wrong but not which file; callers add the file name.
+// parsePE checks the structure of a PE image of the given size, including
+// the entries of an existing certificate table. Errors say what is wrong
+// but not which file; callers add the file name.
 func parsePE(r io.ReaderAt, size int64) (*peFile, error) {
+	p, err := parsePEHeaders(r, size)
+	if err != nil {
+		return nil, err
+	}
+	if p.certSize > 0 {
+		c := &certWalker{table: p.certOffset, size: p.certSize}
+		if err := copyRange(c, r, p.certOffset, p.certSize, make([]byte, 4096)); err != nil {
+			return nil, err
+		}
+		p.signatures = c.entries
+	}
+	return p, nil
+}
+
+// parsePEHeaders is parsePE up to the certificate table's bounds: it reads
+// only the headers and the section table, at the start of the file.
+func parsePEHeaders(r io.ReaderAt, size int64) (*peFile, error) {
 	var dos [64]byte
 	if size < int64(len(dos)) {
 		return nil, errors.New("not a PE image: too short for an MZ header")
@@ -170,7 +187,7 @@ func parsePE(r io.ReaderAt, size int64) (*peFile, error) {
 	p.certOffset = int64(binary.LittleEndian.Uint32(dir))
 	p.certSize = int64(binary.LittleEndian.Uint32(dir[4:]))
 	if p.certSize > 0 {
-		if err := p.checkCertTable(); err != nil {
+		if err := p.checkCertTableBounds(); err != nil {
 			return nil, err
 		}
 	}
@@ -215,11 +232,11 @@ func sectionName(b []byte) string {
 	return fmt.Sprintf("%q", b[:n])
 }
 
-// checkCertTable validates an existing certificate table: it must be the
-// last thing in the file, 8-byte aligned, after the headers, and made of
-// well-formed WIN_CERTIFICATE entries. Bytes after the table would not be
-// covered by any signature (MS13-098), so they are refused.
-func (p *peFile) checkCertTable() error {
+// checkCertTableBounds checks where an existing certificate table lies:
+// it must be the last thing in the file, 8-byte aligned, after the
+// headers. Bytes after the table would not be covered by any signature
+// (MS13-098), so they are refused. Its entries are checked by certWalker.
+func (p *peFile) checkCertTableBounds() error {
 	end := p.certOffset + p.certSize
 	switch {
 	case end < p.size:
@@ -230,21 +247,6 @@ func (p *peFile) checkCertTable() error {
 		return fmt.Errorf("certificate table at offset %d overlaps the headers", p.certOffset)
 	case p.certOffset%peCertTableAlignment != 0:
 		return fmt.Errorf("certificate table offset %d is not 8-byte aligned", p.certOffset)
-	}
-	var h [winCertHeaderSize]byte
-	for pos := int64(0); pos < p.certSize; {
-		if pos+winCertHeaderSize > p.certSize {
-			return fmt.Errorf("certificate table: truncated entry at offset %d", p.certOffset+pos)
-		}
-		if err := readAt(p.r, h[:], p.certOffset+pos, "certificate table"); err != nil {
-			return err
-		}
-		length := int64(binary.LittleEndian.Uint32(h[:]))
-		if length <= winCertHeaderSize || pos+length > p.certSize {
-			return fmt.Errorf("certificate table: entry at offset %d has bad length %d", p.certOffset+pos, length)
-		}
-		p.signatures++
-		pos = alignUp8(pos + length)
 	}
 	return nil
 }
@@ -275,19 +277,6 @@ func (p *peFile) hashedRanges() []peRange {
 		rs = append(rs, peRange{sum, end - sum})
 	}
 	return rs
-}
-
-// imageHash computes the Authenticode SHA-256 image hash.
-func (p *peFile) imageHash(buf []byte) ([]byte, error) {
-	h := sha256.New()
-	for _, r := range p.hashedRanges() {
-		if err := copyRange(h, p.r, r.offset, r.size, buf); err != nil {
-			return nil, err
-		}
-	}
-	clear(buf[:p.hashPadding()])
-	h.Write(buf[:p.hashPadding()])
-	return h.Sum(nil), nil
 }
 
 // copyRange copies [off, off+n) of r to w through buf.
@@ -335,6 +324,14 @@ func (c *peChecksum) Write(b []byte) (int, error) {
 	return total, nil
 }
 
+// addAt adds to the sum the bytes b as if they had been written at offset
+// off (where zeros were written): the sum is linear in the file's bytes.
+func (c *peChecksum) addAt(off int64, b []byte) {
+	for i, v := range b {
+		c.sum += uint64(v) << (8 * ((off + int64(i)) % 4))
+	}
+}
+
 func (c *peChecksum) Sum32() uint32 {
 	s := c.sum
 	if c.npend > 0 {
@@ -348,83 +345,6 @@ func (c *peChecksum) Sum32() uint32 {
 	return uint32(s) + uint32(c.n)
 }
 
-// writeAttached writes the image with pkcs7 added as a new WIN_CERTIFICATE
-// at the end of the certificate table (creating the table for an unsigned
-// image), the directory entry updated and the CheckSum field zero. It
-// returns the CheckSum the caller must store at p.checksumOffset once the
-// rest is written. The layout is sbsign's: entries start on 8-byte
-// boundaries, dwLength counts the entry without its padding, and the
-// directory size covers the padding.
-func (p *peFile) writeAttached(w io.Writer, pkcs7 []byte, buf []byte) (uint32, error) {
-	tableOffset := alignUp8(p.imageEnd())
-	entryLen := int64(winCertHeaderSize + len(pkcs7))
-	if entryLen > 1<<31 {
-		return 0, errors.New("signature too large")
-	}
-	oldTable := alignUp8(p.certSize)
-	newSize := oldTable + alignUp8(entryLen)
-	if tableOffset+newSize > 1<<32-1 {
-		return 0, errors.New("signed image would exceed 4 GiB, the limit of the certificate table entry")
-	}
-
-	var ck peChecksum
-	out := io.MultiWriter(w, &ck)
-
-	// Headers, with the two fields patched. Both lie inside the headers,
-	// which parsePE checked.
-	if err := p.copyPatched(out, tableOffset, newSize, buf); err != nil {
-		return 0, err
-	}
-	if err := copyRange(out, p.r, p.sizeOfHeaders, p.imageEnd()-p.sizeOfHeaders, buf); err != nil {
-		return 0, err
-	}
-	pad := make([]byte, 8)
-	if _, err := out.Write(pad[:tableOffset-p.imageEnd()]); err != nil {
-		return 0, err
-	}
-	if p.certSize > 0 {
-		if err := copyRange(out, p.r, p.certOffset, p.certSize, buf); err != nil {
-			return 0, err
-		}
-		if _, err := out.Write(pad[:oldTable-p.certSize]); err != nil {
-			return 0, err
-		}
-	}
-	var hdr [winCertHeaderSize]byte
-	binary.LittleEndian.PutUint32(hdr[0:], uint32(entryLen))
-	binary.LittleEndian.PutUint16(hdr[4:], winCertRevision2)
-	binary.LittleEndian.PutUint16(hdr[6:], winCertTypePKCS7)
-	for _, b := range [][]byte{hdr[:], pkcs7, pad[:alignUp8(entryLen)-entryLen]} {
-		if _, err := out.Write(b); err != nil {
-			return 0, err
-		}
-	}
-	return ck.Sum32(), nil
-}
-
-// copyPatched writes the headers with the CheckSum zeroed and the
-// certificate table entry set to {tableOffset, tableSize}.
-func (p *peFile) copyPatched(w io.Writer, tableOffset, tableSize int64, buf []byte) error {
-	for off := int64(0); off < p.sizeOfHeaders; {
-		n := min(int64(len(buf)), p.sizeOfHeaders-off)
-		chunk := buf[:n]
-		if err := readAt(p.r, chunk, off, "headers"); err != nil {
-			return err
-		}
-		var ckField [4]byte
-		var dirField [8]byte
-		binary.LittleEndian.PutUint32(dirField[0:], uint32(tableOffset))
-		binary.LittleEndian.PutUint32(dirField[4:], uint32(tableSize))
-		patch(chunk, off, p.checksumOffset, ckField[:])
-		patch(chunk, off, p.certDirOffset, dirField[:])
-		if _, err := w.Write(chunk); err != nil {
-			return err
-		}
-		off += n
-	}
-	return nil
-}
-
 // patch overwrites the part of chunk (which holds file bytes from chunkOff)
 // that overlaps the field at fieldOff.
 func patch(chunk []byte, chunkOff, fieldOff int64, field []byte) {
@@ -433,13 +353,4 @@ func patch(chunk []byte, chunkOff, fieldOff int64, field []byte) {
 			chunk[at] = b
 		}
 	}
-}
-
-// hashFile returns SHA-256 of all of r's n bytes.
-func hashFile(r io.ReaderAt, n int64, buf []byte) ([]byte, error) {
-	h := sha256.New()
-	if err := copyRange(h, r, 0, n, buf); err != nil {
-		return nil, err
-	}
-	return h.Sum(nil), nil
 }

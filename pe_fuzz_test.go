@@ -2,12 +2,47 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"strings"
 	"testing"
 )
 
-// FuzzParsePE feeds arbitrary bytes to the PE parser. Whatever it accepts
-// must hash without error, and adding a signature must give an image that
-// parses again, with one more signature and the same image hash.
+// imageHash computes the Authenticode SHA-256 image hash with random
+// access, range by range: the tests' reference for readPEOnce's one pass.
+func (p *peFile) imageHash(buf []byte) ([]byte, error) {
+	h := sha256.New()
+	for _, r := range p.hashedRanges() {
+		if err := copyRange(h, p.r, r.offset, r.size, buf); err != nil {
+			return nil, err
+		}
+	}
+	clear(buf[:p.hashPadding()])
+	h.Write(buf[:p.hashPadding()])
+	return h.Sum(nil), nil
+}
+
+// attachInMemory reads data once and returns it with pkcs7 attached.
+func attachInMemory(data, pkcs7 []byte, buf []byte) ([]byte, *peOnePass, error) {
+	var out bytes.Buffer
+	o, err := readPEOnce(bytes.NewReader(data), int64(len(data)), &out, buf)
+	if err != nil {
+		return nil, nil, err
+	}
+	patches, err := o.appendSignature(&out, pkcs7)
+	if err != nil {
+		return nil, nil, err
+	}
+	b := out.Bytes()
+	for _, p := range patches {
+		copy(b[p.offset:], p.data)
+	}
+	return b, o, nil
+}
+
+// FuzzParsePE feeds arbitrary bytes to the PE parser. The one-pass reader
+// must accept exactly what the random-access parser accepts, with the same
+// image hash and the file's SHA-256, and adding a signature must give an
+// image that parses again, with one more signature and the same image hash.
 func FuzzParsePE(f *testing.F) {
 	for _, seed := range []testPE{
 		{sections: []int{0x200}},
@@ -17,23 +52,34 @@ func FuzzParsePE(f *testing.F) {
 		f.Add(seed.build())
 	}
 	buf := make([]byte, 4096)
+	small := make([]byte, 7) // odd-sized chunks cross every boundary
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := parsePE(bytes.NewReader(data), int64(len(data)))
+		o, oerr := readPEOnce(bytes.NewReader(data), int64(len(data)), nil, small)
 		if err != nil {
-			if bytes.ContainsRune([]byte(err.Error()), '\n') {
+			if strings.ContainsRune(err.Error(), '\n') {
 				t.Fatalf("multi-line error %q", err)
 			}
+			if oerr == nil {
+				t.Fatalf("parsePE refuses (%v), readPEOnce accepts", err)
+			}
 			return
+		}
+		if oerr != nil {
+			t.Fatalf("parsePE accepts, readPEOnce refuses: %v", oerr)
 		}
 		h1, err := p.imageHash(buf)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var out bytes.Buffer
-		if _, err := p.writeAttached(&out, []byte("not really a signature"), buf); err != nil {
+		if sum := sha256.Sum256(data); !bytes.Equal(h1, o.imageHash) || !bytes.Equal(sum[:], o.fileSHA256) || o.pe.signatures != p.signatures {
+			t.Fatalf("one pass: image hash %x, want %x; file hash %x, want %x", o.imageHash, h1, o.fileSHA256, sum)
+		}
+		out, _, err := attachInMemory(data, []byte("not really a signature"), small)
+		if err != nil {
 			t.Fatal(err)
 		}
-		p2, err := parsePE(bytes.NewReader(out.Bytes()), int64(out.Len()))
+		p2, err := parsePE(bytes.NewReader(out), int64(len(out)))
 		if err != nil {
 			t.Fatalf("signed image does not parse: %v", err)
 		}

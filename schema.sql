@@ -2,9 +2,20 @@
 --
 -- Each "-- version N" section migrates a database from version N-1 to N. The
 -- schema version is kept in PRAGMA user_version, and a database is recognised
--- as ours by PRAGMA application_id. Sections are applied in one transaction each, so an
--- existing database is migrated in place and never left half migrated. Never
--- edit a released section: add a new one.
+-- as ours by PRAGMA application_id. Pending sections are applied in one
+-- transaction, so an existing database is migrated in place and never left
+-- half migrated. Never
+-- edit a released section: add a new one. A section may be followed by a
+-- data step in Go (migrationSteps in keys.go), run in the same transaction.
+--
+-- The audit log's guarantees, for a port to another engine: rows are only
+-- ever appended (the triggers of version 3: no UPDATE or DELETE, and an
+-- INSERT must carry id = last id + 1, prev_hash = the last row's hash, a
+-- hash no row has, a program_version and a mac); the audit key row is
+-- never deleted or replaced, only re-sealed. Each row's hash and mac are
+-- computed in Go (audit.go, auditkey.go), not by the database. The other
+-- SQLite-specific places are the PRAGMAs of openStore and migrate, and the
+-- catalogue query of checkSchema (audit.go).
 
 -- version 1
 CREATE TABLE keys (
@@ -48,4 +59,77 @@ END;
 CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
 BEGIN
     SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused');
+END;
+
+-- version 2
+-- The authenticated audit log (auditkey.go). audit_key holds the one audit
+-- key, boxed to the service key; each audit row gets the version of the
+-- program that wrote it and "mac", the HMAC of its hash under the audit key.
+-- The old triggers are dropped here so that the migration can fill "mac"
+-- in the rows written before (sealAuditRowsV2 runs right after this
+-- section, in the same transaction), and version 3 puts stricter ones back.
+CREATE TABLE audit_key (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    sealed TEXT NOT NULL CHECK (json_valid(sealed)),
+    created_at TEXT NOT NULL
+);
+
+ALTER TABLE audit_log ADD COLUMN program_version TEXT;
+ALTER TABLE audit_log ADD COLUMN mac TEXT;
+
+DROP TRIGGER IF EXISTS audit_log_no_update;
+DROP TRIGGER IF EXISTS audit_log_no_delete;
+
+-- version 3
+-- The audit log is append-only, enforced by the database itself so that a
+-- hand-run sqlite3 session cannot rewrite history either. UPDATE and
+-- DELETE are refused outright. INSERT is checked before the row is
+-- written: that check runs for every form of INSERT, including INSERT OR
+-- REPLACE, REPLACE and upserts, and a new row that must come after the last
+-- one, chain to it and carry a hash no row has cannot collide with any
+-- existing row, so no conflict resolution can delete or rewrite one (SQLite
+-- deletes a row replaced by REPLACE without firing DELETE triggers unless
+-- recursive_triggers is on, which this does not rely on).
+--
+-- These triggers are SQLite's; another engine needs the same rules in its
+-- own form. `audit verify` compares them with this file (checkSchema).
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only: UPDATE refused');
+END;
+
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused');
+END;
+
+CREATE TRIGGER audit_log_append_only BEFORE INSERT ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only: a new row''s id must be the last id + 1')
+    WHERE NEW.id IS NOT (SELECT coalesce(max(id), 0) + 1 FROM audit_log);
+    SELECT RAISE(ABORT, 'audit_log is append-only: a new row''s prev_hash must be the last row''s hash')
+    WHERE NEW.prev_hash IS NOT coalesce((SELECT hash FROM audit_log ORDER BY id DESC LIMIT 1),
+                                        '0000000000000000000000000000000000000000000000000000000000000000');
+    SELECT RAISE(ABORT, 'audit_log is append-only: a new row''s hash must be new')
+    WHERE EXISTS (SELECT 1 FROM audit_log WHERE hash = NEW.hash);
+    SELECT RAISE(ABORT, 'audit_log: a new row needs program_version and mac')
+    WHERE NEW.program_version IS NULL OR NEW.mac IS NULL;
+END;
+
+-- The audit key is never removed (that would orphan every row's mac) and
+-- only re-sealed in place by reencrypt-keys.
+CREATE TRIGGER audit_key_no_delete BEFORE DELETE ON audit_key
+BEGIN
+    SELECT RAISE(ABORT, 'audit_key cannot be deleted');
+END;
+
+CREATE TRIGGER audit_key_reseal_only BEFORE UPDATE OF id, created_at ON audit_key
+BEGIN
+    SELECT RAISE(ABORT, 'audit_key: only the sealed key may be updated');
+END;
+
+CREATE TRIGGER audit_key_once BEFORE INSERT ON audit_key
+WHEN EXISTS (SELECT 1 FROM audit_key)
+BEGIN
+    SELECT RAISE(ABORT, 'audit_key already holds the audit key');
 END;

@@ -8,13 +8,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -50,8 +53,11 @@ type taskRun struct {
 	dir     string   // the work directory
 	root    *os.Root // the same, for names that come from the network
 	stage   string
+	logsMu  sync.Mutex // the sign task's pipeline logs from several goroutines
 	logs    map[string]*bytes.Buffer
 	sources []int64
+
+	checked time.Time // when the work request's status was last read
 }
 
 // enter starts a stage (fetch_input, configure_for_execution, execution,
@@ -62,6 +68,8 @@ func (tr *taskRun) enter(stage string) {
 }
 
 func (tr *taskRun) logf(file, format string, args ...any) {
+	tr.logsMu.Lock()
+	defer tr.logsMu.Unlock()
 	b := tr.logs[file]
 	if b == nil {
 		b = new(bytes.Buffer)
@@ -79,17 +87,70 @@ func decodeTaskData(raw json.RawMessage, v any) error {
 	return json.Unmarshal(raw, v)
 }
 
+// stageError is a failure of a stage other than the current one: the sign
+// task's pipeline fetches inputs and uploads outputs while it signs, and
+// a failed download still belongs in fetch_input.log.
+type stageError struct {
+	stage string
+	err   error
+}
+
+func (e *stageError) Error() string { return e.err.Error() }
+func (e *stageError) Unwrap() error { return e.err }
+
+// notOursError: the work request is no longer this worker's to run (an
+// administrator aborted it, or the server gave it to another worker). The
+// task stops at once: nothing more is signed or uploaded, and no result is
+// sent, as the server would refuse it.
+type notOursError struct {
+	reason string
+}
+
+func (e *notOursError) Error() string {
+	return "the work request is no longer assigned to this worker: " + e.reason
+}
+
+// stillOurs reads the work request's status from the server, unless it was
+// read less than every ago, and fails with a notOursError when the work
+// request is not running on this worker any more. Debusine does not notify
+// a worker of an abort (it sets the status to aborted and unassigns the
+// worker), so the sign tasks call this before each input they sign.
+func (w *worker) stillOurs(ctx context.Context, tr *taskRun, every time.Duration) error {
+	if !tr.checked.IsZero() && time.Since(tr.checked) < every {
+		return nil
+	}
+	st, err := w.api.workRequestState(ctx, tr.wr.ID)
+	switch {
+	case httpStatus(err) == http.StatusNotFound:
+		return &notOursError{"the server no longer knows it"}
+	case err != nil:
+		return fmt.Errorf("reading the work request's status: %w", err)
+	case st.Status != "running":
+		return &notOursError{"its status is " + st.Status}
+	case tr.wr.Worker != nil && (st.Worker == nil || *st.Worker != *tr.wr.Worker):
+		return &notOursError{"it is assigned to another worker, or none"}
+	}
+	tr.checked = time.Now()
+	return nil
+}
+
 func errorCompletion(code, msg string) completion {
 	return completion{Result: "error", OutputData: &outputData{Errors: []taskError{{Message: msg, Code: code}}}}
 }
 
 // execute runs one work request and delivers its result. A run cut short by
-// ctx (SIGTERM) is abandoned without a word: the server retries it.
+// ctx (SIGTERM) is abandoned without a word: the server retries it. A work
+// request that stopped being this worker's gets no result either.
 func (w *worker) execute(ctx context.Context, wr *workRequest) error {
 	log := w.log.With("work_request", wr.ID, "task", wr.TaskName)
 	log.Info("work request started")
-	c, ok := w.runTask(ctx, wr, log)
-	if !ok || ctx.Err() != nil {
+	c, err := w.runTask(ctx, wr, log)
+	var notOurs *notOursError
+	switch {
+	case errors.As(err, &notOurs):
+		log.Warn("work request stopped: it is no longer this worker's; nothing more is signed or uploaded, and no result is sent", "reason", notOurs.reason)
+		return nil
+	case err != nil || ctx.Err() != nil:
 		log.Warn("work request abandoned on signal; the server will retry it")
 		return ctx.Err()
 	}
@@ -101,24 +162,32 @@ func (w *worker) execute(ctx context.Context, wr *workRequest) error {
 	return w.deliver(ctx, wr.ID, body)
 }
 
-// runTask returns the completion of wr, or false when ctx ended first.
-func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger) (completion, bool) {
+// runTask returns the completion of wr; an error when ctx ended first
+// (ctx's), or when the work request stopped being this worker's (a
+// notOursError).
+func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger) (completion, error) {
 	if !strings.EqualFold(wr.TaskType, "Signing") {
-		return errorCompletion("wrong-task-type", fmt.Sprintf("Task: %s is of type %s, not %s", wr.TaskName, wr.TaskType, "Signing")), true
+		return errorCompletion("wrong-task-type", fmt.Sprintf("Task: %s is of type %s, not %s", wr.TaskName, wr.TaskType, "Signing")), nil
 	}
 	t, ok := w.tasks()[strings.ToLower(wr.TaskName)]
 	if !ok {
-		return errorCompletion("setup-failed", fmt.Sprintf("Task: %s is not a task this signing worker can run", wr.TaskName)), true
+		return errorCompletion("setup-failed", fmt.Sprintf("Task: %s is not a task this signing worker can run", wr.TaskName)), nil
 	}
 	run, err := t.configure(wr)
 	if err != nil {
-		return errorCompletion("configure-failed", fmt.Sprintf("Task: %s Error configure: %v", wr.TaskName, err)), true
+		return errorCompletion("configure-failed", fmt.Sprintf("Task: %s Error configure: %v", wr.TaskName, err)), nil
 	}
 
 	start, cpu0 := time.Now(), cpuTime()
-	executeFailed := func(err error) (completion, bool) {
+	executeFailed := func(err error) (completion, error) {
+		if ctx.Err() != nil {
+			return completion{}, ctx.Err()
+		}
+		if e := notOurs(err); e != nil {
+			return completion{}, e
+		}
 		log.Error("task failed to execute", "error", err)
-		return errorCompletion("execute-failed", fmt.Sprintf("Task: %s Error execute: %v", wr.TaskName, err)), ctx.Err() == nil
+		return errorCompletion("execute-failed", fmt.Sprintf("Task: %s Error execute: %v", wr.TaskName, err)), nil
 	}
 	dir, err := os.MkdirTemp(w.workDir, fmt.Sprintf("work-request-%d-", wr.ID))
 	if err != nil {
@@ -135,11 +204,19 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 	tr.enter("fetch_input")
 	success, err := run(ctx, tr)
 	if ctx.Err() != nil {
-		return completion{}, false
+		return completion{}, ctx.Err()
+	}
+	if e := notOurs(err); e != nil {
+		return completion{}, e
 	}
 	if err != nil {
-		log.Warn("task failed", "stage", tr.stage, "error", err)
-		tr.logf(tr.stage+".log", "%v\n", err)
+		stage := tr.stage
+		var se *stageError
+		if errors.As(err, &se) {
+			stage = se.stage
+		}
+		log.Warn("task failed", "stage", stage, "error", err)
+		tr.logf(stage+".log", "%v\n", err)
 		success = false
 	}
 	if success {
@@ -154,8 +231,30 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 	}
 	return completion{Result: result, OutputData: &outputData{RuntimeStatistics: &runtimeStatistics{
 		Duration: int64(time.Since(start).Round(time.Second) / time.Second),
-		CPUTime:  int64((cpuTime() - cpu0).Round(time.Second) / time.Second),
-	}}}, true
+		CPUTime:  cpuSeconds(cpuTime() - cpu0),
+	}}}, nil
+}
+
+// notOurs returns err as a notOursError when it is one, or when it is the
+// server answering 401 to one of the task's calls, which it does (Invalid
+// worker to update the work request) for a work request that is not this
+// worker's; nil otherwise.
+func notOurs(err error) *notOursError {
+	var e *notOursError
+	if errors.As(err, &e) {
+		return e
+	}
+	if httpStatus(err) == http.StatusUnauthorized {
+		return &notOursError{err.Error()}
+	}
+	return nil
+}
+
+// cpuSeconds is the CPU time in the whole seconds runtime_statistics
+// carries, rounded up: the signing happens in this process and takes well
+// under a second for most tasks, which rounding down would report as 0.
+func cpuSeconds(d time.Duration) int64 {
+	return int64((d + time.Second - 1) / time.Second)
 }
 
 // uploadDebugLogs stores the run's logs as debusine:work-request-debug-logs
@@ -256,6 +355,24 @@ type input struct {
 // fetch downloads artifact id into the work directory under dir, checking
 // its category when want is not empty, and remembers it as a source.
 func (w *worker) fetch(ctx context.Context, tr *taskRun, id int64, want, dir string) (*input, error) {
+	in, err := w.describe(ctx, tr, id, want, dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range in.files {
+		if err := w.downloadFile(ctx, tr, in, name); err != nil {
+			return nil, err
+		}
+	}
+	tr.sources = append(tr.sources, id)
+	tr.logf("fetch_input.log", "downloaded artifact %d (%s): %d file(s)\n", id, in.art.Category, len(in.files))
+	return in, nil
+}
+
+// describe reads artifact id's description, checks its category when want
+// is not empty and its file names, and makes the directories its files
+// will be downloaded to, under dir in the work directory.
+func (w *worker) describe(ctx context.Context, tr *taskRun, id int64, want, dir string) (*input, error) {
 	a, err := w.api.getArtifact(ctx, id)
 	if err != nil {
 		return nil, err
@@ -271,22 +388,25 @@ func (w *worker) fetch(ctx context.Context, tr *taskRun, id int64, want, dir str
 		in.files = append(in.files, name)
 	}
 	slices.Sort(in.files)
-	if err := tr.root.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	sub, err := tr.root.OpenRoot(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer sub.Close()
 	for _, name := range in.files {
-		if err := w.api.download(ctx, sub, name, a.Files[name]); err != nil {
-			return nil, fmt.Errorf("artifact %d: %w", id, err)
+		if err := tr.root.MkdirAll(path.Join(dir, path.Dir(name)), 0o700); err != nil {
+			return nil, err
 		}
 	}
-	tr.sources = append(tr.sources, id)
-	tr.logf("fetch_input.log", "downloaded artifact %d (%s): %d file(s)\n", id, a.Category, len(in.files))
 	return in, nil
+}
+
+// downloadFile downloads one file of in to its place in the work directory.
+func (w *worker) downloadFile(ctx context.Context, tr *taskRun, in *input, name string) error {
+	sub, err := tr.root.OpenRoot(in.dir)
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	if err := w.api.download(ctx, sub, name, in.art.Files[name]); err != nil {
+		return fmt.Errorf("artifact %d: %w", in.id, err)
+	}
+	return nil
 }
 
 // permit runs the sign_with check of key on an input and fails unless the
@@ -344,18 +464,25 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 	return func(ctx context.Context, tr *taskRun) (bool, error) {
 		// Every check on every input passes before anything is signed.
 		inputs := make([]*input, len(dyn.UnsignedIDs))
-		for i, id := range dyn.UnsignedIDs {
-			in, err := w.fetch(ctx, tr, id, "debusine:signing-input", fmt.Sprintf("in/%d", i))
+		err := parallel(ctx, len(inputs), maxInFlight, func(ctx context.Context, i int) error {
+			in, err := w.describe(ctx, tr, dyn.UnsignedIDs[i], "debusine:signing-input", fmt.Sprintf("in/%d", i))
 			if err != nil {
-				return false, err
+				return err
 			}
 			if err := w.checkTrustedCerts(in); err != nil {
-				return false, err
+				return err
 			}
 			if err := w.permit(ctx, tr, d.Purpose, fpr, in); err != nil {
-				return false, err
+				return err
 			}
 			inputs[i] = in
+			return nil
+		})
+		if err != nil {
+			return false, err
+		}
+		for _, in := range inputs {
+			tr.sources = append(tr.sources, in.id)
 		}
 		k, err := w.lookupKey(d.Purpose, fpr)
 		if err != nil {
@@ -367,10 +494,18 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 		if err != nil {
 			return false, err
 		}
+		p := newSignPipeline(ctx, w, tr, inputs)
+		defer p.close()
 		signed, failed := 0, 0
 		results := make([][]signResult, len(inputs))
 		for i, in := range inputs {
-			for _, name := range in.files {
+			if err := p.stillOurs(); err != nil {
+				return false, err
+			}
+			for j, name := range in.files {
+				if err := p.downloaded(i, j); err != nil {
+					return false, err
+				}
 				r := signResult{File: name}
 				if strings.HasSuffix(name, kmodSuffix) && (w.skipKernelModules || d.Purpose != purposeUEFI) {
 					msg := "Skipped kernel module (not yet supported)"
@@ -378,9 +513,9 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 				} else {
 					out := name + ".sig"
 					ac := auditContext{WorkRequest: &tr.wr.ID, Extra: in.perm.auditExtra()}
-					err := signFile(ctx, tr, path.Join(in.dir, name), path.Join(fmt.Sprintf("out/%d", i), out), ac)
-					if ctx.Err() != nil {
-						return false, ctx.Err()
+					err := signFile(p.ctx, tr, path.Join(in.dir, name), path.Join(fmt.Sprintf("out/%d", i), out), ac)
+					if p.ctx.Err() != nil {
+						return false, p.err()
 					}
 					if err != nil {
 						msg := strings.ReplaceAll(err.Error(), tr.dir+"/", "")
@@ -395,10 +530,8 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 				}
 				results[i] = append(results[i], r)
 			}
-		}
+			tr.logf("fetch_input.log", "downloaded artifact %d (%s): %d file(s)\n", in.id, in.art.Category, len(in.files))
 
-		tr.enter("post_execution")
-		for i, in := range inputs {
 			var files []outFile
 			for _, r := range results[i] {
 				if r.OutputFile != nil {
@@ -410,9 +543,12 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 				pkg = dyn.PackageNames[i]
 			}
 			data := map[string]any{"purpose": d.Purpose, "fingerprint": fpr, "results": results[i], "binary_package_name": pkg}
-			if _, err := w.api.createArtifact(ctx, "debusine:signing-output", tr.wr.Workspace, tr.wr.ID, data, tr.outFiles(files), []int64{in.id}); err != nil {
-				return false, err
-			}
+			p.upload(i, data, tr.outFiles(files))
+		}
+
+		tr.enter("post_execution")
+		if err := p.wait(); err != nil {
+			return false, err
 		}
 		return signed > 0 && failed == 0, nil
 	}, nil
@@ -430,15 +566,11 @@ func (w *worker) fileSigner(k *Key) (func(ctx context.Context, tr *taskRun, in, 
 		return func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error {
 			// Read through the work directory's root, like every other
 			// file of a task, so a name can never reach outside it.
-			f, err := tr.root.Open(in)
+			f, fi, err := openRootInput(tr.root, in)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			fi, err := f.Stat()
-			if err != nil {
-				return err
-			}
 			sign := signUEFIDetached
 			if strings.HasSuffix(in, kmodSuffix) {
 				sign = signKmodDetached
@@ -544,6 +676,9 @@ func (w *worker) configureDebsign(wr *workRequest) (taskRunner, error) {
 		}
 
 		tr.enter("execution")
+		if err := w.stillOurs(ctx, tr, 0); err != nil {
+			return false, err
+		}
 		ac := auditContext{WorkRequest: &tr.wr.ID, Extra: in.perm.auditExtra()}
 		signedPath, err := debsignUpload(w.st, k, filepath.Join(tr.dir, "in", changes[0]), filepath.Join(tr.dir, "out"), ac)
 		if err != nil {
@@ -650,6 +785,9 @@ func (w *worker) configureSignRepositoryIndex(wr *workRequest) (taskRunner, erro
 		}
 
 		tr.enter("execution")
+		if err := w.stillOurs(ctx, tr, 0); err != nil {
+			return false, err
+		}
 		data, err := tr.root.ReadFile(path.Join(in.dir, in.files[0]))
 		if err != nil {
 			return false, err

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -87,8 +88,15 @@ func TestWorkerSignUEFI(t *testing.T) {
 		map[string]any{"unsigned_ids": []int64{in1, in2}, "unsigned_binary_package_names": []string{"shim-signed", "systemd-boot-efi-amd64-signed"}})
 	runOnce(t, w)
 	// A file that is not a PE image fails on its own; the others are signed.
-	if c := srv.waitCompleted(t, id); c.Result != "failure" {
+	c := srv.waitCompleted(t, id)
+	if c.Result != "failure" {
 		t.Fatalf("result %s", c.Result)
+	}
+	// The signing took CPU time in this process, which is reported
+	// (rounded up to whole seconds), not 0.
+	var body completion
+	if json.Unmarshal(c.Body, &body); body.OutputData == nil || body.OutputData.RuntimeStatistics == nil || body.OutputData.RuntimeStatistics.CPUTime < 1 {
+		t.Errorf("completion %s: want cpu_time of at least 1", c.Body)
 	}
 	outs := srv.artifactsOf(id, "debusine:signing-output")
 	if len(outs) != 2 {
@@ -205,4 +213,77 @@ func BenchmarkWorkerSign200(b *testing.B) {
 	b.ReportMetric(perFile(workerTime), "ms/file")
 	b.ReportMetric(perFile(directTime), "direct-ms/file")
 	b.ReportMetric(perFile(workerTime-directTime), "added-ms/file")
+}
+
+// benchEFIFiles returns 33 EFI images, about 48 MB as a real sign task of
+// 33 files: the real ones Debian ships (shim, systemd-boot), then
+// generated PE32+ images of 1 to 2 MB.
+func benchEFIFiles(b *testing.B) map[string][]byte {
+	files := map[string][]byte{}
+	for _, p := range []string{"/usr/lib/shim/shimx64.efi", "/usr/lib/shim/mmx64.efi", "/usr/lib/shim/fbx64.efi",
+		"/usr/lib/systemd/boot/efi/systemd-bootx64.efi", "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"} {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			b.Skipf("%v (install shim-unsigned and systemd-boot-efi)", err)
+		}
+		files[filepath.Base(p)] = data
+	}
+	for i := len(files); i < 33; i++ {
+		kb := 1024 + 37*i
+		files[fmt.Sprintf("gen%02d.efi", i)] = testPE{plus: true, sections: []int{kb << 9, kb << 9, 0x200}, seed: uint64(i)}.build()
+	}
+	return files
+}
+
+// BenchmarkWorkerSign33 runs a sign work request of 33 EFI files against
+// the fake server with 20 ms per request, end to end from the
+// notification to the completion: in one input artifact, and in 33 (one
+// per file, as a signing input per binary package gives). It also reports
+// the HTTP requests of one task.
+func BenchmarkWorkerSign33(b *testing.B) {
+	files := benchEFIFiles(b)
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, layout := range []string{"1x33", "33x1"} {
+		b.Run(layout, func(b *testing.B) {
+			srv := newFakeServer(b)
+			w, _ := testWorker(b, srv)
+			registered(b, srv, w)
+			w.statusEvery = time.Second // as in production
+			k, _ := uefiSignSetup(b, srv, w)
+			var ids []int64
+			if layout == "1x33" {
+				ids = append(ids, srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "bench"}, files))
+			} else {
+				for _, n := range names {
+					ids = append(ids, srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": n}, map[string][]byte{n: files[n]}))
+				}
+			}
+			stop := start(b, w)
+			defer stop()
+			waitFor(b, "metadata", func() bool { return w.metadataSent.Load() })
+			srv.mu.Lock()
+			srv.latency = 20 * time.Millisecond
+			requests0 := len(srv.requests)
+			srv.mu.Unlock()
+			b.ResetTimer()
+			for range b.N {
+				id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": "x", "key": k.Fingerprint},
+					map[string]any{"unsigned_ids": ids})
+				for len(srv.completionsOf(id)) == 0 {
+					time.Sleep(time.Millisecond)
+				}
+				if c := srv.completionsOf(id); c[0].Result != "success" {
+					b.Fatalf("completion %s", c[0].Body)
+				}
+			}
+			b.StopTimer()
+			srv.mu.Lock()
+			b.ReportMetric(float64(len(srv.requests)-requests0)/float64(b.N), "requests/op")
+			srv.mu.Unlock()
+		})
+	}
 }

@@ -24,7 +24,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -32,7 +31,6 @@ import (
 	"io"
 	"math/big"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -250,31 +248,40 @@ func parseUEFICertificate(certPEM []byte) (*x509.Certificate, error) {
 // uefiSignedImage is a signature made in memory for one PE image, not yet
 // released: the caller audits it, then writes it out.
 type uefiSignedImage struct {
-	pe         *peFile
+	once       *peOnePass
 	pkcs7      []byte
 	dataSHA256 string // SHA-256 of the whole input, for the audit log
 }
 
-// signPEImage parses and signs the PE image of size bytes read from r.
-// Errors do not name the file; callers do.
-func signPEImage(r io.ReaderAt, size int64, signer crypto.Signer, cert *x509.Certificate, now time.Time, buf []byte) (*uefiSignedImage, error) {
-	pe, err := parsePE(r, size)
+// signPEImage reads the PE image of size bytes from r once (readPEOnce),
+// signs its image hash and, if out is not nil, writes the attached output
+// to out: the signature, the audited SHA-256 and the output all come from
+// the same read. Errors do not name the file; callers do.
+func signPEImage(r io.Reader, size int64, out *os.File, signer crypto.Signer, cert *x509.Certificate, now time.Time, buf []byte) (*uefiSignedImage, error) {
+	var w io.Writer
+	if out != nil {
+		w = out
+	}
+	o, err := readPEOnce(r, size, w, buf)
 	if err != nil {
 		return nil, err
 	}
-	imageHash, err := pe.imageHash(buf)
+	pkcs7, err := authenticodeSignature(o.imageHash, signer, cert, now)
 	if err != nil {
 		return nil, err
 	}
-	pkcs7, err := authenticodeSignature(imageHash, signer, cert, now)
-	if err != nil {
-		return nil, err
+	if out != nil {
+		patches, err := o.appendSignature(out, pkcs7)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range patches {
+			if _, err := out.WriteAt(p.data, p.offset); err != nil {
+				return nil, err
+			}
+		}
 	}
-	sum, err := hashFile(r, size, buf)
-	if err != nil {
-		return nil, err
-	}
-	return &uefiSignedImage{pe: pe, pkcs7: pkcs7, dataSHA256: hex.EncodeToString(sum)}, nil
+	return &uefiSignedImage{once: o, pkcs7: pkcs7, dataSHA256: hex.EncodeToString(o.fileSHA256)}, nil
 }
 
 // checkUEFIMode validates a signing mode.
@@ -419,27 +426,30 @@ func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
 }
 
 // signUEFIFile signs the PE image in and writes the result for mode to out.
-// The signature is made in memory and audited before anything is written;
-// out then appears atomically (temporary file in the same directory, then
-// rename), mode 0644. If anything fails, no output is left behind.
+// The signature is made and audited before out appears, atomically
+// (a locked temporary file in the same directory, then a rename), mode
+// 0644. If anything fails, no output is left behind.
 func signUEFIFile(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, in, out, mode string, ac auditContext) error {
 	if err := checkUEFIMode(mode); err != nil {
 		return err
 	}
-	buf := make([]byte, peCopyBufferSize)
-	p, err := prepareUEFISignature(in, signer, cert, buf)
+	p, err := prepareUEFISignature(in, out, mode, signer, cert, make([]byte, peCopyBufferSize))
 	if err != nil {
 		return err
 	}
-	defer p.f.Close()
-	return p.release(st, k, out, mode, ac, buf)
+	defer p.discard()
+	if err := st.Audit(ac.signEntry(k, p.s.dataSHA256)); err != nil {
+		return fmt.Errorf("%s: %w", p.in, err)
+	}
+	return p.write()
 }
 
 // signUEFIDetached signs the PE image read from r (size bytes, named name
 // in errors), writes its audit row, and only then returns the detached
-// signature: what the worker's Sign task uploads as FILE.sig.
+// signature: what the worker's Sign task uploads as FILE.sig. The image is
+// read once, front to back.
 func signUEFIDetached(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, name string, r io.ReaderAt, size int64, ac auditContext) ([]byte, error) {
-	s, err := signPEImage(r, size, signer, cert, time.Now(), make([]byte, peCopyBufferSize))
+	s, err := signPEImage(io.NewSectionReader(r, 0, size), size, nil, signer, cert, time.Now(), make([]byte, peCopyBufferSize))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
@@ -449,92 +459,66 @@ func signUEFIDetached(st *Store, k *Key, signer crypto.Signer, cert *x509.Certif
 	return s.pkcs7, nil
 }
 
-// uefiPending is a signature made in memory for the file in, not yet
-// released; f stays open for the attached mode's copy.
+// uefiPending is a signature made for the file in, not yet released. In
+// attached mode the signed image is already written, to tmp, which becomes
+// out once the signature is audited.
 type uefiPending struct {
-	in string
-	f  *os.File
-	s  *uefiSignedImage
+	in, out, mode string
+	tmp           *os.File
+	s             *uefiSignedImage
 }
 
-// prepareUEFISignature opens and signs in. On success the caller closes
-// p.f.
-func prepareUEFISignature(in string, signer crypto.Signer, cert *x509.Certificate, buf []byte) (p *uefiPending, err error) {
-	f, err := os.Open(in)
+// prepareUEFISignature reads and signs in, once, writing the attached
+// output to a temporary file beside out. On success the caller calls
+// p.write or p.discard.
+func prepareUEFISignature(in, out, mode string, signer crypto.Signer, cert *x509.Certificate, buf []byte) (p *uefiPending, err error) {
+	f, fi, err := openInput(in)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
+	defer f.Close()
+	p = &uefiPending{in: in, out: out, mode: mode}
+	if mode == uefiModeAttached {
+		if p.tmp, err = createOutputTemp(out); err != nil {
+			return nil, err
 		}
-	}()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
+		defer func() {
+			if err != nil {
+				p.discard()
+			}
+		}()
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", in)
-	}
-	s, err := signPEImage(f, fi.Size(), signer, cert, time.Now(), buf)
-	if err != nil {
+	if p.s, err = signPEImage(f, fi.Size(), p.tmp, signer, cert, time.Now(), buf); err != nil {
 		return nil, fmt.Errorf("%s: %w", in, err)
 	}
-	return &uefiPending{in: in, f: f, s: s}, nil
+	return p, nil
 }
 
-// release writes the audit row, then the output.
-func (p *uefiPending) release(st *Store, k *Key, out, mode string, ac auditContext, buf []byte) error {
-	if err := st.Audit(ac.signEntry(k, p.s.dataSHA256)); err != nil {
-		return fmt.Errorf("%s: %w", p.in, err)
-	}
-	return p.write(out, mode, buf)
-}
-
-// write writes the output of an audited signature.
-func (p *uefiPending) write(out, mode string, buf []byte) error {
-	return writeFileAtomic(out, func(w *os.File) error {
-		if mode == uefiModeDetached {
+// write puts the output of an audited signature under its final name.
+func (p *uefiPending) write() error {
+	if p.mode == uefiModeDetached {
+		return writeFileAtomic(p.out, func(w *os.File) error {
 			_, err := w.Write(p.s.pkcs7)
 			return err
-		}
-		ck, err := p.s.pe.writeAttached(w, p.s.pkcs7, buf)
-		if err != nil {
-			return fmt.Errorf("%s: %w", p.in, err)
-		}
-		var field [4]byte
-		binary.LittleEndian.PutUint32(field[:], ck)
-		_, err = w.WriteAt(field[:], p.s.pe.checksumOffset)
-		return err
-	})
+		})
+	}
+	tmp := p.tmp
+	p.tmp = nil
+	if err := commitOutputTemp(tmp, p.out); err != nil {
+		os.Remove(tmp.Name())
+		tmp.Close()
+		return fmt.Errorf("%s: %w", p.out, err)
+	}
+	return nil
 }
 
-// writeFileAtomic creates path through a temporary file in the same
-// directory, which is removed if fill or anything else fails.
-func writeFileAtomic(path string, fill func(*os.File) error) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
+// discard removes the temporary output of a signature not written.
+func (p *uefiPending) discard() {
+	if p.tmp != nil {
+		os.Remove(p.tmp.Name())
+		p.tmp.Close()
+		p.tmp = nil
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := fill(tmp); err != nil {
-		return err
-	}
-	// No fsync: the audit row is the durable record, and an output lost
-	// in a crash is made again by signing again; an fsync per output was
-	// the largest single cost of signing many small files.
-	if err := tmp.Chmod(0o644); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return os.Rename(tmp.Name(), path)
 }
 
 // signUEFIFiles is the sign command for UEFI keys: every FILE is signed
@@ -624,7 +608,7 @@ func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certi
 		wg.Go(func() {
 			buf := make([]byte, peCopyBufferSize)
 			for i := range next {
-				p, err := prepareUEFISignature(files[i], signer, cert, buf)
+				p, err := prepareUEFISignature(files[i], outputs[i], mode, signer, cert, buf)
 				results[i] <- result{p, err}
 			}
 		})
@@ -634,20 +618,19 @@ func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certi
 		close(stop)
 		wg.Wait()
 		for _, p := range group {
-			p.f.Close()
+			p.discard()
 		}
 		for _, c := range results {
 			select {
 			case r := <-c:
 				if r.p != nil {
-					r.p.f.Close()
+					r.p.discard()
 				}
 			default:
 			}
 		}
 	}()
 
-	buf := make([]byte, peCopyBufferSize)
 	for done := 0; done < len(files); {
 		r := <-results[done]
 		for {
@@ -665,9 +648,9 @@ func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certi
 			}
 			break
 		}
-		err := releaseUEFISignatures(st, k, group, outputs[done:done+len(group)], mode, buf)
+		err := releaseUEFISignatures(st, k, group)
 		for _, p := range group {
-			p.f.Close()
+			p.discard()
 			<-ahead
 		}
 		done += len(group)
@@ -681,7 +664,7 @@ func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certi
 
 // releaseUEFISignatures audits the signatures in one transaction, then
 // writes their outputs.
-func releaseUEFISignatures(st *Store, k *Key, pending []*uefiPending, outputs []string, mode string, buf []byte) error {
+func releaseUEFISignatures(st *Store, k *Key, pending []*uefiPending) error {
 	entries := make([]AuditEntry, len(pending))
 	for i, p := range pending {
 		entries[i] = auditContext{}.signEntry(k, p.s.dataSHA256)
@@ -689,29 +672,10 @@ func releaseUEFISignatures(st *Store, k *Key, pending []*uefiPending, outputs []
 	if err := st.auditAll(entries); err != nil {
 		return fmt.Errorf("%s: %w", pending[0].in, err)
 	}
-	for i, p := range pending {
-		if err := p.write(outputs[i], mode, buf); err != nil {
+	for _, p := range pending {
+		if err := p.write(); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-// auditAll appends the entries to the audit log in one transaction: all of
-// them or none.
-func (s *Store) auditAll(entries []AuditEntry) error {
-	tx, err := s.db.Begin()
-	if err != nil {
-		return fmt.Errorf("audit log: %w", sqliteError(err))
-	}
-	defer tx.Rollback()
-	for _, e := range entries {
-		if err := appendAudit(tx, e); err != nil {
-			return err
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("audit log: %w", err)
 	}
 	return nil
 }
@@ -730,18 +694,11 @@ func (s *serialSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpt
 
 // checkPEFile parses the headers of the PE image in path.
 func checkPEFile(path string) error {
-	f, err := os.Open(path)
+	f, fi, err := openInput(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s: not a regular file", path)
-	}
 	if _, err := parsePE(f, fi.Size()); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}

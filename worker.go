@@ -41,6 +41,7 @@ type worker struct {
 	trusted             map[string]bool // trusted_certs, upper-case hex
 	once                bool
 	workDir             string // where per-task directories are made
+	checkpointFile      string // [worker] checkpoint_file, "" for none
 	skipKernelModules   bool   // sign_kernel_modules = false: skip .ko files as Debusine does
 
 	// wsDelay is the pause before reconnecting the WebSocket; onceQuiet is
@@ -48,6 +49,9 @@ type worker struct {
 	// no work. Both are fields so that tests run fast.
 	wsDelay   func() time.Duration
 	onceQuiet time.Duration
+	// statusEvery: before an input is signed, the work request's status is
+	// read again unless the last reading is younger than this.
+	statusEvery time.Duration
 
 	wake         chan struct{} // "call get-next", capacity 1
 	metadataMu   sync.Mutex
@@ -139,6 +143,9 @@ func (w *worker) drain(ctx context.Context) error {
 		}
 		if err := w.execute(ctx, wr); err != nil {
 			return err
+		}
+		if err := writeCheckpointFile(w.st, w.checkpointFile); err != nil {
+			w.log.Error("cannot write the audit checkpoint", "file", w.checkpointFile, "error", err)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -501,6 +508,8 @@ func (w *worker) deliver(ctx context.Context, id int64, body []byte) error {
 		return ctx.Err()
 	case httpStatus(err) == http.StatusForbidden:
 		return err
+	case httpStatus(err) == http.StatusUnauthorized:
+		w.log.Warn("the work request is no longer this worker's (aborted, or given to another worker): result dropped", "work_request", id, "error", err)
 	case err != nil:
 		w.log.Error("the server refused the result", "work_request", id, "error", err)
 	default:
@@ -604,6 +613,9 @@ func cmdWorker(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if wc.RetryFor.Duration > 0 {
+		api.retryFor = wc.RetryFor.Duration
+	}
 	st, err := e.openStore()
 	if err != nil {
 		return err
@@ -617,8 +629,8 @@ func cmdWorker(e *env, args []string) error {
 	w := &worker{
 		api: api, st: st, log: log, fqdn: fqdn,
 		tokenFile: wc.TokenFile, activationTokenFile: wc.ActivationTokenFile,
-		trusted: trusted, once: *once, workDir: os.TempDir(),
-		wsDelay: wsJitter, onceQuiet: 10 * time.Second,
+		trusted: trusted, once: *once, workDir: os.TempDir(), checkpointFile: wc.CheckpointFile,
+		wsDelay: wsJitter, onceQuiet: 10 * time.Second, statusEvery: time.Second,
 		skipKernelModules: !wc.signKernelModules(),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

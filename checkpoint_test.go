@@ -1,0 +1,37 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestWorkerWritesCheckpoint: after a task the worker replaces
+// [worker] checkpoint_file with a checkpoint covering the task's rows.
+func TestWorkerWritesCheckpoint(t *testing.T) {
+	srv := newFakeServer(t)
+	w, _ := testWorker(t, srv)
+	registered(t, srv, w)
+	w.checkpointFile = filepath.Join(t.TempDir(), "checkpoint")
+	k, _ := uefiSignSetup(t, srv, w)
+	in := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "test-signed"},
+		map[string][]byte{"boot.efi": testPE{plus: true, sections: []int{0x400}}.build()})
+	id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": []string{"a"}, "key": k.Fingerprint},
+		map[string]any{"unsigned_ids": []int64{in}, "unsigned_binary_package_names": []string{"test-signed"}})
+	runOnce(t, w)
+	if c := srv.waitCompleted(t, id); c.Result != "success" {
+		t.Fatalf("result %s", c.Result)
+	}
+	note, err := os.ReadFile(w.checkpointFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, cp, err := w.st.VerifyCheckpoint(note)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := auditRows(t, w.st, AuditFilter{})
+	if cp.Size != int64(v.Rows) || cp.Size != int64(len(rows)) || rows[len(rows)-1].Event != "sign" {
+		t.Errorf("checkpoint covers %d rows, the log has %d (last %s)", cp.Size, v.Rows, rows[len(rows)-1].Event)
+	}
+}

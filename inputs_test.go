@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestCLIChild runs the command line in CLI_CHILD_ARGS (JSON) in its own
+// process, prints how long it took on the last line of standard error and
+// exits with its status: the tests' way to time a command that might hang,
+// or to kill one.
+func TestCLIChild(t *testing.T) {
+	enc := os.Getenv("CLI_CHILD_ARGS")
+	if enc == "" {
+		t.Skip("run by other tests")
+	}
+	var args []string
+	if err := json.Unmarshal([]byte(enc), &args); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	status := run(args, os.Stdout, os.Stderr)
+	fmt.Fprintf(os.Stderr, "\nelapsed %d ms\n", time.Since(start).Milliseconds())
+	os.Exit(status)
+}
+
+// cliCommand is the command line args against te's configuration, as a
+// process of its own.
+func cliCommand(ctx context.Context, te *testEnv, args ...string) *exec.Cmd {
+	enc, _ := json.Marshal(append([]string{"--config", te.configPath}, args...))
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCLIChild$")
+	cmd.Env = append(os.Environ(), "CLI_CHILD_ARGS="+string(enc))
+	return cmd
+}
+
+// TestInputsNotRegularRefused: a FIFO without a writer, /dev/zero, a
+// directory and an oversized key file are refused with a clear error, in
+// well under a second of the command's own time (a hang is killed after
+// 20 s and fails the test).
+func TestInputsNotRegularRefused(t *testing.T) {
+	te := newTestEnv(t)
+	uefiFpr := strings.TrimSpace(te.mustRun(t, "generate-key", "--purpose", "uefi", "--description", "inputs"))
+	pgpFpr := strings.TrimSpace(te.mustRun(t, "generate-key", "--purpose", "openpgp", "--description", "Inputs <inputs@example.org>"))
+	st := te.store(t)
+	k, err := st.Key(purposeUEFI, uefiFpr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	cert := writeFile(t, te.dir, "cert.pem", k.PublicKey)
+	fifo := filepath.Join(te.dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := writeFile(t, te.dir, "big.pem", bytes.Repeat([]byte("A"), maxKeyFileSize+1))
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"sign", "--purpose", "uefi", "--key", uefiFpr, fifo}, "not a regular file (a FIFO)"},
+		{[]string{"sign", "--purpose", "uefi", "--key", uefiFpr, "/dev/zero"}, "not a regular file (a device)"},
+		{[]string{"sign", "--purpose", "uefi", "--key", uefiFpr, "--mode", "attached", te.dir}, "not a regular file (a directory)"},
+		{[]string{"import-key", "--purpose", "uefi", "--private-key", "/dev/zero", "--certificate", cert}, "private key: /dev/zero: not a regular file (a device)"},
+		{[]string{"import-key", "--purpose", "uefi", "--private-key", fifo, "--certificate", cert}, "not a regular file (a FIFO)"},
+		{[]string{"import-key", "--purpose", "uefi", "--private-key", big, "--certificate", cert}, "more than the 1048576 this accepts"},
+		{[]string{"import-key", "--purpose", "uefi", "--private-key", cert, "--certificate", "/dev/zero"}, "certificate: /dev/zero: not a regular file"},
+		{[]string{"sign", "--purpose", "openpgp", "--key", pgpFpr, "/dev/zero"}, "not a regular file (a device)"},
+		{[]string{"sign", "--purpose", "openpgp", "--key", pgpFpr, fifo}, "not a regular file (a FIFO)"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		var stderr bytes.Buffer
+		cmd := cliCommand(ctx, te, tc.args...)
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		cancel()
+		var ms int
+		lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+		fmt.Sscanf(lines[len(lines)-1], "elapsed %d ms", &ms)
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitError || !strings.Contains(stderr.String(), tc.want) || ms >= 1000 {
+			t.Errorf("%v: %v, %d ms, stderr %q; want exit 3 within a second naming %q", tc.args, err, ms, stderr.String(), tc.want)
+		}
+	}
+	if status, _, stderr := te.run(t, "--config", fifo, "keys"); status != exitError || !strings.Contains(stderr, "configuration: "+fifo+": not a regular file (a FIFO)") {
+		t.Errorf("--config FIFO: exit %d %q", status, stderr)
+	}
+	if n := len(auditRows(t, te.store(t), AuditFilter{Fingerprint: uefiFpr})); n != 1 {
+		t.Errorf("%d audit rows for the UEFI key, want only its generate row", n)
+	}
+}
