@@ -210,14 +210,16 @@ func tokenSigner(cfg YubiKeyConfig, uri string) (crypto.Signer, error) {
 
 // tokenKeyAvailable says why the key a URI names cannot be used on this
 // host (its token is not connected, the URI cannot be mapped), or nil, so
-// that a worker advertises only the keys it can use.
+// that a worker advertises only the keys it can use. An open session is
+// checked with pcscd alone, without a command to the token; a token pulled
+// out since (and maybe plugged back) is looked for again.
 func tokenKeyAvailable(cfg YubiKeyConfig, uri string) error {
 	ref, err := parsePKCS11URI(uri)
 	if err != nil {
 		return err
 	}
 	return tokens.get(ref.Serial).do(func(card *pivCard) error {
-		_, err := card.serial()
+		_, err := card.card.Status()
 		return err
 	})
 }
