@@ -86,7 +86,8 @@ func (r *AuditRow) computeHash() string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// Audit appends one row to the audit log, durably (synchronous=FULL).
+// Audit appends one row to the audit log, durably (SQLite's synchronous=FULL,
+// PostgreSQL's commit).
 func (s *Store) Audit(e AuditEntry) error {
 	return s.auditAll([]AuditEntry{e})
 }
@@ -94,9 +95,9 @@ func (s *Store) Audit(e AuditEntry) error {
 // auditAll appends the entries to the audit log in one transaction: all of
 // them or none.
 func (s *Store) auditAll(entries []AuditEntry) error {
-	tx, err := s.db.Begin()
+	tx, err := s.begin()
 	if err != nil {
-		return fmt.Errorf("audit log: %w", sqliteError(err))
+		return fmt.Errorf("audit log: %w", err)
 	}
 	defer tx.Rollback()
 	for _, e := range entries {
@@ -111,8 +112,8 @@ func (s *Store) auditAll(entries []AuditEntry) error {
 }
 
 // appendAudit adds a hash-chained, authenticated row inside tx, which must
-// hold the write lock (every transaction here begins IMMEDIATE) so that no
-// other process can append between reading the chain's head and inserting.
+// hold the store's write lock (Store.begin) so that no other process can
+// append between reading the chain's head and inserting.
 func (s *Store) appendAudit(tx *sql.Tx, e AuditEntry) error {
 	ak, err := s.auditKey(tx)
 	if err != nil {
@@ -138,7 +139,7 @@ func (s *Store) appendAudit(tx *sql.Tx, e AuditEntry) error {
 	r.Hash = r.computeHash()
 	r.MAC = ak.rowMAC(r.Hash)
 	if _, err := tx.Exec(`INSERT INTO audit_log (id, event, purpose, fingerprint, data, created_at, created_by_work_request_id, program_version, prev_hash, hash, mac)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
 		r.ID, r.Event, r.Purpose, r.Fingerprint, string(r.Data), r.CreatedAt, r.WorkRequest, r.ProgramVersion, r.PrevHash, r.Hash, r.MAC); err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
@@ -177,12 +178,12 @@ func queryAuditRows(db interface {
 	q := "SELECT " + auditColumns + " FROM audit_log WHERE 1 = 1"
 	var args []any
 	if f.Fingerprint != "" {
-		q += " AND fingerprint = ?"
 		args = append(args, strings.ToUpper(f.Fingerprint))
+		q += fmt.Sprintf(" AND fingerprint = $%d", len(args))
 	}
 	if f.WorkRequest != nil {
-		q += " AND created_by_work_request_id = ?"
 		args = append(args, *f.WorkRequest)
+		q += fmt.Sprintf(" AND created_by_work_request_id = $%d", len(args))
 	}
 	rows, err := db.Query(q+" ORDER BY id", args...)
 	if err != nil {
@@ -315,7 +316,7 @@ var expectedSchema = sync.OnceValues(func() (map[string]schemaObject, error) {
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(1)
-	for _, section := range schemaSections() {
+	for _, section := range schemaSections(schemaSQL) {
 		if _, err := db.Exec(section); err != nil {
 			return nil, fmt.Errorf("schema.sql: %w", err)
 		}
@@ -327,18 +328,18 @@ var expectedSchema = sync.OnceValues(func() (map[string]schemaObject, error) {
 // and triggers are exactly those this version makes: a dropped or altered
 // trigger no longer protects the log, even if every row still verifies.
 func (s *Store) checkSchema() error {
-	var version int
-	if err := s.db.QueryRow("PRAGMA user_version").Scan(&version); err != nil {
+	version, err := s.engine.version(s.db)
+	if err != nil {
 		return sqliteError(err)
 	}
-	if version != len(schemaSections()) {
-		return fmt.Errorf("database schema version %d, this program expects %d", version, len(schemaSections()))
+	if n := len(schemaSections(s.engine.schema)); version != n {
+		return fmt.Errorf("database schema version %d, this program expects %d", version, n)
 	}
-	want, err := expectedSchema()
+	want, err := s.engine.expectedSchema(s.db)
 	if err != nil {
 		return err
 	}
-	have, err := schemaObjects(s.db)
+	have, err := s.engine.schemaObjects(s.db)
 	if err != nil {
 		return err
 	}

@@ -143,7 +143,7 @@ func TestAuditChild(t *testing.T) {
 		t.Skip("run by TestAuditConcurrentProcesses")
 	}
 	n, _ := strconv.Atoi(os.Getenv("AUDIT_CHILD_N"))
-	st, err := openStore(db, []string{os.Getenv("AUDIT_CHILD_KEY")})
+	st, err := openStore(db, "", []string{os.Getenv("AUDIT_CHILD_KEY")})
 	if err != nil {
 		t.Fatal(err)
 	}

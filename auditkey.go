@@ -166,7 +166,7 @@ func (s *Store) ensureAuditKey(tx *sql.Tx) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if _, err := tx.Exec("INSERT INTO audit_key (id, sealed, created_at) VALUES (1, ?, ?)", string(sealed), nowUTC()); err != nil {
+	if _, err := tx.Exec("INSERT INTO audit_key (id, sealed, created_at) VALUES (1, $1, $2)", string(sealed), nowUTC()); err != nil {
 		return false, fmt.Errorf("storing the audit key: %w", err)
 	}
 	return true, nil
@@ -201,7 +201,7 @@ func (s *Store) reencryptAuditKey(tx *sql.Tx) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if _, err := tx.Exec("UPDATE audit_key SET sealed = ? WHERE id = 1", string(resealed)); err != nil {
+	if _, err := tx.Exec("UPDATE audit_key SET sealed = $1 WHERE id = 1", string(resealed)); err != nil {
 		return false, fmt.Errorf("re-encrypting the audit key: %w", err)
 	}
 	vkey, err := s.checkpointVerifierKey(tx)
@@ -241,7 +241,7 @@ func (s *Store) sealAuditRowsV2(tx *sql.Tx) error {
 		return err
 	}
 	for _, r := range rows {
-		if _, err := tx.Exec("UPDATE audit_log SET mac = ? WHERE id = ?", ak.rowMAC(r.Hash), r.ID); err != nil {
+		if _, err := tx.Exec("UPDATE audit_log SET mac = $1 WHERE id = $2", ak.rowMAC(r.Hash), r.ID); err != nil {
 			return err
 		}
 	}

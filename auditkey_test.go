@@ -299,13 +299,13 @@ func TestAuditMigrationV1(t *testing.T) {
 	db, sk := filepath.Join(dir, "signing.sqlite3"), filepath.Join(dir, "service-key")
 	const v1Head = "4bcc7364f0baa98d23740691d12b9851d89210c409f87044739cf79d8f5f4f13"
 	// Without a service key the rows cannot be sealed: refused, unchanged.
-	if _, err := openStore(db, nil); err == nil || !strings.Contains(err.Error(), "3 audit rows must be authenticated") {
+	if _, err := openStore(db, "", nil); err == nil || !strings.Contains(err.Error(), "3 audit rows must be authenticated") {
 		t.Fatalf("migration without a service key: %v", err)
 	}
 	if out, _ := sqlite3(t, db, "PRAGMA user_version;"); strings.TrimSpace(out) != "1" {
 		t.Fatalf("user_version %q after a failed migration", out)
 	}
-	st, err := openStore(db, []string{sk})
+	st, err := openStore(db, "", []string{sk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +342,7 @@ func TestAuditMigrationRefusesBrokenLog(t *testing.T) {
 	if out, err := sqlite3(t, db, "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET data = '{}' WHERE id = 2;"); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	_, err := openStore(db, []string{filepath.Join(dir, "service-key")})
+	_, err := openStore(db, "", []string{filepath.Join(dir, "service-key")})
 	if err == nil || !strings.Contains(err.Error(), "does not verify") || !strings.Contains(err.Error(), "row 2") {
 		t.Fatalf("error %v", err)
 	}
@@ -384,7 +384,7 @@ func TestConcurrentFirstOpen(t *testing.T) {
 			failures++
 			t.Error(err)
 		}
-		st, err := openStore(db, []string{sk})
+		st, err := openStore(db, "", []string{sk})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -407,7 +407,7 @@ func TestNoCoreDump(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := openStore(cfg.Database, cfg.ServiceKeys)
+		st, err := openStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys)
 		if err != nil {
 			t.Fatal(err)
 		}

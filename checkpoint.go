@@ -152,7 +152,7 @@ func (s *Store) VerifyCheckpoint(msg []byte) (AuditVerification, AuditCheckpoint
 	}
 	head := genesisHash
 	if cp.Size > 0 {
-		if err := s.db.QueryRow("SELECT hash FROM audit_log WHERE id = ?", cp.Size).Scan(&head); err != nil {
+		if err := s.db.QueryRow("SELECT hash FROM audit_log WHERE id = $1", cp.Size).Scan(&head); err != nil {
 			return v, cp, fmt.Errorf("audit log: %w", sqliteError(err))
 		}
 	}

@@ -43,9 +43,10 @@ var (
 	errDuplicateKey = errors.New("key already in the store")
 )
 
-// Store is the SQLite key store and audit log.
+// Store is the key store and audit log, in SQLite or PostgreSQL (db.go).
 type Store struct {
 	db          *sql.DB
+	engine      *engine
 	path        string
 	serviceKeys []*serviceKey
 	// yubikey configures access to keys held on a YubiKey; set by main.
@@ -203,15 +204,19 @@ func generateServiceKey(path string) error {
 
 // openStore opens (creating or migrating as needed) the database at dbPath
 // and loads the service keys. The first service key seals new keys; any of
-// them may unseal.
-func openStore(dbPath string, serviceKeyPaths []string) (*Store, error) {
-	s := &Store{path: dbPath}
+// them may unseal. The database is a SQLite file or a PostgreSQL
+// connection string; passwordFile holds a PostgreSQL password, if any.
+func openStore(dbPath, passwordFile string, serviceKeyPaths []string) (*Store, error) {
+	s := &Store{path: dbPath, engine: sqliteEngine}
 	for _, p := range serviceKeyPaths {
 		k, err := loadServiceKey(p)
 		if err != nil {
 			return nil, err
 		}
 		s.serviceKeys = append(s.serviceKeys, k)
+	}
+	if isPostgres(dbPath) {
+		return s.openPostgres(dbPath, passwordFile)
 	}
 	if strings.ContainsAny(dbPath, "?#") {
 		return nil, fmt.Errorf("database %s: the path may not contain '?' or '#'", dbPath)
@@ -279,16 +284,16 @@ func lockDatabaseDir(dbPath string) (func(), error) {
 	return func() { d.Close() }, nil
 }
 
-// schemaSections splits schema.sql into its "-- version N" sections.
-func schemaSections() []string {
+// schemaSections splits a schema file into its "-- version N" sections.
+func schemaSections(schema string) []string {
 	var sections []string
-	for i, part := range strings.Split(schemaSQL, "\n-- version ") {
+	for i, part := range strings.Split(schema, "\n-- version ") {
 		if i == 0 {
 			continue
 		}
 		nl := strings.IndexByte(part, '\n')
 		if n, err := strconv.Atoi(part[:nl]); err != nil || n != i {
-			panic(fmt.Sprintf("schema.sql: section %d is numbered %q", i, part[:nl]))
+			panic(fmt.Sprintf("schema: section %d is numbered %q", i, part[:nl]))
 		}
 		sections = append(sections, part[nl+1:])
 	}
@@ -327,16 +332,17 @@ var migrationSteps = map[int]func(*Store, *sql.Tx) error{
 
 // migrate brings the schema to this program's version, every pending
 // section in one transaction, and creates the audit key if there is none yet and a
-// service key is configured. openStore runs it under the directory lock.
+// service key is configured. openStore runs it under the directory lock
+// (SQLite), or under the store's advisory lock (PostgreSQL, Store.begin).
 func (s *Store) migrate() error {
-	sections := schemaSections()
-	tx, err := s.db.Begin()
+	sections := schemaSections(s.engine.schema)
+	tx, err := s.begin()
 	if err != nil {
-		return sqliteError(err)
+		return err
 	}
 	defer tx.Rollback()
-	var version int
-	if err := tx.QueryRow("PRAGMA user_version").Scan(&version); err != nil {
+	version, err := s.engine.version(tx)
+	if err != nil {
 		return sqliteError(err)
 	}
 	if version > len(sections) {
@@ -354,7 +360,7 @@ func (s *Store) migrate() error {
 		}
 	}
 	if version < len(sections) {
-		if _, err := tx.Exec(fmt.Sprintf("PRAGMA application_id = %d; PRAGMA user_version = %d", applicationID, len(sections))); err != nil {
+		if err := s.engine.setVersion(tx, len(sections)); err != nil {
 			return fmt.Errorf("migrating schema: %w", err)
 		}
 	}
@@ -400,11 +406,11 @@ func scanKey(row interface{ Scan(...any) error }) (*Key, error) {
 // Key returns the key with this purpose and fingerprint (case-insensitive).
 func (s *Store) Key(purpose, fingerprint string) (*Key, error) {
 	fingerprint = strings.ToUpper(fingerprint)
-	row := s.db.QueryRow("SELECT "+keyColumns+" FROM keys WHERE purpose = ? AND fingerprint = ?", purpose, fingerprint)
+	row := s.db.QueryRow("SELECT "+keyColumns+" FROM keys WHERE purpose = $1 AND fingerprint = $2", purpose, fingerprint)
 	k, err := scanKey(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		var other string
-		if s.db.QueryRow("SELECT purpose FROM keys WHERE fingerprint = ?", fingerprint).Scan(&other) == nil {
+		if s.db.QueryRow("SELECT purpose FROM keys WHERE fingerprint = $1", fingerprint).Scan(&other) == nil {
 			return nil, fmt.Errorf("key %s is a %s key, not %s: %w", fingerprint, other, purpose, errUnknownKey)
 		}
 		return nil, fmt.Errorf("%w: %s:%s", errUnknownKey, purpose, fingerprint)
@@ -449,13 +455,13 @@ func (s *Store) AddKeyWithData(k *Key, event string, data map[string]any, workRe
 	if _, err := parseProtectedKey(k.PrivateKey); err != nil {
 		return fmt.Errorf("key %s: %w", k, err)
 	}
-	tx, err := s.db.Begin()
+	tx, err := s.begin()
 	if err != nil {
-		return sqliteError(err)
+		return err
 	}
 	defer tx.Rollback()
 	var exists int
-	err = tx.QueryRow("SELECT 1 FROM keys WHERE purpose = ? AND fingerprint = ?", k.Purpose, k.Fingerprint).Scan(&exists)
+	err = tx.QueryRow("SELECT 1 FROM keys WHERE purpose = $1 AND fingerprint = $2", k.Purpose, k.Fingerprint).Scan(&exists)
 	if err == nil {
 		return fmt.Errorf("%w: %s", errDuplicateKey, k)
 	}
@@ -463,7 +469,7 @@ func (s *Store) AddKeyWithData(k *Key, event string, data map[string]any, workRe
 		return sqliteError(err)
 	}
 	now := nowUTC()
-	if _, err := tx.Exec("INSERT INTO keys ("+keyColumns+") VALUES (?, ?, ?, ?, ?, ?, ?)",
+	if _, err := tx.Exec("INSERT INTO keys ("+keyColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7)",
 		k.Purpose, k.Fingerprint, string(k.PrivateKey), k.PublicKey, k.Description, now, now); err != nil {
 		return fmt.Errorf("storing key %s: %w", k, err)
 	}
@@ -531,9 +537,9 @@ func (s *Store) ReencryptKeys() (moved []*Key, auditKeyMoved bool, err error) {
 		return nil, false, errors.New("no service key configured (service_keys in the configuration)")
 	}
 	first := s.serviceKeys[0]
-	tx, err := s.db.Begin()
+	tx, err := s.begin()
 	if err != nil {
-		return nil, false, sqliteError(err)
+		return nil, false, err
 	}
 	defer tx.Rollback()
 	rows, err := tx.Query("SELECT " + keyColumns + " FROM keys ORDER BY purpose, fingerprint")
@@ -574,7 +580,7 @@ func (s *Store) ReencryptKeys() (moved []*Key, auditKeyMoved bool, err error) {
 		if err != nil {
 			return nil, false, err
 		}
-		if _, err := tx.Exec("UPDATE keys SET private_key = ?, updated_at = ? WHERE purpose = ? AND fingerprint = ?",
+		if _, err := tx.Exec("UPDATE keys SET private_key = $1, updated_at = $2 WHERE purpose = $3 AND fingerprint = $4",
 			string(sealed), nowUTC(), k.Purpose, k.Fingerprint); err != nil {
 			return nil, false, fmt.Errorf("re-encrypting key %s: %w", k, err)
 		}

@@ -52,7 +52,7 @@ func (te *testEnv) writeConfig(t testing.TB, text string) {
 // store opens the test database; it is closed when the test ends.
 func (te *testEnv) store(t testing.TB) *Store {
 	t.Helper()
-	st, err := openStore(te.cfg.Database, te.cfg.ServiceKeys)
+	st, err := openStore(te.cfg.Database, te.cfg.DatabasePasswordFile, te.cfg.ServiceKeys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestServiceKeyRefused(t *testing.T) {
 		{short, "want exactly 32 bytes"},
 		{filepath.Join(dir, "missing"), "no such file"},
 	} {
-		_, err := openStore(filepath.Join(dir, "db"), []string{tc.path})
+		_, err := openStore(filepath.Join(dir, "db"), "", []string{tc.path})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("service key %s: error %v, want %q", tc.path, err, tc.want)
 		}
@@ -262,7 +262,7 @@ print(json.dumps({"storage": "nacl", "public_key": base64.b64encode(bytes(key.pu
 		t.Fatal(err)
 	}
 	os.Chmod(keyPath, 0o600)
-	st, err := openStore(filepath.Join(dir, "db"), []string{keyPath})
+	st, err := openStore(filepath.Join(dir, "db"), "", []string{keyPath})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -417,7 +417,7 @@ func TestForeignAndCorruptDatabase(t *testing.T) {
 		{corrupt, "not a SQLite database"},
 		{foreign, "not a debusine-signing database"},
 	} {
-		_, err := openStore(tc.path, []string{key})
+		_, err := openStore(tc.path, "", []string{key})
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.path) {
 			t.Errorf("%s: error %v, want %q and the path", tc.path, err, tc.want)
 		}
@@ -436,14 +436,14 @@ func TestSchemaVersion(t *testing.T) {
 	var version, appID int
 	st.db.QueryRow("PRAGMA user_version").Scan(&version)
 	st.db.QueryRow("PRAGMA application_id").Scan(&appID)
-	if version != len(schemaSections()) || appID != applicationID {
+	if version != len(schemaSections(schemaSQL)) || appID != applicationID {
 		t.Fatalf("user_version %d application_id %#x", version, appID)
 	}
 	if _, err := st.db.Exec(fmt.Sprintf("PRAGMA user_version = %d", version+1)); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()
-	_, err := openStore(te.cfg.Database, te.cfg.ServiceKeys)
+	_, err := openStore(te.cfg.Database, te.cfg.DatabasePasswordFile, te.cfg.ServiceKeys)
 	if err == nil || !strings.Contains(err.Error(), "newer than this program") {
 		t.Errorf("newer schema: error %v", err)
 	}

@@ -38,11 +38,14 @@ func usagef(format string, args ...any) error { return usageError{fmt.Sprintf(fo
 
 // Config is the TOML configuration; signing.toml.example documents it.
 type Config struct {
-	Database     string        `toml:"database"`
-	ServiceKeys  []string      `toml:"service_keys"`
-	TrustedCerts []string      `toml:"trusted_certs"`
-	Worker       WorkerConfig  `toml:"worker"`
-	YubiKey      YubiKeyConfig `toml:"yubikey"`
+	Database string `toml:"database"`
+	// DatabasePasswordFile holds the PostgreSQL password (a systemd
+	// credential, for example); never in database itself.
+	DatabasePasswordFile string        `toml:"database_password_file"`
+	ServiceKeys          []string      `toml:"service_keys"`
+	TrustedCerts         []string      `toml:"trusted_certs"`
+	Worker               WorkerConfig  `toml:"worker"`
+	YubiKey              YubiKeyConfig `toml:"yubikey"`
 
 	// path is the file the configuration came from, "" for the embedded
 	// default.
@@ -121,7 +124,10 @@ func loadConfig(path string) (*Config, error) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
-	abs(&cfg.Database)
+	if !isPostgres(cfg.Database) {
+		abs(&cfg.Database)
+	}
+	abs(&cfg.DatabasePasswordFile)
 	for i := range cfg.ServiceKeys {
 		abs(&cfg.ServiceKeys[i])
 	}
@@ -210,7 +216,7 @@ func (e *env) openStore() (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStore(cfg.Database, cfg.ServiceKeys)
+	st, err := openStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys)
 	if err != nil {
 		return nil, err
 	}
@@ -239,6 +245,7 @@ func init() {
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
 		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
+		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", cmdImportDebusineDB},
 		{"version", "", "print the version, VCS revision and build settings", cmdVersion},
 	}
 }

@@ -1,4 +1,5 @@
--- The debusine-signing database schema.
+-- The debusine-signing database schema, SQLite. schema_postgres.sql is the
+-- same for PostgreSQL: keep the two files' sections in step.
 --
 -- Each "-- version N" section migrates a database from version N-1 to N. The
 -- schema version is kept in PRAGMA user_version, and a database is recognised
@@ -13,9 +14,9 @@
 -- INSERT must carry id = last id + 1, prev_hash = the last row's hash, a
 -- hash no row has, a program_version and a mac); the audit key row is
 -- never deleted or replaced, only re-sealed. Each row's hash and mac are
--- computed in Go (audit.go, auditkey.go), not by the database. The other
--- SQLite-specific places are the PRAGMAs of openStore and migrate, and the
--- catalogue query of checkSchema (audit.go).
+-- computed in Go (audit.go, auditkey.go), not by the database. What else
+-- differs between the engines (schema version, write lock, the catalogue
+-- checkSchema compares) is in db.go.
 
 -- version 1
 CREATE TABLE keys (
