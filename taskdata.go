@@ -18,7 +18,7 @@ type signResult struct {
 	ErrorMessage *string `json:"error_message"`
 }
 
-// signTask is the task data of a sign work request (protocol.md §6.3).
+// signTask is the task data of a sign work request (docs/protocol.md §6.3).
 type signTask struct {
 	Purpose      string
 	Fingerprint  string
@@ -72,7 +72,7 @@ func (t *signTask) output(i int, results []signResult) (map[string]any, []outFil
 	return data, files
 }
 
-// debsignTask is the task data of a debsign work request (protocol.md §6.4).
+// debsignTask is the task data of a debsign work request (docs/protocol.md §6.4).
 type debsignTask struct {
 	Fingerprint string
 	UnsignedID  int64
@@ -156,7 +156,7 @@ func uploadContentType(name string) string {
 }
 
 // repositoryIndexTask is the task data of a signrepositoryindex work
-// request (protocol.md §6.5).
+// request (docs/protocol.md §6.5).
 type repositoryIndexTask struct {
 	Mode        string
 	SignedName  string

@@ -1,6 +1,6 @@
 package main
 
-// The signing tasks the worker runs (protocol.md §6), and the frame around
+// The signing tasks the worker runs (docs/protocol.md §6), and the frame around
 // them: task lookup, configuration, debug logs, runtime statistics and the
 // completion result.
 
@@ -91,7 +91,7 @@ func (tr *taskRun) logf(file, format string, args ...any) {
 }
 
 // decodeTaskData reads task_data or dynamic_task_data into v. Unknown keys
-// are tolerated: the server may add some (protocol.md §5).
+// are tolerated: the server may add some (docs/protocol.md §5).
 func decodeTaskData(raw json.RawMessage, v any) error {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil
@@ -303,7 +303,7 @@ func cpuSeconds(d time.Duration) int64 {
 }
 
 // uploadDebugLogs stores the run's logs as debusine:work-request-debug-logs
-// (protocol.md §6.6), related to every artifact the run read.
+// (docs/protocol.md §6.6), related to every artifact the run read.
 func (w *worker) uploadDebugLogs(ctx context.Context, tr *taskRun) error {
 	names := make([]string, 0, len(tr.logs))
 	for n := range tr.logs {
@@ -356,7 +356,7 @@ func (w *worker) lookupKey(purpose, fingerprint string) (*Key, error) {
 }
 
 // configureGenerateKey: generate a key, store and audit it, then record it
-// on the server as a debusine:signing-key asset (protocol.md §6.2).
+// on the server as a debusine:signing-key asset (docs/protocol.md §6.2).
 func (w *worker) configureGenerateKey(wr *workRequest) (taskRunner, error) {
 	var d struct {
 		Purpose     string `json:"purpose"`
@@ -472,7 +472,7 @@ func (w *worker) permit(ctx context.Context, tr *taskRun, purpose, fpr string, i
 	return nil
 }
 
-// configureSign: the sign task (protocol.md §6.3).
+// configureSign: the sign task (docs/protocol.md §6.3).
 func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 	t, err := parseSignTask(wr)
 	if err != nil {
@@ -663,7 +663,7 @@ func (w *worker) checkTrustedCerts(in *input) error {
 	return nil
 }
 
-// configureDebsign: re-sign a debian:upload (protocol.md §6.4).
+// configureDebsign: re-sign a debian:upload (docs/protocol.md §6.4).
 func (w *worker) configureDebsign(wr *workRequest) (taskRunner, error) {
 	t, err := parseDebsignTask(wr)
 	if err != nil {
@@ -725,7 +725,7 @@ func (w *worker) debsign(tr *taskRun, k *Key, in *input) error {
 }
 
 // configureSignRepositoryIndex: sign one repository index with every key
-// into one file (protocol.md §6.5).
+// into one file (docs/protocol.md §6.5).
 func (w *worker) configureSignRepositoryIndex(wr *workRequest) (taskRunner, error) {
 	t, err := parseRepositoryIndexTask(wr)
 	if err != nil {

@@ -2,7 +2,7 @@ package main
 
 // The signing worker: registration, the WebSocket that tells it about work,
 // the loop that takes work requests one at a time, and result delivery
-// (protocol.md §1–§3).
+// (docs/protocol.md §1–§3).
 
 import (
 	"context"
@@ -322,7 +322,7 @@ func (w *worker) websocketLoop(ctx context.Context, fatal chan<- error) {
 	}
 }
 
-// wsMessage is any frame the server sends (protocol.md §2.1).
+// wsMessage is any frame the server sends (docs/protocol.md §2.1).
 type wsMessage struct {
 	Type       string `json:"type"`
 	Text       string `json:"text"`
@@ -435,7 +435,7 @@ func debianArch(goarch string) string {
 }
 
 // metadata is the dynamic metadata: exactly what the scheduler reads
-// (protocol.md §1.3) for the tasks this build can run, plus signing:keys,
+// (docs/protocol.md §1.3) for the tasks this build can run, plus signing:keys,
 // the keys this worker can use, so that work can be routed to it.
 func (w *worker) metadata() (map[string]any, error) {
 	arch := debianArch(runtime.GOARCH)
@@ -468,7 +468,7 @@ func (w *worker) metadata() (map[string]any, error) {
 	return md, nil
 }
 
-// completion is the body of PUT …/completed/ (protocol.md §3).
+// completion is the body of PUT …/completed/ (docs/protocol.md §3).
 type completion struct {
 	Result     string      `json:"result"`
 	OutputData *outputData `json:"output_data,omitempty"`
