@@ -1,6 +1,6 @@
 package main
 
-// The HTTP side of the worker <-> server protocol (protocol.md §1–§4): one
+// The HTTP side of the worker <-> server protocol (docs/protocol.md §1–§4): one
 // client, every call retried on connection errors and 5xx (with exponential
 // backoff, for [worker] retry_for), a few calls in flight at a time, RFC
 // 7807 errors turned into Go errors, resumable uploads and hash-checked
@@ -353,7 +353,7 @@ func (c *apiClient) call(ctx context.Context, method, p string, in, out any, ok 
 	return resp.status, nil
 }
 
-// register posts a new worker secret (protocol.md §1.2). activation is the
+// register posts a new worker secret (docs/protocol.md §1.2). activation is the
 // one-time activation token, or empty.
 func (c *apiClient) register(ctx context.Context, secret, fqdn, activation string) error {
 	body, _ := json.Marshal(map[string]string{"token": secret, "fqdn": fqdn, "worker_type": "signing"})
@@ -732,7 +732,7 @@ func (c *apiClient) upload(ctx context.Context, id int64, name string, ra io.Rea
 }
 
 // parseRangeHeader reads the server's "Range: bytes=0-N", where N is the
-// number of bytes received, not an inclusive end (protocol.md §4.3).
+// number of bytes received, not an inclusive end (docs/protocol.md §4.3).
 func parseRangeHeader(h string) (int64, error) {
 	rest, ok := strings.CutPrefix(h, "bytes=0-")
 	if !ok {

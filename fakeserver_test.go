@@ -1,6 +1,6 @@
 package main
 
-// A fake Debusine server that follows protocol.md to the letter (status
+// A fake Debusine server that follows docs/protocol.md to the letter (status
 // codes, problem+json errors, the upload Range quirk, 403 while disabled,
 // TOKEN_DISABLED on the WebSocket, scheduling on the dynamic metadata) and
 // records everything the worker sent, so that tests can assert on it.
@@ -257,7 +257,7 @@ func (s *fakeServer) addSigningKeyAsset(purpose, fingerprint string) {
 // taskVersion is the server's TASK_VERSION of each signing task.
 var taskVersion = map[string]any{"noop": 1.0, "generatekey": nil, "sign": 1.0, "debsign": 1.0, "signrepositoryindex": 1.0}
 
-// canRunOn is the scheduler's check of a worker's metadata (protocol.md §1.3).
+// canRunOn is the scheduler's check of a worker's metadata (docs/protocol.md §1.3).
 func canRunOn(md map[string]any, wr *fakeWorkRequest) bool {
 	if md["system:worker_type"] != "signing" || wr.TaskType != "Signing" {
 		return false
@@ -294,14 +294,23 @@ func canRunOn(md map[string]any, wr *fakeWorkRequest) bool {
 	return true
 }
 
-// schedule assigns pending work to connected workers and notifies them (mu held).
+// schedule assigns pending work to connected workers and notifies them (mu
+// held). As the real scheduler, it gives a worker (concurrency 1) a work
+// request only while it has none pending or running.
 func (s *fakeServer) schedule() {
+	busy := map[string]bool{}
+	for _, wr := range s.workReqs {
+		if wr.Worker != "" && (wr.Status == "pending" || wr.Status == "running") {
+			busy[wr.Worker] = true
+		}
+	}
 	for _, wr := range s.workReqs {
 		if wr.Status != "pending" || wr.Worker != "" {
 			continue
 		}
 		for h, w := range s.workers {
-			if w.Enabled && w.Metadata != nil && len(w.conns) > 0 && canRunOn(w.Metadata, wr) {
+			if !busy[h] && w.Enabled && w.Metadata != nil && len(w.conns) > 0 && canRunOn(w.Metadata, wr) {
+				busy[h] = true
 				wr.Worker = h
 				s.notify(w, "work_request_available")
 				break
@@ -628,7 +637,7 @@ func (s *fakeServer) createArtifact(w http.ResponseWriter, r *http.Request, body
 	writeJSON(w, 201, s.artifactJSON(a))
 }
 
-// upload implements protocol.md §4.3, Range quirk included.
+// upload implements docs/protocol.md §4.3, Range quirk included.
 func (s *fakeServer) upload(w http.ResponseWriter, r *http.Request, body []byte, m []string) {
 	cr := r.Header.Get("Content-Range")
 	m[2], _ = url.PathUnescape(m[2])

@@ -96,7 +96,7 @@ func testCertificate(t testing.TB, cn string) (keyPEM, certPEM []byte) {
 }
 
 // selfSigned makes a certificate for priv signed by itself, valid for an
-// hour either side of now. It lives in this file, not a cgo one, because
+// hour either side of now. It lives in this file, not a YubiKey one, because
 // both the PEM helper above and the YubiKey tests use it.
 func selfSigned(t testing.TB, priv *rsa.PrivateKey, cn string) *x509.Certificate {
 	t.Helper()

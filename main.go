@@ -46,6 +46,7 @@ type Config struct {
 	TrustedCerts         []string      `toml:"trusted_certs"`
 	Worker               WorkerConfig  `toml:"worker"`
 	YubiKey              YubiKeyConfig `toml:"yubikey"`
+	Relay                RelayConfig   `toml:"relay"`
 
 	// path is the file the configuration came from, "" for the embedded
 	// default.
@@ -133,6 +134,9 @@ func loadConfig(path string) (*Config, error) {
 	}
 	for _, p := range []*string{&cfg.Worker.TokenFile, &cfg.Worker.ActivationTokenFile, &cfg.Worker.CAFile,
 		&cfg.Worker.LogFile, &cfg.Worker.CheckpointFile, &cfg.YubiKey.PINFile, &cfg.YubiKey.ManagementKeyFile} {
+		abs(p)
+	}
+	for _, p := range cfg.Relay.paths() {
 		abs(p)
 	}
 	return cfg, nil
@@ -246,6 +250,7 @@ func init() {
 		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
 		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", cmdImportDebusineDB},
+		{"relay", "generate-key|fetch|sign|complete ...", "carry work requests to an offline host and back ([relay] table)", cmdRelay},
 		{"version", "", "print the version, VCS revision and build settings", cmdVersion},
 	}
 }

@@ -19,7 +19,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 )
 
-// OpenPGP signing modes accepted by signOpenPGPData. "debsign" is handled by
+// OpenPGP signing modes accepted by signOpenPGPStream. "debsign" is handled by
 // debsignUpload because it signs several files of an upload at once.
 const (
 	openpgpModeDetached = "detached"

@@ -1,5 +1,3 @@
-//go:build cgo
-
 package main
 
 import (
@@ -28,9 +26,9 @@ import (
 )
 
 // virtualYubiKey is a PIV card that behaves like a YubiKey 5 as far as
-// piv-go and yubico-piv-tool can tell. It plugs into vsmartcard's virtual
+// piv.go and yubico-piv-tool can tell. It plugs into vsmartcard's virtual
 // reader driver (vpcd), which pcscd loads from /etc/reader.conf.d/vpcd, so
-// the code under test runs its real path: piv-go -> libpcsclite -> pcscd ->
+// the code under test runs its real path: piv.go -> pcsc.go -> pcscd ->
 // vpcd -> this card. The card holds real RSA keys and answers real
 // cryptography; only touch is not simulated. PIVCARD_DEBUG=1 in the
 // environment prints what vpcd sends the card.
@@ -46,6 +44,7 @@ type virtualYubiKey struct {
 	version    [3]byte
 	pin        []byte // padded to 8 bytes with 0xff, as sent in VERIFY
 	pinRetries int
+	notPIV     bool // refuses the PIV application, as another kind of card
 	puk        []byte
 	mgmtAlg    byte
 	mgmtKey    []byte
@@ -211,6 +210,34 @@ func (c *virtualYubiKey) insert(t testing.TB) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("virtual card: pcscd did not power the card on port %d", c.port)
 	}
+	// vpcd powers the card before pcscd has asked for its ATR; a program
+	// connecting in between (yubico-piv-tool) would be refused. Ready is
+	// when pcscd lists the card powered, with its ATR.
+	reader := fmt.Sprintf("Virtual PCD 00 %02d", c.port-vpcdFirstPort)
+	for deadline := time.Now().Add(15 * time.Second); !cardListed(reader); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("virtual card: pcscd does not list the card in %q", reader)
+		}
+	}
+}
+
+// cardListed says whether pcscd lists a powered card in reader.
+func cardListed(reader string) bool {
+	c, err := pcscEstablish()
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	readers, err := c.Readers()
+	if err != nil {
+		return false
+	}
+	for _, r := range readers {
+		if r.Name == reader {
+			return r.State&0x0010 != 0 && len(r.ATR) > 0 // SCARD_POWERED
+		}
+	}
+	return false
 }
 
 // remove pulls the card out of the reader.
@@ -230,8 +257,7 @@ func (c *virtualYubiKey) remove() {
 	// pcscd polls vpcd for the card every 400 ms. A real YubiKey takes its
 	// reader away when unplugged, which pcscd sees at once; waiting for the
 	// poll makes this removal look the same. (Otherwise a client may connect
-	// to the card pcscd still believes present, fail, and piv-go's Open
-	// leaks that exclusive handle until the process ends.)
+	// to the card pcscd still believes present, and fail.)
 	time.Sleep(time.Second)
 }
 
@@ -405,7 +431,7 @@ func (c *virtualYubiKey) apdu(cmd []byte) []byte {
 }
 
 func (c *virtualYubiKey) selectApp(p1 byte, aid []byte) []byte {
-	if p1 != 0x04 || !bytes.HasPrefix(aid, pivAID) || len(aid) < len(pivAID) {
+	if c.notPIV || p1 != 0x04 || !bytes.HasPrefix(aid, pivAID) || len(aid) < len(pivAID) {
 		c.selected = false
 		return status(swNotFound)
 	}

@@ -14,8 +14,7 @@ import (
 //
 // The reference is a PKCS#11 URI (RFC 7512) as Debusine's own
 // register_pkcs11_static_key stores it for a key on a YubiKey driven by
-// ykcs11, so keys registered there work here unchanged. This file builds
-// without cgo: parsing needs no PC/SC.
+// ykcs11, so keys registered there work here unchanged.
 type tokenKeyRef struct {
 	Serial uint32
 	// Slot is the PIV key reference: 0x9a, 0x9c, 0x9d, 0x9e or a retired

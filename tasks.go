@@ -1,6 +1,6 @@
 package main
 
-// The signing tasks the worker runs (protocol.md §6), and the frame around
+// The signing tasks the worker runs (docs/protocol.md §6), and the frame around
 // them: task lookup, configuration, debug logs, runtime statistics and the
 // completion result.
 
@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"path"
@@ -58,6 +59,17 @@ type taskRun struct {
 	sources []int64
 
 	checked time.Time // when the work request's status was last read
+	// auditExtra is added to the data of every sign audit row (the relay
+	// names its bundle there).
+	auditExtra map[string]any
+}
+
+// audit is the audit context of a signature over in: the work request and
+// the server's answer to the permission check.
+func (tr *taskRun) audit(in *input) auditContext {
+	extra := in.perm.auditExtra()
+	maps.Copy(extra, tr.auditExtra)
+	return auditContext{WorkRequest: &tr.wr.ID, Extra: extra}
 }
 
 // enter starts a stage (fetch_input, configure_for_execution, execution,
@@ -79,7 +91,7 @@ func (tr *taskRun) logf(file, format string, args ...any) {
 }
 
 // decodeTaskData reads task_data or dynamic_task_data into v. Unknown keys
-// are tolerated: the server may add some (protocol.md §5).
+// are tolerated: the server may add some (docs/protocol.md §5).
 func decodeTaskData(raw json.RawMessage, v any) error {
 	if len(raw) == 0 || string(raw) == "null" {
 		return nil
@@ -162,20 +174,36 @@ func (w *worker) execute(ctx context.Context, wr *workRequest) error {
 	return w.deliver(ctx, wr.ID, body)
 }
 
+// configure returns wr's configured task, or the error completion of a
+// work request this worker cannot run: wrong type, unknown task (on a
+// relay: one the offline host does not run), bad task data.
+func (w *worker) configure(wr *workRequest) (taskRunner, *completion) {
+	fail := func(code, msg string) (taskRunner, *completion) {
+		c := errorCompletion(code, msg)
+		return nil, &c
+	}
+	if !strings.EqualFold(wr.TaskType, "Signing") {
+		return fail("wrong-task-type", fmt.Sprintf("Task: %s is of type %s, not %s", wr.TaskName, wr.TaskType, "Signing"))
+	}
+	name := strings.ToLower(wr.TaskName)
+	t, ok := w.tasks()[name]
+	if !ok || (w.relayKeys != nil && !relayTasks[name]) {
+		return fail("setup-failed", fmt.Sprintf("Task: %s is not a task this signing worker can run", wr.TaskName))
+	}
+	run, err := t.configure(wr)
+	if err != nil {
+		return fail("configure-failed", fmt.Sprintf("Task: %s Error configure: %v", wr.TaskName, err))
+	}
+	return run, nil
+}
+
 // runTask returns the completion of wr; an error when ctx ended first
 // (ctx's), or when the work request stopped being this worker's (a
 // notOursError).
 func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger) (completion, error) {
-	if !strings.EqualFold(wr.TaskType, "Signing") {
-		return errorCompletion("wrong-task-type", fmt.Sprintf("Task: %s is of type %s, not %s", wr.TaskName, wr.TaskType, "Signing")), nil
-	}
-	t, ok := w.tasks()[strings.ToLower(wr.TaskName)]
-	if !ok {
-		return errorCompletion("setup-failed", fmt.Sprintf("Task: %s is not a task this signing worker can run", wr.TaskName)), nil
-	}
-	run, err := t.configure(wr)
-	if err != nil {
-		return errorCompletion("configure-failed", fmt.Sprintf("Task: %s Error configure: %v", wr.TaskName, err)), nil
+	run, bad := w.configure(wr)
+	if bad != nil {
+		return *bad, nil
 	}
 
 	start, cpu0 := time.Now(), cpuTime()
@@ -187,7 +215,7 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 			return completion{}, e
 		}
 		log.Error("task failed to execute", "error", err)
-		return errorCompletion("execute-failed", fmt.Sprintf("Task: %s Error execute: %v", wr.TaskName, err)), nil
+		return executeFailedCompletion(wr, err), nil
 	}
 	dir, err := os.MkdirTemp(w.workDir, fmt.Sprintf("work-request-%d-", wr.ID))
 	if err != nil {
@@ -209,13 +237,24 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 	if e := notOurs(err); e != nil {
 		return completion{}, e
 	}
+	c, err := w.finish(ctx, tr, success, err, time.Since(start), cpuTime()-cpu0)
+	if err != nil {
+		return executeFailed(err)
+	}
+	return c, nil
+}
+
+// finish ends a run: an error goes to its stage's log, the logs are
+// uploaded, and the completion says success or failure with the run's
+// statistics. It fails when the logs could not be uploaded.
+func (w *worker) finish(ctx context.Context, tr *taskRun, success bool, err error, duration, cpu time.Duration) (completion, error) {
 	if err != nil {
 		stage := tr.stage
 		var se *stageError
 		if errors.As(err, &se) {
 			stage = se.stage
 		}
-		log.Warn("task failed", "stage", stage, "error", err)
+		tr.log.Warn("task failed", "stage", stage, "error", err)
 		tr.logf(stage+".log", "%v\n", err)
 		success = false
 	}
@@ -223,16 +262,22 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 		delete(tr.logs, "stages.log")
 	}
 	if err := w.uploadDebugLogs(ctx, tr); err != nil {
-		return executeFailed(err)
+		return completion{}, err
 	}
 	result := "failure"
 	if success {
 		result = "success"
 	}
 	return completion{Result: result, OutputData: &outputData{RuntimeStatistics: &runtimeStatistics{
-		Duration: int64(time.Since(start).Round(time.Second) / time.Second),
-		CPUTime:  cpuSeconds(cpuTime() - cpu0),
+		Duration: int64(duration.Round(time.Second) / time.Second),
+		CPUTime:  cpuSeconds(cpu),
 	}}}, nil
+}
+
+// executeFailedCompletion is the completion of a run that failed outside
+// its task, such as its debug logs not reaching the server.
+func executeFailedCompletion(wr *workRequest, err error) completion {
+	return errorCompletion("execute-failed", fmt.Sprintf("Task: %s Error execute: %v", wr.TaskName, err))
 }
 
 // notOurs returns err as a notOursError when it is one, or when it is the
@@ -258,7 +303,7 @@ func cpuSeconds(d time.Duration) int64 {
 }
 
 // uploadDebugLogs stores the run's logs as debusine:work-request-debug-logs
-// (protocol.md §6.6), related to every artifact the run read.
+// (docs/protocol.md §6.6), related to every artifact the run read.
 func (w *worker) uploadDebugLogs(ctx context.Context, tr *taskRun) error {
 	names := make([]string, 0, len(tr.logs))
 	for n := range tr.logs {
@@ -311,7 +356,7 @@ func (w *worker) lookupKey(purpose, fingerprint string) (*Key, error) {
 }
 
 // configureGenerateKey: generate a key, store and audit it, then record it
-// on the server as a debusine:signing-key asset (protocol.md §6.2).
+// on the server as a debusine:signing-key asset (docs/protocol.md §6.2).
 func (w *worker) configureGenerateKey(wr *workRequest) (taskRunner, error) {
 	var d struct {
 		Purpose     string `json:"purpose"`
@@ -427,56 +472,19 @@ func (w *worker) permit(ctx context.Context, tr *taskRun, purpose, fpr string, i
 	return nil
 }
 
-// signResult is one entry of a debusine:signing-output's results.
-type signResult struct {
-	File         string  `json:"file"`
-	OutputFile   *string `json:"output_file"`
-	ErrorMessage *string `json:"error_message"`
-}
-
-// configureSign: the sign task (protocol.md §6.3).
+// configureSign: the sign task (docs/protocol.md §6.3).
 func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
-	var d struct {
-		Purpose string `json:"purpose"`
-		Key     string `json:"key"`
-	}
-	var dyn struct {
-		UnsignedIDs  []int64   `json:"unsigned_ids"`
-		PackageNames []*string `json:"unsigned_binary_package_names"`
-	}
-	if err := decodeTaskData(wr.TaskData, &d); err != nil {
+	t, err := parseSignTask(wr)
+	if err != nil {
 		return nil, err
-	}
-	if err := decodeTaskData(wr.DynamicTaskData, &dyn); err != nil {
-		return nil, err
-	}
-	fpr := normalFingerprint(d.Key)
-	switch {
-	case d.Purpose != purposeUEFI && d.Purpose != purposeOpenPGP:
-		return nil, fmt.Errorf("purpose %q: want %s or %s", d.Purpose, purposeUEFI, purposeOpenPGP)
-	case fpr == "":
-		return nil, fmt.Errorf("no key")
-	case len(dyn.UnsignedIDs) == 0:
-		return nil, fmt.Errorf("dynamic_task_data has no unsigned_ids")
-	case len(dyn.PackageNames) != 0 && len(dyn.PackageNames) != len(dyn.UnsignedIDs):
-		return nil, fmt.Errorf("dynamic_task_data: %d unsigned_binary_package_names for %d unsigned_ids", len(dyn.PackageNames), len(dyn.UnsignedIDs))
 	}
 	return func(ctx context.Context, tr *taskRun) (bool, error) {
 		// Every check on every input passes before anything is signed.
-		inputs := make([]*input, len(dyn.UnsignedIDs))
+		inputs := make([]*input, len(t.UnsignedIDs))
 		err := parallel(ctx, len(inputs), maxInFlight, func(ctx context.Context, i int) error {
-			in, err := w.describe(ctx, tr, dyn.UnsignedIDs[i], "debusine:signing-input", fmt.Sprintf("in/%d", i))
-			if err != nil {
-				return err
-			}
-			if err := w.checkTrustedCerts(in); err != nil {
-				return err
-			}
-			if err := w.permit(ctx, tr, d.Purpose, fpr, in); err != nil {
-				return err
-			}
+			in, err := w.describeSignInput(ctx, tr, t, i)
 			inputs[i] = in
-			return nil
+			return err
 		})
 		if err != nil {
 			return false, err
@@ -484,7 +492,7 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 		for _, in := range inputs {
 			tr.sources = append(tr.sources, in.id)
 		}
-		k, err := w.lookupKey(d.Purpose, fpr)
+		k, err := w.lookupKey(t.Purpose, t.Fingerprint)
 		if err != nil {
 			return false, err
 		}
@@ -506,43 +514,19 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 				if err := p.downloaded(i, j); err != nil {
 					return false, err
 				}
-				r := signResult{File: name}
-				if strings.HasSuffix(name, kmodSuffix) && (w.skipKernelModules || d.Purpose != purposeUEFI) {
-					msg := "Skipped kernel module (not yet supported)"
-					r.ErrorMessage = &msg
-				} else {
-					out := name + ".sig"
-					ac := auditContext{WorkRequest: &tr.wr.ID, Extra: in.perm.auditExtra()}
-					err := signFile(p.ctx, tr, path.Join(in.dir, name), path.Join(fmt.Sprintf("out/%d", i), out), ac)
-					if p.ctx.Err() != nil {
-						return false, p.err()
-					}
-					if err != nil {
-						msg := strings.ReplaceAll(err.Error(), tr.dir+"/", "")
-						r.ErrorMessage = &msg
-						failed++
-						tr.logf("cmd-output.log", "%s: %v\n", name, err)
-					} else {
-						r.OutputFile = &out
-						signed++
-						tr.logf("cmd-output.log", "%s: signed\n", name)
-					}
+				r, bad := w.signOne(p.ctx, tr, signFile, t, i, in, name)
+				if p.ctx.Err() != nil {
+					return false, p.err()
+				}
+				if bad {
+					failed++
+				} else if r.OutputFile != nil {
+					signed++
 				}
 				results[i] = append(results[i], r)
 			}
 			tr.logf("fetch_input.log", "downloaded artifact %d (%s): %d file(s)\n", in.id, in.art.Category, len(in.files))
-
-			var files []outFile
-			for _, r := range results[i] {
-				if r.OutputFile != nil {
-					files = append(files, outFile{Name: *r.OutputFile, ContentType: "application/octet-stream", Path: path.Join(fmt.Sprintf("out/%d", i), *r.OutputFile)})
-				}
-			}
-			var pkg *string
-			if len(dyn.PackageNames) > 0 {
-				pkg = dyn.PackageNames[i]
-			}
-			data := map[string]any{"purpose": d.Purpose, "fingerprint": fpr, "results": results[i], "binary_package_name": pkg}
+			data, files := t.output(i, results[i])
 			p.upload(i, data, tr.outFiles(files))
 		}
 
@@ -554,9 +538,53 @@ func (w *worker) configureSign(wr *workRequest) (taskRunner, error) {
 	}, nil
 }
 
+// describeSignInput reads and checks input i of a sign task: its
+// description, trusted_certs and the server's permission.
+func (w *worker) describeSignInput(ctx context.Context, tr *taskRun, t *signTask, i int) (*input, error) {
+	in, err := w.describe(ctx, tr, t.UnsignedIDs[i], "debusine:signing-input", fmt.Sprintf("in/%d", i))
+	if err != nil {
+		return nil, err
+	}
+	if err := w.checkTrustedCerts(in); err != nil {
+		return nil, err
+	}
+	if err := w.permit(ctx, tr, t.Purpose, t.Fingerprint, in); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// kmodSkipped is the result of a kernel module left unsigned, as Debusine
+// words it.
+const kmodSkipped = "Skipped kernel module (not yet supported)"
+
+// signOne signs file name of input i into out/<i>/<name>.sig, or skips it
+// (a kernel module, as configured); bad says that signing it failed.
+func (w *worker) signOne(ctx context.Context, tr *taskRun, signFile fileSignFunc, t *signTask, i int, in *input, name string) (r signResult, bad bool) {
+	r = signResult{File: name}
+	if strings.HasSuffix(name, kmodSuffix) && (w.skipKernelModules || t.Purpose != purposeUEFI) {
+		msg := kmodSkipped
+		r.ErrorMessage = &msg
+		return r, false
+	}
+	out := name + ".sig"
+	if err := signFile(ctx, tr, path.Join(in.dir, name), path.Join(fmt.Sprintf("out/%d", i), out), tr.audit(in)); err != nil {
+		msg := strings.ReplaceAll(err.Error(), tr.dir+"/", "")
+		r.ErrorMessage = &msg
+		tr.logf("cmd-output.log", "%s: %v\n", name, err)
+		return r, true
+	}
+	r.OutputFile = &out
+	tr.logf("cmd-output.log", "%s: signed\n", name)
+	return r, false
+}
+
+// fileSignFunc signs one file of the work directory into another.
+type fileSignFunc func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error
+
 // fileSigner prepares key k once for the whole task and returns the
 // function signing one file of the work directory into another.
-func (w *worker) fileSigner(k *Key) (func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error, error) {
+func (w *worker) fileSigner(k *Key) (fileSignFunc, error) {
 	switch k.Purpose {
 	case purposeUEFI:
 		signer, cert, err := uefiSigner(w.st, k)
@@ -627,173 +655,134 @@ func (w *worker) checkTrustedCerts(in *input) error {
 	return nil
 }
 
-// configureDebsign: re-sign a debian:upload (protocol.md §6.4).
+// configureDebsign: re-sign a debian:upload (docs/protocol.md §6.4).
 func (w *worker) configureDebsign(wr *workRequest) (taskRunner, error) {
-	var d struct {
-		Key string `json:"key"`
-	}
-	var dyn struct {
-		UnsignedID int64 `json:"unsigned_id"`
-	}
-	if err := decodeTaskData(wr.TaskData, &d); err != nil {
+	t, err := parseDebsignTask(wr)
+	if err != nil {
 		return nil, err
-	}
-	if err := decodeTaskData(wr.DynamicTaskData, &dyn); err != nil {
-		return nil, err
-	}
-	fpr := normalFingerprint(d.Key)
-	if fpr == "" || dyn.UnsignedID == 0 {
-		return nil, fmt.Errorf("debsign needs task_data key and dynamic_task_data unsigned_id")
 	}
 	return func(ctx context.Context, tr *taskRun) (bool, error) {
-		in, err := w.fetch(ctx, tr, dyn.UnsignedID, "debian:upload", "in")
+		in, err := w.fetchDebsignInput(ctx, tr, t)
 		if err != nil {
 			return false, err
 		}
-		if err := w.permit(ctx, tr, purposeOpenPGP, fpr, in); err != nil {
-			return false, err
-		}
-		k, err := w.lookupKey(purposeOpenPGP, fpr)
+		k, err := w.lookupKey(purposeOpenPGP, t.Fingerprint)
 		if err != nil {
 			return false, err
 		}
-		var changes []string
-		for _, name := range in.files {
-			if strings.HasSuffix(name, ".changes") {
-				changes = append(changes, name)
-			}
-		}
-		if len(changes) != 1 {
-			return false, fmt.Errorf("artifact %d holds %d .changes files, want 1", in.id, len(changes))
-		}
-
 		tr.enter("execution")
 		if err := w.stillOurs(ctx, tr, 0); err != nil {
 			return false, err
 		}
-		ac := auditContext{WorkRequest: &tr.wr.ID, Extra: in.perm.auditExtra()}
-		signedPath, err := debsignUpload(w.st, k, filepath.Join(tr.dir, "in", changes[0]), filepath.Join(tr.dir, "out"), ac)
-		if err != nil {
+		if err := w.debsign(tr, k, in); err != nil {
 			return false, err
 		}
-		tr.logf("cmd-output.log", "re-signed %s with %s\n", changes[0], fpr)
-		signed, err := os.ReadFile(signedPath)
-		if err != nil {
-			return false, err
-		}
-		fields, err := parseChanges(changes[0], signed)
-		if err != nil {
-			return false, err
-		}
-
 		tr.enter("post_execution")
-		files := []outFile{{Name: changes[0], ContentType: uploadContentType(changes[0]), Path: "out/" + changes[0]}}
-		listed, _ := fields["Checksums-Sha256"].([]map[string]string)
-		for _, f := range listed {
-			if err := validSignedName(f["name"]); err != nil {
-				return false, err
-			}
-			files = append(files, outFile{Name: f["name"], ContentType: uploadContentType(f["name"]), Path: "out/" + f["name"]})
+		data, files, err := debsignOutput(tr, in)
+		if err != nil {
+			return false, err
 		}
-		data := map[string]any{"type": "dpkg", "changes_fields": fields}
 		_, err = w.api.createArtifact(ctx, "debian:upload", tr.wr.Workspace, tr.wr.ID, data, tr.outFiles(files), []int64{in.id})
 		return err == nil, err
 	}, nil
 }
 
-// uploadContentType: the types Debusine gives the files of an upload.
-func uploadContentType(name string) string {
-	switch path.Ext(name) {
-	case ".changes", ".dsc", ".buildinfo":
-		return "text/plain; charset=utf-8"
-	case ".deb", ".udeb", ".ddeb":
-		return "application/vnd.debian.binary-package"
-	case ".xz":
-		return "application/x-xz"
-	case ".gz":
-		return "application/gzip"
-	case ".bz2":
-		return "application/x-bzip2"
+// fetchDebsignInput downloads the upload into in/ and checks it.
+func (w *worker) fetchDebsignInput(ctx context.Context, tr *taskRun, t *debsignTask) (*input, error) {
+	in, err := w.fetch(ctx, tr, t.UnsignedID, "debian:upload", "in")
+	if err != nil {
+		return nil, err
 	}
-	return "application/octet-stream"
+	if err := w.permit(ctx, tr, purposeOpenPGP, t.Fingerprint, in); err != nil {
+		return nil, err
+	}
+	if _, err := uploadChanges(in); err != nil {
+		return nil, err
+	}
+	return in, nil
+}
+
+// debsign is the debsign task's execution stage: the re-signed upload goes
+// to out/.
+func (w *worker) debsign(tr *taskRun, k *Key, in *input) error {
+	changes, err := uploadChanges(in)
+	if err != nil {
+		return err
+	}
+	if _, err := debsignUpload(w.st, k, filepath.Join(tr.dir, in.dir, changes), filepath.Join(tr.dir, "out"), tr.audit(in)); err != nil {
+		return err
+	}
+	tr.logf("cmd-output.log", "re-signed %s with %s\n", changes, k.Fingerprint)
+	return nil
 }
 
 // configureSignRepositoryIndex: sign one repository index with every key
-// into one file (protocol.md §6.5).
+// into one file (docs/protocol.md §6.5).
 func (w *worker) configureSignRepositoryIndex(wr *workRequest) (taskRunner, error) {
-	var d struct {
-		Mode       string `json:"mode"`
-		SignedName string `json:"signed_name"`
-	}
-	var dyn struct {
-		SigningKeys []string `json:"signing_keys"`
-		UnsignedID  int64    `json:"unsigned_id"`
-	}
-	if err := decodeTaskData(wr.TaskData, &d); err != nil {
+	t, err := parseRepositoryIndexTask(wr)
+	if err != nil {
 		return nil, err
-	}
-	if err := decodeTaskData(wr.DynamicTaskData, &dyn); err != nil {
-		return nil, err
-	}
-	if d.Mode != openpgpModeDetached && d.Mode != openpgpModeClear {
-		return nil, fmt.Errorf("mode %q: want %s or %s", d.Mode, openpgpModeDetached, openpgpModeClear)
-	}
-	if err := validSignedName(d.SignedName); err != nil {
-		return nil, fmt.Errorf("signed_name: %w", err)
-	}
-	if dyn.UnsignedID == 0 {
-		return nil, fmt.Errorf("dynamic_task_data has no unsigned_id")
 	}
 	return func(ctx context.Context, tr *taskRun) (bool, error) {
-		if len(dyn.SigningKeys) == 0 {
-			return false, fmt.Errorf("no signing_keys: nothing to sign with")
-		}
-		in, err := w.fetch(ctx, tr, dyn.UnsignedID, "", "in")
+		in, err := w.fetchRepositoryIndexInput(ctx, tr, t)
 		if err != nil {
 			return false, err
 		}
-		if len(in.files) != 1 {
-			return false, fmt.Errorf("artifact %d holds %d files, want exactly 1", in.id, len(in.files))
-		}
-		// One check per key; they must all say the same, or the audit
-		// rows could not name one requester and resource.
-		var first []byte
-		for _, f := range dyn.SigningKeys {
-			if err := w.permit(ctx, tr, purposeOpenPGP, normalFingerprint(f), in); err != nil {
-				return false, err
-			}
-			b, _ := json.Marshal(in.perm)
-			if first == nil {
-				first = b
-			} else if !bytes.Equal(first, b) {
-				return false, fmt.Errorf("the permission checks of the signing keys disagree: %s and %s", first, b)
-			}
-		}
-		keys := make([]*Key, len(dyn.SigningKeys))
-		for i, f := range dyn.SigningKeys {
-			if keys[i], err = w.lookupKey(purposeOpenPGP, normalFingerprint(f)); err != nil {
+		keys := make([]*Key, len(t.SigningKeys))
+		for i, f := range t.SigningKeys {
+			if keys[i], err = w.lookupKey(purposeOpenPGP, f); err != nil {
 				return false, err
 			}
 		}
-
 		tr.enter("execution")
 		if err := w.stillOurs(ctx, tr, 0); err != nil {
 			return false, err
 		}
-		ac := auditContext{WorkRequest: &tr.wr.ID, Extra: in.perm.auditExtra()}
-		out := path.Join("out", d.SignedName)
-		if err := signOpenPGPRootFile(w.st, keys, tr.root, path.Join(in.dir, in.files[0]), out, d.Mode, ac); err != nil {
+		if err := w.signRepositoryIndex(tr, t, keys, in); err != nil {
 			return false, err
 		}
-		tr.logf("cmd-output.log", "signed %s (%s) with %d key(s)\n", in.files[0], d.Mode, len(keys))
-
 		tr.enter("post_execution")
-		ct := "application/pgp-signature"
-		if d.Mode == openpgpModeClear {
-			ct = "text/plain; charset=utf-8"
-		}
-		files := []outFile{{Name: d.SignedName, ContentType: ct, Path: out}}
-		_, err = w.api.createArtifact(ctx, "debian:repository-index", tr.wr.Workspace, tr.wr.ID, map[string]any{"path": d.SignedName}, tr.outFiles(files), []int64{in.id})
+		data, files := t.output()
+		_, err = w.api.createArtifact(ctx, "debian:repository-index", tr.wr.Workspace, tr.wr.ID, data, tr.outFiles(files), []int64{in.id})
 		return err == nil, err
 	}, nil
+}
+
+// fetchRepositoryIndexInput downloads the index into in/ and runs one
+// permission check per key; they must all say the same, or the audit rows
+// could not name one requester and resource.
+func (w *worker) fetchRepositoryIndexInput(ctx context.Context, tr *taskRun, t *repositoryIndexTask) (*input, error) {
+	if len(t.SigningKeys) == 0 {
+		return nil, fmt.Errorf("no signing_keys: nothing to sign with")
+	}
+	in, err := w.fetch(ctx, tr, t.UnsignedID, "", "in")
+	if err != nil {
+		return nil, err
+	}
+	if len(in.files) != 1 {
+		return nil, fmt.Errorf("artifact %d holds %d files, want exactly 1", in.id, len(in.files))
+	}
+	var first []byte
+	for _, f := range t.SigningKeys {
+		if err := w.permit(ctx, tr, purposeOpenPGP, f, in); err != nil {
+			return nil, err
+		}
+		b, _ := json.Marshal(in.perm)
+		if first == nil {
+			first = b
+		} else if !bytes.Equal(first, b) {
+			return nil, fmt.Errorf("the permission checks of the signing keys disagree: %s and %s", first, b)
+		}
+	}
+	return in, nil
+}
+
+// signRepositoryIndex is the execution stage: the signature goes to
+// out/<signed_name>.
+func (w *worker) signRepositoryIndex(tr *taskRun, t *repositoryIndexTask, keys []*Key, in *input) error {
+	if err := signOpenPGPRootFile(w.st, keys, tr.root, path.Join(in.dir, in.files[0]), path.Join("out", t.SignedName), t.Mode, tr.audit(in)); err != nil {
+		return err
+	}
+	tr.logf("cmd-output.log", "signed %s (%s) with %d key(s)\n", in.files[0], t.Mode, len(keys))
+	return nil
 }

@@ -2,7 +2,7 @@ package main
 
 // The signing worker: registration, the WebSocket that tells it about work,
 // the loop that takes work requests one at a time, and result delivery
-// (protocol.md §1–§3).
+// (docs/protocol.md §1–§3).
 
 import (
 	"context"
@@ -43,6 +43,10 @@ type worker struct {
 	workDir             string // where per-task directories are made
 	checkpointFile      string // [worker] checkpoint_file, "" for none
 	skipKernelModules   bool   // sign_kernel_modules = false: skip .ko files as Debusine does
+	// relayKeys, on a relay (relay fetch), are the keys it advertises
+	// instead of the store's: keys held on the offline host. A relay
+	// advertises only the tasks the offline host runs (relayTasks).
+	relayKeys []string
 
 	// wsDelay is the pause before reconnecting the WebSocket; onceQuiet is
 	// how long --once waits for a notification after the server said it had
@@ -318,7 +322,7 @@ func (w *worker) websocketLoop(ctx context.Context, fatal chan<- error) {
 	}
 }
 
-// wsMessage is any frame the server sends (protocol.md §2.1).
+// wsMessage is any frame the server sends (docs/protocol.md §2.1).
 type wsMessage struct {
 	Type       string `json:"type"`
 	Text       string `json:"text"`
@@ -431,7 +435,7 @@ func debianArch(goarch string) string {
 }
 
 // metadata is the dynamic metadata: exactly what the scheduler reads
-// (protocol.md §1.3) for the tasks this build can run, plus signing:keys,
+// (docs/protocol.md §1.3) for the tasks this build can run, plus signing:keys,
 // the keys this worker can use, so that work can be routed to it.
 func (w *worker) metadata() (map[string]any, error) {
 	arch := debianArch(runtime.GOARCH)
@@ -441,6 +445,9 @@ func (w *worker) metadata() (map[string]any, error) {
 		"system:architectures":     []string{arch},
 	}
 	for name, t := range w.tasks() {
+		if w.relayKeys != nil && !relayTasks[name] {
+			continue
+		}
 		md["signing:"+name+":version"] = t.version
 		for k, v := range t.available {
 			if k == "" {
@@ -450,15 +457,18 @@ func (w *worker) metadata() (map[string]any, error) {
 			}
 		}
 	}
-	keys, err := w.usableKeys()
-	if err != nil {
-		return nil, err
+	keys := w.relayKeys
+	if keys == nil {
+		var err error
+		if keys, err = w.usableKeys(); err != nil {
+			return nil, err
+		}
 	}
 	md["signing:keys"] = keys
 	return md, nil
 }
 
-// completion is the body of PUT …/completed/ (protocol.md §3).
+// completion is the body of PUT …/completed/ (docs/protocol.md §3).
 type completion struct {
 	Result     string      `json:"result"`
 	OutputData *outputData `json:"output_data,omitempty"`
@@ -596,13 +606,9 @@ func cmdWorker(e *env, args []string) error {
 	if wc.APIURL == "" || wc.TokenFile == "" {
 		return fmt.Errorf("configuration %s: the worker needs [worker] api_url and token_file", cfg.path)
 	}
-	trusted := map[string]bool{}
-	for _, c := range cfg.TrustedCerts {
-		f := normalFingerprint(c)
-		if _, err := hex.DecodeString(f); err != nil || len(f) != 64 {
-			return fmt.Errorf("configuration %s: trusted_certs: %q is not a SHA-256 fingerprint", cfg.path, c)
-		}
-		trusted[f] = true
+	trusted, err := trustedCerts(cfg)
+	if err != nil {
+		return err
 	}
 	log, closeLog, err := workerLogger(wc, e.stderr)
 	if err != nil {

@@ -1,15 +1,13 @@
-//go:build cgo
-
 package main
 
 // Keys held on a YubiKey: the private key never leaves the token; this file
 // registers such keys, generates new ones on the token, and signs through the
-// token's PIV applet (piv-go, which needs libpcsclite and therefore cgo).
+// token's PIV application (piv.go, over pcscd's socket: pcsc.go).
 //
 // Each token has one PC/SC session for the whole process, opened on first use
 // and kept: opening one costs a reader scan and an applet selection, and a
-// worker signing a hundred files must not pay that a hundred times. piv-go
-// holds the card in exclusive mode with a transaction open, so the session is
+// worker signing a hundred files must not pay that a hundred times. The
+// session holds the card in exclusive mode with a transaction open, so it is
 // also the token's lock against other processes; the mutex per token
 // serializes this process's users, since a PIV applet has one security state.
 
@@ -29,8 +27,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/go-piv/piv-go/v2/piv"
 )
 
 // tokens is the process-wide pool of YubiKey sessions, by serial number.
@@ -56,7 +52,7 @@ func (p *tokenPool) get(serial uint32) *token {
 type token struct {
 	serial uint32
 	mu     sync.Mutex
-	yk     *piv.YubiKey
+	card   *pivCard
 	// rejectedPIN is the SHA-256 of the last PIN the token refused, and
 	// rejection what was said then: every presentation of a wrong PIN burns
 	// one of the token's few retries, so the same PIN is never presented
@@ -67,89 +63,101 @@ type token struct {
 }
 
 func (t *token) close() {
-	if t.yk != nil {
-		t.yk.Close()
-		t.yk = nil
+	if t.card != nil {
+		t.card.close()
+		t.card.ctx.Close()
+		t.card = nil
 	}
 }
 
 // session returns the open session, finding the token among the PC/SC
 // readers if there is none.
-func (t *token) session() (*piv.YubiKey, error) {
-	if t.yk != nil {
-		return t.yk, nil
+func (t *token) session() (*pivCard, error) {
+	if t.card != nil {
+		return t.card, nil
 	}
-	readers, err := piv.Cards()
+	ctx, err := pcscEstablish()
 	if err != nil {
-		return nil, fmt.Errorf("YubiKey %d: PC/SC: %v (is pcscd running?)", t.serial, err)
+		return nil, fmt.Errorf("YubiKey %d: %w", t.serial, err)
 	}
-	for _, reader := range readers {
-		yk, err := piv.Open(reader)
-		if err != nil {
-			// No card, not a PIV card, or held by another program.
+	readers, err := ctx.Readers()
+	if err != nil {
+		ctx.Close()
+		return nil, fmt.Errorf("YubiKey %d: listing PC/SC readers: %w", t.serial, err)
+	}
+	// What was found instead, for the error: the operator may have plugged
+	// in another token, or the reader may hold some other card.
+	var seen []string
+	for _, r := range readers {
+		if r.State&pcscSCardPresent == 0 {
 			continue
 		}
-		serial, err := yk.Serial()
-		if err == nil && serial == t.serial {
-			t.yk = yk
-			return yk, nil
+		card, err := openPIV(ctx, r.Name)
+		if err != nil {
+			// Not a PIV card, or held by another program.
+			seen = append(seen, err.Error())
+			continue
 		}
-		yk.Close()
+		serial, err := card.serial()
+		if err == nil && serial == t.serial {
+			t.card = card
+			return card, nil
+		}
+		if err != nil {
+			seen = append(seen, fmt.Sprintf("reader %q: no serial number: %v", r.Name, err))
+		} else {
+			seen = append(seen, fmt.Sprintf("YubiKey %d in reader %q", serial, r.Name))
+		}
+		card.close()
 	}
-	return nil, fmt.Errorf("YubiKey %d is not connected to this host (%d PC/SC readers checked; or another program holds it)", t.serial, len(readers))
+	ctx.Close()
+	switch {
+	case len(readers) == 0:
+		return nil, fmt.Errorf("YubiKey %d is not connected to this host (pcscd has no reader)", t.serial)
+	case len(seen) == 0:
+		return nil, fmt.Errorf("YubiKey %d is not connected to this host (%d PC/SC readers, no card in them)", t.serial, len(readers))
+	}
+	return nil, fmt.Errorf("YubiKey %d is not connected to this host (found: %s)", t.serial, strings.Join(seen, "; "))
 }
 
 // do runs fn with the token's session, under the token's lock. A session
-// that broke (the token was pulled out and plugged back, or reset) is
-// reopened once and fn run again: fn failed on the dead session without the
-// card doing anything, so nothing is done twice.
-func (t *token) do(fn func(yk *piv.YubiKey) error) error {
+// that broke (the token was pulled out and plugged back, reset by another
+// program, or pcscd restarted) is reopened once and fn run again: fn failed
+// on the dead session without the card doing anything, so nothing is done
+// twice.
+func (t *token) do(fn func(card *pivCard) error) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	fresh := t.yk == nil
-	yk, err := t.session()
+	fresh := t.card == nil
+	card, err := t.session()
 	if err != nil {
 		return err
 	}
-	err = fn(yk)
-	if err == nil || fresh || errors.As(err, new(piv.AuthErr)) {
-		return err
-	}
-	// A harmless command tells a card's refusal from a dead session.
-	if _, serr := yk.Serial(); serr == nil {
+	err = fn(card)
+	if err == nil || !pcscGone(err) {
 		return err
 	}
 	t.close()
-	if yk, err = t.session(); err != nil {
-		return err
+	if !fresh {
+		if card, err = t.session(); err != nil {
+			return err
+		}
+		err = fn(card)
+		if err == nil || !pcscGone(err) {
+			return err
+		}
+		t.close()
 	}
-	return fn(yk)
-}
-
-func pivSlot(slot byte) (piv.Slot, error) {
-	switch slot {
-	case 0x9a:
-		return piv.SlotAuthentication, nil
-	case 0x9c:
-		return piv.SlotSignature, nil
-	case 0x9d:
-		return piv.SlotKeyManagement, nil
-	case 0x9e:
-		return piv.SlotCardAuthentication, nil
-	}
-	if s, ok := piv.RetiredKeyManagementSlot(uint32(slot)); ok {
-		return s, nil
-	}
-	return piv.Slot{}, fmt.Errorf("PIV slot %02x: not a key slot", slot)
+	return fmt.Errorf("YubiKey %d: %w", t.serial, err)
 }
 
 // tokenKey is a crypto.Signer whose private key is in a YubiKey PIV slot.
 type tokenKey struct {
 	token     *token
-	slot      piv.Slot
-	pub       crypto.PublicKey
-	pinPolicy piv.PINPolicy // 0: unknown (firmware before 5.3); piv-go asks the token
-	pinSource string        // file holding the PIN; "" when none is configured
+	slot      pivSlot
+	pub       *rsa.PublicKey
+	pinPolicy byte   // 0: unknown (firmware before 5.3)
+	pinSource string // file holding the PIN; "" when none is configured
 }
 
 // tokenSigner returns the signer of the key a pkcs11-static URI names. The
@@ -159,7 +167,7 @@ func tokenSigner(cfg YubiKeyConfig, uri string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	slot, err := pivSlot(ref.Slot)
+	slot, err := pivSlotOf(ref.Slot)
 	if err != nil {
 		return nil, err
 	}
@@ -167,21 +175,31 @@ func tokenSigner(cfg YubiKeyConfig, uri string) (crypto.Signer, error) {
 	if k.pinSource == "" {
 		k.pinSource = cfg.PINFile
 	}
-	err = k.token.do(func(yk *piv.YubiKey) error {
-		info, err := yk.KeyInfo(slot)
+	err = k.token.do(func(card *pivCard) error {
+		info, err := card.metadata(byte(slot))
 		if err == nil {
-			k.pub, k.pinPolicy = info.PublicKey, info.PINPolicy
+			if info.public == nil {
+				return fmt.Errorf("YubiKey %d: PIV slot %s holds a key of algorithm %02x, not RSA-2048", ref.Serial, slot, info.algorithm)
+			}
+			k.pub, k.pinPolicy = info.public, info.pinPolicy
 			return nil
 		}
-		if errors.Is(err, piv.ErrNotFound) {
+		if errors.Is(err, errPIVNotFound) {
 			return fmt.Errorf("YubiKey %d: PIV slot %s holds no key", ref.Serial, slot)
 		}
+		if pcscGone(err) {
+			return err
+		}
 		// Firmware before 5.3 has no metadata: the certificate has the key.
-		cert, cerr := yk.Certificate(slot)
+		cert, cerr := card.certificate(slot)
 		if cerr != nil {
 			return fmt.Errorf("YubiKey %d: PIV slot %s: no key metadata (%v) and no certificate (%v)", ref.Serial, slot, err, cerr)
 		}
-		k.pub = cert.PublicKey
+		pub, ok := cert.PublicKey.(*rsa.PublicKey)
+		if !ok {
+			return fmt.Errorf("YubiKey %d: PIV slot %s: the certificate's key is %T, not RSA", ref.Serial, slot, cert.PublicKey)
+		}
+		k.pub = pub
 		return nil
 	})
 	if err != nil {
@@ -192,14 +210,16 @@ func tokenSigner(cfg YubiKeyConfig, uri string) (crypto.Signer, error) {
 
 // tokenKeyAvailable says why the key a URI names cannot be used on this
 // host (its token is not connected, the URI cannot be mapped), or nil, so
-// that a worker advertises only the keys it can use.
+// that a worker advertises only the keys it can use. An open session is
+// checked with pcscd alone, without a command to the token; a token pulled
+// out since (and maybe plugged back) is looked for again.
 func tokenKeyAvailable(cfg YubiKeyConfig, uri string) error {
 	ref, err := parsePKCS11URI(uri)
 	if err != nil {
 		return err
 	}
-	return tokens.get(ref.Serial).do(func(yk *piv.YubiKey) error {
-		_, err := yk.Serial()
+	return tokens.get(ref.Serial).do(func(card *pivCard) error {
+		_, err := card.card.Status()
 		return err
 	})
 }
@@ -210,8 +230,11 @@ func (k *tokenKey) Public() crypto.PublicKey { return k.pub }
 // one, is read from its file for every signature, so that a corrected file
 // takes effect without a restart; it appears in no message.
 func (k *tokenKey) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if _, ok := opts.(*rsa.PSSOptions); ok {
+		return nil, errors.New("YubiKey keys make PKCS #1 v1.5 signatures only")
+	}
 	var pin string
-	if k.pinPolicy != piv.PINPolicyNever {
+	if k.pinPolicy != pivPINPolicyNever {
 		p, err := k.readPIN()
 		if err != nil {
 			return nil, err
@@ -219,31 +242,59 @@ func (k *tokenKey) Sign(rnd io.Reader, digest []byte, opts crypto.SignerOpts) ([
 		pin = p
 	}
 	var sig []byte
-	err := k.token.do(func(yk *piv.YubiKey) error {
+	err := k.token.do(func(card *pivCard) error {
 		if err := k.token.refuseRejectedPIN(pin, k.pinSource); err != nil {
 			return err
 		}
-		priv, err := yk.PrivateKey(k.slot, k.pub, piv.KeyAuth{PIN: pin, PINPolicy: k.pinPolicy})
-		if err != nil {
-			return fmt.Errorf("YubiKey %d: PIV slot %s: %w", k.token.serial, k.slot, err)
-		}
-		signer, ok := priv.(crypto.Signer)
-		if !ok {
-			return fmt.Errorf("YubiKey %d: PIV slot %s does not hold a signing key", k.token.serial, k.slot)
-		}
-		sig, err = signer.Sign(rnd, digest, opts)
-		if err == nil {
-			if pin != "" {
-				k.token.rejectedPIN = nil
+		// PIN policy "always" wants the PIN before every signature, "once"
+		// once per session; with the policy unknown, the card says.
+		needPIN := k.pinPolicy == pivPINPolicyAlways || (k.pinPolicy == pivPINPolicyOnce && !card.pinVerified())
+		if needPIN {
+			if err := k.verifyPIN(card, pin); err != nil {
+				return err
 			}
-			return nil
 		}
-		if pinErr := k.token.pinRefused(err, pin, k.pinSource); pinErr != nil {
-			return pinErr
+		var err error
+		sig, err = card.signRSA(k.slot, k.pub, digest, opts.HashFunc())
+		var ae *apduError
+		if k.pinPolicy == 0 && errors.As(err, &ae) && ae.sw == 0x6982 {
+			if pin == "" {
+				return k.noPINError()
+			}
+			if err := k.verifyPIN(card, pin); err != nil {
+				return err
+			}
+			sig, err = card.signRSA(k.slot, k.pub, digest, opts.HashFunc())
 		}
-		return fmt.Errorf("YubiKey %d: signing with PIV slot %s: %w", k.token.serial, k.slot, err)
+		if err != nil {
+			if pcscGone(err) {
+				return err
+			}
+			return fmt.Errorf("YubiKey %d: signing with PIV slot %s: %w", k.token.serial, k.slot, err)
+		}
+		return nil
 	})
 	return sig, err
+}
+
+// verifyPIN presents the PIN on behalf of a signature. Called with the
+// token locked.
+func (k *tokenKey) verifyPIN(card *pivCard, pin string) error {
+	if pin == "" {
+		return k.noPINError()
+	}
+	err := card.verifyPIN(pin)
+	if err == nil {
+		k.token.rejectedPIN = nil
+		return nil
+	}
+	if pinErr := k.token.pinRefused(err, pin, k.pinSource); pinErr != nil {
+		return pinErr
+	}
+	if pcscGone(err) {
+		return err
+	}
+	return fmt.Errorf("YubiKey %d: verifying the PIN: %w", k.token.serial, err)
 }
 
 // refuseRejectedPIN fails when pin is the one the token last refused.
@@ -259,16 +310,16 @@ func (t *token) refuseRejectedPIN(pin, source string) error {
 // and remembers the PIN so that it is not presented again; it returns nil
 // when err is not a PIN refusal. Called with the token locked.
 func (t *token) pinRefused(err error, pin, source string) error {
-	var auth piv.AuthErr
+	var auth *pivPINError
 	if pin == "" || !errors.As(err, &auth) {
 		return nil
 	}
 	h := sha256.Sum256([]byte(pin))
 	t.rejectedPIN = &h
-	if auth.Retries == 0 {
+	if auth.retries == 0 {
 		t.rejection = "the token refused it and the PIN is now blocked (unblock it with the PUK: ykman piv access unblock-pin)"
 	} else {
-		t.rejection = fmt.Sprintf("the token refused it, %d retries left before the PIN blocks", auth.Retries)
+		t.rejection = fmt.Sprintf("the token refused it, %d retries left before the PIN blocks", auth.retries)
 	}
 	return fmt.Errorf("YubiKey %d: wrong PIN in %s: %s; it will not be tried again until the file changes", t.serial, source, t.rejection)
 }
@@ -343,26 +394,26 @@ func readManagementKey(cfg YubiKeyConfig) ([]byte, error) {
 	return key, nil
 }
 
-func parsePINPolicy(s string) (piv.PINPolicy, error) {
+func parsePINPolicy(s string) (byte, error) {
 	switch s {
 	case "", "always":
-		return piv.PINPolicyAlways, nil
+		return pivPINPolicyAlways, nil
 	case "once":
-		return piv.PINPolicyOnce, nil
+		return pivPINPolicyOnce, nil
 	case "never":
-		return piv.PINPolicyNever, nil
+		return pivPINPolicyNever, nil
 	}
 	return 0, fmt.Errorf("[yubikey] pin_policy %q: use always, once or never", s)
 }
 
-func parseTouchPolicy(s string) (piv.TouchPolicy, error) {
+func parseTouchPolicy(s string) (byte, error) {
 	switch s {
 	case "", "never":
-		return piv.TouchPolicyNever, nil
+		return pivTouchPolicyNever, nil
 	case "always":
-		return piv.TouchPolicyAlways, nil
+		return pivTouchPolicyAlways, nil
 	case "cached":
-		return piv.TouchPolicyCached, nil
+		return pivTouchPolicyCached, nil
 	}
 	return 0, fmt.Errorf("[yubikey] touch_policy %q: use never, always or cached", s)
 }
@@ -387,9 +438,9 @@ func registerYubiKeyKey(st *Store, serial uint32, slot byte, description string,
 			return "", err
 		}
 	} else {
-		err = k.token.do(func(yk *piv.YubiKey) error {
-			cert, err = yk.Certificate(k.slot)
-			if errors.Is(err, piv.ErrNotFound) {
+		err = k.token.do(func(card *pivCard) error {
+			cert, err = card.certificate(k.slot)
+			if errors.Is(err, errPIVNotFound) {
 				return fmt.Errorf("YubiKey %d: PIV slot %s holds no certificate: give one with --certificate", serial, k.slot)
 			}
 			return err
@@ -450,7 +501,7 @@ func generateYubiKeyKey(st *Store, serial uint32, slot byte, description string,
 	if err != nil {
 		return "", err
 	}
-	ps, err := pivSlot(slot)
+	ps, err := pivSlotOf(slot)
 	if err != nil {
 		return "", err
 	}
@@ -463,31 +514,31 @@ func generateYubiKeyKey(st *Store, serial uint32, slot byte, description string,
 	// The new key signs its own certificate: a PIN problem found only then
 	// would leave an unrecorded key in the slot, so the PIN is checked first.
 	var pin string
-	if pinPolicy != piv.PINPolicyNever {
+	if pinPolicy != pivPINPolicyNever {
 		if pin, err = k.readPIN(); err != nil {
 			return "", err
 		}
 	}
-	err = k.token.do(func(yk *piv.YubiKey) error {
+	err = k.token.do(func(card *pivCard) error {
 		// Generating replaces the slot's key for good: never over a key.
-		if _, err := yk.KeyInfo(ps); err == nil {
+		if _, err := card.metadata(slot); err == nil {
 			return fmt.Errorf("YubiKey %d: PIV slot %s already holds a key; generating would destroy it (choose an empty slot, or delete that key with ykman piv keys delete)", serial, ps)
 		}
-		if _, err := yk.Certificate(ps); err == nil {
+		if _, err := card.certificate(ps); err == nil {
 			return fmt.Errorf("YubiKey %d: PIV slot %s already holds a certificate; generating would replace its key (choose an empty slot)", serial, ps)
 		}
 		if pin != "" {
 			if err := k.token.refuseRejectedPIN(pin, k.pinSource); err != nil {
 				return err
 			}
-			if err := yk.VerifyPIN(pin); err != nil {
-				if pinErr := k.token.pinRefused(err, pin, k.pinSource); pinErr != nil {
-					return pinErr
-				}
-				return fmt.Errorf("YubiKey %d: verifying the PIN: %w", serial, err)
+			if err := k.verifyPIN(card, pin); err != nil {
+				return err
 			}
 		}
-		pub, err := yk.GenerateKey(mgmtKey, ps, piv.Key{Algorithm: piv.AlgorithmRSA2048, PINPolicy: pinPolicy, TouchPolicy: touchPolicy})
+		if err := card.authenticate(mgmtKey); err != nil {
+			return fmt.Errorf("YubiKey %d: %w", serial, err)
+		}
+		pub, err := card.generateRSA(ps, pinPolicy, touchPolicy)
 		if err != nil {
 			return fmt.Errorf("YubiKey %d: generating a key in PIV slot %s: %w", serial, ps, err)
 		}
@@ -506,11 +557,15 @@ func generateYubiKeyKey(st *Store, serial uint32, slot byte, description string,
 		return "", err
 	}
 	data := map[string]any{"description": description}
-	err = k.token.do(func(yk *piv.YubiKey) error {
-		if err := yk.SetCertificate(mgmtKey, ps, cert); err != nil {
+	err = k.token.do(func(card *pivCard) error {
+		err := card.authenticate(mgmtKey)
+		if err == nil {
+			err = card.putCertificate(ps, cert.Raw)
+		}
+		if err != nil {
 			return fmt.Errorf("YubiKey %d: writing the certificate into PIV slot %s: %w", serial, ps, err)
 		}
-		if chain := attestationChain(yk, ps); chain != nil {
+		if chain := attestationChain(card, ps); chain != nil {
 			data["attestation"] = chain
 		}
 		return nil
@@ -532,12 +587,12 @@ func generateYubiKeyKey(st *Store, serial uint32, slot byte, description string,
 // attestationChain returns the PEM certificates attesting that the key in
 // slot was generated on the token, or nil when the token cannot attest
 // (firmware before 4.3, or an imported key).
-func attestationChain(yk *piv.YubiKey, slot piv.Slot) []string {
-	att, err := yk.Attest(slot)
+func attestationChain(card *pivCard, slot pivSlot) []string {
+	att, err := card.attest(slot)
 	if err != nil {
 		return nil
 	}
-	ca, err := yk.AttestationCertificate()
+	ca, err := card.certificate(0xf9)
 	if err != nil {
 		return nil
 	}

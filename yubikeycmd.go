@@ -1,7 +1,6 @@
 package main
 
-// Command-line entry points for keys held on a YubiKey. They build with and
-// without cgo; without it the work functions say the build has no PC/SC.
+// Command-line entry points for keys held on a YubiKey.
 
 import (
 	"flag"
