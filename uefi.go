@@ -387,10 +387,6 @@ func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
 	if k.Purpose != purposeUEFI {
 		return nil, nil, fmt.Errorf("key %s is a %s key, not %s", k.Fingerprint, k.Purpose, purposeUEFI)
 	}
-	cert, err := parseUEFICertificate(k.PublicKey)
-	if err != nil {
-		return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
-	}
 	storage, err := k.Storage()
 	if err != nil {
 		return nil, nil, err
@@ -411,6 +407,12 @@ func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
 		uri, err := k.PKCS11URI()
 		if err != nil {
 			return nil, nil, err
+		}
+		// A sealed key's certificate is parsed with the key
+		// (parseUEFIKeyPair); a token's only here.
+		cert, err := parseUEFICertificate(k.PublicKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
 		}
 		signer, err := tokenSigner(st.yubikey, uri)
 		if err != nil {
