@@ -87,14 +87,8 @@ func (w *worker) run(ctx context.Context) error {
 		}
 		return err
 	}
-	fatal := make(chan error, 1)
-	wsCtx, stopWS := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { w.websocketLoop(wsCtx, fatal) })
-	defer func() {
-		stopWS()
-		wg.Wait()
-	}()
+	fatal, stopWS := w.startWebsocket(ctx)
+	defer stopWS()
 
 	var quiet <-chan time.Time
 	for {
@@ -285,6 +279,19 @@ func syncDir(dir string) {
 
 // errTokenDisabled: the server closed the WebSocket with TOKEN_DISABLED.
 var errTokenDisabled = errors.New("the server does not accept this worker's token yet (TOKEN_DISABLED): an administrator must enable the worker")
+
+// startWebsocket runs websocketLoop until stop, which waits for it to end.
+// An error that ends the loop for good arrives on fatal.
+func (w *worker) startWebsocket(ctx context.Context) (fatal <-chan error, stop func()) {
+	ch := make(chan error, 1)
+	wsCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { w.websocketLoop(wsCtx, ch) })
+	return ch, func() {
+		cancel()
+		wg.Wait()
+	}
+}
 
 // websocketLoop keeps the notification channel open, reconnecting after
 // errors, server closes and TOKEN_DISABLED with the reference worker's 1–6 s
