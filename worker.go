@@ -251,13 +251,20 @@ func readSecret(p string) (string, error) {
 	return s, nil
 }
 
-// writeFileSync creates p (which must not exist) with data, synced to disk.
+// writeFileSync writes data to p (created with mode, or truncated), synced
+// to disk.
 func writeFileSync(p string, data []byte, mode os.FileMode) error {
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(data)
+	return writeSyncClose(f, data)
+}
+
+// writeSyncClose writes data to the new file f, syncs and closes it, and
+// removes it if any of that fails.
+func writeSyncClose(f *os.File, data []byte) error {
+	_, err := f.Write(data)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -265,7 +272,7 @@ func writeFileSync(p string, data []byte, mode os.FileMode) error {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(p)
+		os.Remove(f.Name())
 	}
 	return err
 }
