@@ -492,7 +492,14 @@ func cmdRelayFetch(e *env, args []string) error {
 		}
 		return fillErr
 	}
-	return errors.Join(f.write(signer, *output, e), fillErr)
+	// One line for both errors: errors.Join would give two.
+	if err := f.write(signer, *output, e); err != nil {
+		if fillErr != nil {
+			return fmt.Errorf("%w; and before that: %w", err, fillErr)
+		}
+		return err
+	}
+	return fillErr
 }
 
 // fill takes work with slot's worker identity until it holds one work
