@@ -278,7 +278,7 @@ func (w *worker) checkWork(bw *bundleWorkRequest, dir string, carried map[string
 			keys = append(keys, purposeOpenPGP+":"+f)
 		}
 		if len(keys) == 0 {
-			return nil, errors.New("no signing_keys")
+			return nil, errors.New("task_data has no signing_keys: nothing to sign with")
 		}
 	}
 	if !slices.Equal(bw.Keys, keys) {
