@@ -29,6 +29,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 
 	"golang.org/x/crypto/nacl/box"
 )
@@ -37,8 +38,10 @@ const storageNaClBox = "nacl-box"
 
 // auditKey is the unsealed audit secret's derived keys.
 type auditKey struct {
-	mac  []byte
-	sign ed25519.PrivateKey
+	mac      []byte
+	signSeed []byte // of the checkpoint signing key, made on first use
+	signOnce sync.Once
+	sign     ed25519.PrivateKey
 }
 
 func deriveAuditKey(secret []byte) *auditKey {
@@ -48,9 +51,18 @@ func deriveAuditKey(secret []byte) *auditKey {
 		return m.Sum(nil)
 	}
 	return &auditKey{
-		mac:  derive("debusine-signing audit row authentication"),
-		sign: ed25519.NewKeyFromSeed(derive("debusine-signing audit checkpoint signing")),
+		mac:      derive("debusine-signing audit row authentication"),
+		signSeed: derive("debusine-signing audit checkpoint signing"),
 	}
+}
+
+// signingKey is the checkpoint signing key. It is made on first use: a
+// sign command writes rows but no checkpoint, and making an Ed25519 key
+// (its first one builds the base point table) cost such a short process a
+// tenth of its CPU time.
+func (ak *auditKey) signingKey() ed25519.PrivateKey {
+	ak.signOnce.Do(func() { ak.sign = ed25519.NewKeyFromSeed(ak.signSeed) })
+	return ak.sign
 }
 
 // rowMAC authenticates a row's hash, which commits to the row's fields and,

@@ -42,7 +42,7 @@ func (n *noteSigner) KeyHash() uint32                 { return n.hash }
 func (n *noteSigner) Sign(msg []byte) ([]byte, error) { return ed25519.Sign(n.key, msg), nil }
 
 func (ak *auditKey) verifierKey() (string, error) {
-	return note.NewEd25519VerifierKey(checkpointKeyName, ak.sign.Public().(ed25519.PublicKey))
+	return note.NewEd25519VerifierKey(checkpointKeyName, ak.signingKey().Public().(ed25519.PublicKey))
 }
 
 func (ak *auditKey) noteSigner() (*noteSigner, error) {
@@ -54,7 +54,7 @@ func (ak *auditKey) noteSigner() (*noteSigner, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &noteSigner{key: ak.sign, hash: v.KeyHash()}, nil
+	return &noteSigner{key: ak.signingKey(), hash: v.KeyHash()}, nil
 }
 
 // checkpointVerifierKey returns the note verifier key of the audit key,

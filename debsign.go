@@ -437,15 +437,3 @@ func debsignCopyFile(src, dst string, want debFileDigests) error {
 	}
 	return out.Close()
 }
-
-// pgpWriteFile writes data to path through a temporary file in the same
-// directory and a rename.
-func pgpWriteFile(path string, data []byte) error {
-	if err := writeFileAtomic(path, func(f *os.File) error {
-		_, err := f.Write(data)
-		return err
-	}); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
-}

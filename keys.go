@@ -236,20 +236,27 @@ func openStore(dbPath, passwordFile string, serviceKeyPaths []string) (*Store, e
 	} else if !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("database: %w", err)
 	}
-	// Look before writing: the journal_mode pragma below would already
-	// change the header of somebody else's database.
-	if err := checkDatabaseFile(dbPath); err != nil {
-		return nil, fmt.Errorf("database %s: %w", dbPath, err)
-	}
 	// busy_timeout makes a second process wait for the lock instead of
 	// failing; _txlock=immediate takes the write lock at BEGIN, so that a
 	// transaction never has to upgrade a read lock, which SQLite cannot wait
-	// for ("database is locked" despite the timeout).
-	dsn := "file:" + dbPath + "?_pragma=busy_timeout(30000)&_pragma=journal_mode(WAL)" +
+	// for ("database is locked" despite the timeout). None of these
+	// pragmas writes to the file.
+	dsn := "file:" + dbPath + "?_pragma=busy_timeout(30000)" +
 		"&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_txlock=immediate"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("database %s: %w", dbPath, err)
+	}
+	// Look before writing: switching to WAL changes the header of the
+	// file, which must not happen to somebody else's database. The mode is
+	// stored in the file, so it holds for every later connection.
+	if err := checkDatabase(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("database %s: %w", dbPath, err)
+	}
+	if _, err := db.Exec("PRAGMA journal_mode = WAL"); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("database %s: %w", dbPath, sqliteError(err))
 	}
 	s.db = db
 	if err := s.migrate(); err != nil {
@@ -300,14 +307,11 @@ func schemaSections(schema string) []string {
 	return sections
 }
 
-// checkDatabaseFile refuses, without writing to it, a file that is not a
-// SQLite database or is somebody else's.
-func checkDatabaseFile(path string) error {
-	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(30000)")
-	if err != nil {
-		return err
-	}
-	defer db.Close()
+// checkDatabase refuses, without writing to it, a file that is not a
+// SQLite database or is somebody else's. It reads through the store's own
+// connection: opening a second one costs a process more than the rest of
+// opening the store.
+func checkDatabase(db *sql.DB) error {
 	var appID, tables int
 	if err := db.QueryRow("PRAGMA application_id").Scan(&appID); err != nil {
 		return sqliteError(err)

@@ -3,11 +3,12 @@ package main
 import (
 	"bytes"
 	"crypto"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -18,7 +19,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
 )
 
-// OpenPGP signing modes accepted by signOpenPGPData. "debsign" is handled by
+// OpenPGP signing modes accepted by signOpenPGPStream. "debsign" is handled by
 // debsignUpload because it signs several files of an upload at once.
 const (
 	openpgpModeDetached = "detached"
@@ -274,91 +275,13 @@ func revocationReasonName(r packet.ReasonForRevocation) string {
 // gpg -u A -u B does: mode "detached" gives one armoured block holding a
 // binary-document signature per key (Release.gpg); mode "clear" gives one
 // cleartext-signed message with a signature per key (InRelease, .dsc).
+// Every signature uses SHA-512.
 func signOpenPGP(entities []*openpgp.Entity, data []byte, mode string, now time.Time) ([]byte, error) {
-	if len(entities) == 0 {
-		return nil, errors.New("no signing key given")
-	}
-	cfg := openpgpConfig(now)
-	var signers []*packet.PrivateKey
-	for _, e := range entities {
-		if err := checkOpenPGPSigner(e, now); err != nil {
-			return nil, err
-		}
-		k, _ := e.SigningKey(now)
-		signers = append(signers, k.PrivateKey)
-	}
 	var out bytes.Buffer
-	switch mode {
-	case openpgpModeDetached:
-		w, err := armor.Encode(&out, openpgp.SignatureType, nil)
-		if err != nil {
-			return nil, err
-		}
-		for _, e := range entities {
-			if err := openpgp.DetachSign(w, e, bytes.NewReader(data), cfg); err != nil {
-				return nil, fmt.Errorf("signing with key %s: %w", openpgpFingerprint(e), err)
-			}
-		}
-		if err := w.Close(); err != nil {
-			return nil, err
-		}
-	case openpgpModeClear:
-		w, err := clearsign.EncodeMulti(&out, signers, cfg)
-		if err != nil {
-			return nil, fmt.Errorf("clear-signing: %w", err)
-		}
-		// The line break that ends the text belongs to the armour, not to
-		// the signed text (RFC 4880 §7.1), so drop the input's final one:
-		// the output then has the layout gpg --clearsign writes, and a
-		// verifier's extracted text equals the input.
-		body := data
-		if bytes.HasSuffix(body, []byte("\r\n")) {
-			body = body[:len(body)-2]
-		} else if bytes.HasSuffix(body, []byte("\n")) {
-			body = body[:len(body)-1]
-		}
-		if _, err := w.Write(body); err != nil {
-			return nil, fmt.Errorf("clear-signing: %w", err)
-		}
-		if err := w.Close(); err != nil {
-			return nil, fmt.Errorf("clear-signing: %w", err)
-		}
-		return withArmourChecksum(out.Bytes())
-	default:
-		return nil, fmt.Errorf("unknown OpenPGP signing mode %q (want %s or %s)", mode, openpgpModeDetached, openpgpModeClear)
-	}
-	return endLine(out.Bytes()), nil
-}
-
-// withArmourChecksum re-armours the signature block of a clear-signed
-// message with the CRC-24 line go-crypto leaves out. GnuPG 2.2 (gpgv, and so
-// dscverify and apt in Debian 12) misreads an armour that has neither that
-// line nor base64 padding, which happens for one signature in three.
-func withArmourChecksum(signed []byte) ([]byte, error) {
-	at := bytes.Index(signed, []byte("\n-----BEGIN PGP SIGNATURE-----"))
-	if at < 0 {
-		return nil, errors.New("clear-signing: no signature block in the output")
-	}
-	block, err := armor.Decode(bytes.NewReader(signed[at+1:]))
-	if err != nil {
-		return nil, fmt.Errorf("clear-signing: re-reading the signature block: %w", err)
-	}
-	packets, err := io.ReadAll(block.Body)
-	if err != nil {
-		return nil, fmt.Errorf("clear-signing: re-reading the signature block: %w", err)
-	}
-	out := bytes.NewBuffer(append([]byte(nil), signed[:at+1]...))
-	w, err := armor.Encode(out, openpgp.SignatureType, nil)
-	if err != nil {
+	if _, err := signOpenPGPStream(entities, bytes.NewReader(data), &out, mode, now); err != nil {
 		return nil, err
 	}
-	if _, err := w.Write(packets); err != nil {
-		return nil, err
-	}
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
-	return endLine(out.Bytes()), nil
+	return out.Bytes(), nil
 }
 
 // endLine makes armoured output end with a line break, as gpg writes it;
@@ -457,10 +380,8 @@ func openpgpEntity(st *Store, k *Key) (*openpgp.Entity, error) {
 	return e, nil
 }
 
-// signOpenPGPData signs data with every key into one output (mode detached
-// or clear) and records one "sign" audit row per key. The signature is
-// returned only when every row was written.
-func signOpenPGPData(st *Store, keys []*Key, data []byte, mode string, ac auditContext) ([]byte, error) {
+// openpgpEntities unseals every key, checking each can sign now.
+func openpgpEntities(st *Store, keys []*Key) ([]*openpgp.Entity, error) {
 	entities := make([]*openpgp.Entity, len(keys))
 	for i, k := range keys {
 		e, err := openpgpEntity(st, k)
@@ -469,21 +390,62 @@ func signOpenPGPData(st *Store, keys []*Key, data []byte, mode string, ac auditC
 		}
 		entities[i] = e
 	}
-	return signOpenPGPAudited(st, keys, entities, data, mode, ac)
+	return entities, nil
 }
 
-func signOpenPGPAudited(st *Store, keys []*Key, entities []*openpgp.Entity, data []byte, mode string, ac auditContext) ([]byte, error) {
-	sig, err := signOpenPGP(entities, data, mode, time.Now())
+// signOpenPGPAudited signs what r yields with every key into w (mode
+// detached or clear), reading r once, and records one "sign" audit row per
+// key with the SHA-256 of the bytes it read, which are the bytes signed,
+// all in one transaction. What was written to w may be released only when
+// it returns nil: every row is stored by then.
+func signOpenPGPAudited(st *Store, keys []*Key, entities []*openpgp.Entity, r io.Reader, w io.Writer, mode string, ac auditContext) error {
+	sum, err := signOpenPGPStream(entities, r, w, mode, time.Now())
 	if err != nil {
-		return nil, err
+		return err
 	}
-	sum := sha256.Sum256(data)
-	for _, k := range keys {
-		if err := st.Audit(ac.signEntry(k, hex.EncodeToString(sum[:]))); err != nil {
-			return nil, fmt.Errorf("auditing signature by %s (nothing was released): %w", k, err)
+	entries := make([]AuditEntry, len(keys))
+	for i, k := range keys {
+		entries[i] = ac.signEntry(k, hex.EncodeToString(sum[:]))
+	}
+	if err := st.auditAll(entries); err != nil {
+		return fmt.Errorf("auditing the signatures (nothing was released): %w", err)
+	}
+	return nil
+}
+
+// signOpenPGPRootFile signs the file in of a task's work directory with
+// every key into out (mode detached or clear), both names under root. The
+// output goes to a temporary file renamed to out once every audit row is
+// stored.
+func signOpenPGPRootFile(st *Store, keys []*Key, root *os.Root, in, out, mode string, ac auditContext) error {
+	entities, err := openpgpEntities(st, keys)
+	if err != nil {
+		return err
+	}
+	f, _, err := openRootInput(root, in)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if dir := path.Dir(out); dir != "." {
+		if err := root.MkdirAll(dir, 0o700); err != nil {
+			return err
 		}
 	}
-	return sig, nil
+	tmp := out + ".tmp"
+	o, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer root.Remove(tmp)
+	if err := signOpenPGPAudited(st, keys, entities, f, o, mode, ac); err != nil {
+		o.Close()
+		return err
+	}
+	if err := o.Close(); err != nil {
+		return err
+	}
+	return root.Rename(tmp, out)
 }
 
 // debsignUpload re-signs the upload described by changesPath into outDir
@@ -560,40 +522,87 @@ func signOpenPGPFiles(st *Store, fprs []string, mode, output string, files []str
 		keys = append(keys, k)
 		entities = append(entities, e)
 	}
+	if mode != openpgpModeDebsign {
+		return signOpenPGPBatch(st, keys, entities, files, output, mode)
+	}
 	for _, file := range files {
-		if mode == openpgpModeDebsign {
-			outDir := output
-			if outDir == "" {
-				outDir = strings.TrimSuffix(file, ".changes") + ".signed"
-			}
-			if _, err := debsignUpload(st, keys[0], file, outDir, auditContext{}); err != nil {
-				return err
-			}
-			continue
+		outDir := output
+		if outDir == "" {
+			outDir = strings.TrimSuffix(file, ".changes") + ".signed"
 		}
-		f, _, err := openInput(file)
-		if err != nil {
-			return err
-		}
-		data, err := io.ReadAll(f)
-		f.Close()
-		if err != nil {
-			return err
-		}
-		out := output
-		if out == "" {
-			out = file + ".asc"
-		}
-		if filepath.Clean(out) == filepath.Clean(file) {
-			return usagef("--output %s is the input file", out)
-		}
-		sig, err := signOpenPGPAudited(st, keys, entities, data, mode, auditContext{})
-		if err != nil {
-			return fmt.Errorf("%s: %w", file, err)
-		}
-		if err := pgpWriteFile(out, sig); err != nil {
+		if _, err := debsignUpload(st, keys[0], file, outDir, auditContext{}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// signOpenPGPBatch signs every file (mode detached or clear) into FILE.asc
+// or output, each through a locked temporary file beside it (tempfiles.go).
+// The audit rows of all of them are stored in one transaction, so one
+// synchronous write however many files, and only then are the outputs
+// renamed into place: all of them or none.
+func signOpenPGPBatch(st *Store, keys []*Key, entities []*openpgp.Entity, files []string, output, mode string) error {
+	outs := make([]string, len(files))
+	for i, file := range files {
+		outs[i] = output
+		if outs[i] == "" {
+			outs[i] = file + ".asc"
+		}
+		if filepath.Clean(outs[i]) == filepath.Clean(file) {
+			return usagef("--output %s is the input file", outs[i])
+		}
+	}
+	var tmps []*os.File
+	defer func() {
+		for _, tmp := range tmps {
+			os.Remove(tmp.Name())
+			tmp.Close()
+		}
+	}()
+	var entries []AuditEntry
+	for i, file := range files {
+		tmp, err := createOutputTemp(outs[i])
+		if err != nil {
+			return fmt.Errorf("writing %s: %w", outs[i], err)
+		}
+		tmps = append(tmps, tmp)
+		sum, err := signOpenPGPFile(entities, file, tmp, mode)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			entries = append(entries, auditContext{}.signEntry(k, hex.EncodeToString(sum[:])))
+		}
+	}
+	if err := st.auditAll(entries); err != nil {
+		return fmt.Errorf("auditing the signatures (nothing was released): %w", err)
+	}
+	pending := tmps
+	tmps = nil // each is now renamed, or removed here
+	for i, tmp := range pending {
+		if err := commitOutputTemp(tmp, outs[i]); err != nil {
+			for _, t := range pending[i:] {
+				os.Remove(t.Name())
+				t.Close()
+			}
+			return fmt.Errorf("writing %s: %w", outs[i], err)
+		}
+	}
+	return nil
+}
+
+// signOpenPGPFile signs the file in into tmp and returns the SHA-256 of the
+// bytes signed.
+func signOpenPGPFile(entities []*openpgp.Entity, in string, tmp *os.File, mode string) ([32]byte, error) {
+	f, _, err := openInput(in)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	defer f.Close()
+	sum, err := signOpenPGPStream(entities, f, tmp, mode, time.Now())
+	if err != nil {
+		return sum, fmt.Errorf("%s: %w", in, err)
+	}
+	return sum, nil
 }

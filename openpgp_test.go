@@ -490,6 +490,20 @@ func signRows(t testing.TB, st *Store, fpr string) []AuditRow {
 	return keep(auditRows(t, st, AuditFilter{Fingerprint: fpr}), func(r AuditRow) bool { return r.Event == "sign" })
 }
 
+// signAudited unseals keys and signs data through signOpenPGPAudited; the
+// output is returned only when that succeeded.
+func signAudited(st *Store, keys []*Key, data []byte, mode string, ac auditContext) ([]byte, error) {
+	entities, err := openpgpEntities(st, keys)
+	if err != nil {
+		return nil, err
+	}
+	var out bytes.Buffer
+	if err := signOpenPGPAudited(st, keys, entities, bytes.NewReader(data), &out, mode, ac); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
 func TestOpenPGPCommandLine(t *testing.T) {
 	te := newTestEnv(t)
 	fpr1 := strings.TrimSpace(te.mustRun(t, "generate-key", "--purpose", "openpgp", "--description", "Archive key one"))
@@ -588,7 +602,7 @@ func TestOpenPGPImportCommand(t *testing.T) {
 	if len(rows) != 1 || rows[0].Event != "register" {
 		t.Fatalf("audit rows %+v, want one register row", rows)
 	}
-	sig, err := signOpenPGPData(st, []*Key{k}, []byte("data\n"), openpgpModeClear, auditContext{Extra: map[string]any{"username": "alice"}})
+	sig, err := signAudited(st, []*Key{k}, []byte("data\n"), openpgpModeClear, auditContext{Extra: map[string]any{"username": "alice"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -616,7 +630,7 @@ func TestOpenPGPNothingReleasedWithoutAudit(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.Close()
-	if sig, err := signOpenPGPData(st, []*Key{k}, []byte("x"), openpgpModeDetached, auditContext{}); err == nil || sig != nil {
+	if sig, err := signAudited(st, []*Key{k}, []byte("x"), openpgpModeDetached, auditContext{}); err == nil || sig != nil {
 		t.Fatalf("signature released without audit: %v", err)
 	}
 	src := t.TempDir()

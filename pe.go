@@ -30,8 +30,8 @@ const (
 	winCertRevision2     = 0x0200
 	winCertTypePKCS7     = 0x0002
 	winCertHeaderSize    = 8
-	peCopyBufferSize     = 256 << 10
-	peMaxSections        = 96 // the Windows loader's limit; real EFI images have a handful
+	peCopyBufferSize     = 1 << 20 // a chunk large enough to share between two cores (pestream.go)
+	peMaxSections        = 96      // the Windows loader's limit; real EFI images have a handful
 	peCertTableAlignment = 8
 )
 

@@ -57,7 +57,7 @@ func TestRelayOutputChecks(t *testing.T) {
 	}
 	data := []byte("Origin: test\n")
 	for _, mode := range []string{openpgpModeDetached, openpgpModeClear} {
-		sig, err := signOpenPGPData(st, keys[:2], data, mode, auditContext{})
+		sig, err := signAudited(st, keys[:2], data, mode, auditContext{})
 		if err != nil {
 			t.Fatal(err)
 		}

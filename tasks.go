@@ -611,15 +611,7 @@ func (w *worker) fileSigner(k *Key) (fileSignFunc, error) {
 		}, nil
 	case purposeOpenPGP:
 		return func(ctx context.Context, tr *taskRun, in, out string, ac auditContext) error {
-			data, err := tr.root.ReadFile(in)
-			if err != nil {
-				return err
-			}
-			sig, err := signOpenPGPData(w.st, []*Key{k}, data, openpgpModeClear, ac)
-			if err != nil {
-				return err
-			}
-			return tr.writeFile(out, sig)
+			return signOpenPGPRootFile(w.st, []*Key{k}, tr.root, in, out, openpgpModeClear, ac)
 		}, nil
 	}
 	return nil, fmt.Errorf("key %s: purpose %s cannot sign files here", k, k.Purpose)
@@ -788,14 +780,9 @@ func (w *worker) fetchRepositoryIndexInput(ctx context.Context, tr *taskRun, t *
 // signRepositoryIndex is the execution stage: the signature goes to
 // out/<signed_name>.
 func (w *worker) signRepositoryIndex(tr *taskRun, t *repositoryIndexTask, keys []*Key, in *input) error {
-	data, err := tr.root.ReadFile(path.Join(in.dir, in.files[0]))
-	if err != nil {
-		return err
-	}
-	sig, err := signOpenPGPData(w.st, keys, data, t.Mode, tr.audit(in))
-	if err != nil {
+	if err := signOpenPGPRootFile(w.st, keys, tr.root, path.Join(in.dir, in.files[0]), path.Join("out", t.SignedName), t.Mode, tr.audit(in)); err != nil {
 		return err
 	}
 	tr.logf("cmd-output.log", "signed %s (%s) with %d key(s)\n", in.files[0], t.Mode, len(keys))
-	return tr.writeFile(path.Join("out", t.SignedName), sig)
+	return nil
 }
