@@ -107,9 +107,14 @@ func TestAuditConcurrentProcesses(t *testing.T) {
 	if os.Getenv("AUDIT_CHILD_DB") != "" {
 		return
 	}
-	te := newTestEnv(t)
+	auditFromTwoProcesses(t, newTestEnv(t), 150)
+}
+
+// auditFromTwoProcesses runs TestAuditChild in two processes at once, each
+// appending perProcess rows to te's store: no row may be lost, and the
+// chain must stay whole.
+func auditFromTwoProcesses(t *testing.T, te *testEnv, perProcess int) {
 	te.store(t).Close()
-	const perProcess = 150
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	for i := 0; i < 2; i++ {
@@ -152,7 +157,12 @@ func TestAuditChild(t *testing.T) {
 }
 
 func BenchmarkAuditAppend(b *testing.B) {
-	te := newTestEnv(b)
+	benchmarkAuditAppend(b, newTestEnv(b))
+}
+
+// benchmarkAuditAppend appends sign rows to te's store, one durable commit
+// each.
+func benchmarkAuditAppend(b *testing.B, te *testEnv) {
 	st := te.store(b)
 	e := AuditEntry{Event: "sign", Purpose: purposeUEFI, Fingerprint: "ABCD", Data: map[string]any{"data_sha256": strings.Repeat("ab", 32)}}
 	b.ResetTimer()

@@ -13,21 +13,17 @@ import (
 // without a writer does not hang it, and anything that is not a regular
 // file (FIFO, device, directory, socket) is refused before a byte is read.
 func openInput(path string) (*os.File, os.FileInfo, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, nil, err
-	}
-	fi, err := checkRegular(f)
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return f, fi, nil
+	return regularInput(os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0))
 }
 
 // openRootInput is openInput for a file under a task's work directory.
 func openRootInput(root *os.Root, name string) (*os.File, os.FileInfo, error) {
-	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	return regularInput(root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0))
+}
+
+// regularInput returns the file just opened, and its information, if it
+// is a regular file; otherwise it closes it.
+func regularInput(f *os.File, err error) (*os.File, os.FileInfo, error) {
 	if err != nil {
 		return nil, nil, err
 	}

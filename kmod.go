@@ -34,10 +34,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
@@ -211,16 +208,16 @@ func kmodTrailer(sigLen int) []byte {
 
 // kmodSigned is a module signature made in memory, not yet released.
 type kmodSigned struct {
-	m          *kmodFile
-	digest     []byte // SHA-256 of the module proper: what is signed
-	dataSHA256 string // SHA-256 of the whole input, for the audit log
 	pkcs7      []byte
+	dataSHA256 string // SHA-256 of the whole input, for the audit log
 }
 
 // signKmod parses and signs the module of size bytes read from r, in one
-// pass through a fixed buffer. An already-signed module is refused unless
+// pass through a fixed buffer, copying the module proper to out if it is
+// not nil: the signature, the audited SHA-256 and the attached output all
+// come from the same read. An already-signed module is refused unless
 // replace: then its module proper is signed. Errors do not name the file.
-func signKmod(r io.ReaderAt, size int64, replace bool, signer crypto.Signer, cert *x509.Certificate, buf []byte) (*kmodSigned, error) {
+func signKmod(r io.ReaderAt, size int64, replace bool, signer crypto.Signer, cert *x509.Certificate, buf []byte, out io.Writer) (*kmodSigned, error) {
 	if _, ok := signer.Public().(*rsa.PublicKey); !ok {
 		return nil, fmt.Errorf("module signing needs an RSA key, not %T", signer.Public())
 	}
@@ -233,19 +230,22 @@ func signKmod(r io.ReaderAt, size int64, replace bool, signer crypto.Signer, cer
 	}
 	content := sha256.New()
 	whole := content
-	w := io.Writer(content)
+	writers := []io.Writer{content}
 	if m.signed() {
 		whole = sha256.New()
-		w = io.MultiWriter(content, whole)
+		writers = append(writers, whole)
 	}
-	if err := kmodCopy(w, r, 0, m.content, buf); err != nil {
+	if out != nil {
+		writers = append(writers, out)
+	}
+	if err := kmodCopy(io.MultiWriter(writers...), r, 0, m.content, buf); err != nil {
 		return nil, err
 	}
 	if err := kmodCopy(whole, r, m.content, m.size-m.content, buf); err != nil {
 		return nil, err
 	}
-	s := &kmodSigned{m: m, digest: content.Sum(nil), dataSHA256: hex.EncodeToString(whole.Sum(nil))}
-	if s.pkcs7, err = kmodSignature(s.digest, signer, cert); err != nil {
+	s := &kmodSigned{dataSHA256: hex.EncodeToString(whole.Sum(nil))}
+	if s.pkcs7, err = kmodSignature(content.Sum(nil), signer, cert); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -264,31 +264,13 @@ func kmodCopy(w io.Writer, r io.ReaderAt, off, n int64, buf []byte) error {
 	return nil
 }
 
-// writeAttached writes the module proper read from r, the signature and
-// its trailer to w. The module is hashed again on the way: if it is not
-// what was signed, the copy fails.
-func (s *kmodSigned) writeAttached(w io.Writer, r io.ReaderAt, buf []byte) error {
-	h := sha256.New()
-	if err := kmodCopy(io.MultiWriter(w, h), r, 0, s.m.content, buf); err != nil {
-		return err
-	}
-	if !bytes.Equal(h.Sum(nil), s.digest) {
-		return errors.New("the module changed while being signed")
-	}
-	if _, err := w.Write(s.pkcs7); err != nil {
-		return err
-	}
-	_, err := w.Write(kmodTrailer(len(s.pkcs7)))
-	return err
-}
-
 // signKmodDetached signs the module read from r (size bytes, named name in
 // errors), writes its audit row, and only then returns the detached
 // signature: what the worker's sign task uploads as FILE.sig. A module
 // already signed is refused: a signature over it would sign the old
 // signature too.
 func signKmodDetached(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, name string, r io.ReaderAt, size int64, ac auditContext) ([]byte, error) {
-	s, err := signKmod(r, size, false, signer, cert, make([]byte, peCopyBufferSize))
+	s, err := signKmod(r, size, false, signer, cert, make([]byte, peCopyBufferSize), nil)
 	if errors.Is(err, errKmodSigned) {
 		return nil, fmt.Errorf("%s: %w: only unsigned modules are signed here", name, err)
 	}
@@ -344,23 +326,11 @@ func kmodChosen(purpose, typ string, replace bool, files []string) (bool, error)
 // signKmodFiles is the sign command for kernel modules: every FILE is
 // signed with the UEFI key fpr, into FILE.sig (detached) or FILE.signed
 // (attached), or into output when there is a single FILE (output may be
-// FILE itself: it is replaced atomically). Every module is checked, then
-// every signature made, before the first is audited; all the audit rows go
-// in one transaction, and only then are the outputs written.
+// FILE itself: it is replaced atomically). Every module is checked before
+// the first is signed; signing and release then go as for PE images
+// (signPipelined).
 func signKmodFiles(st *Store, fpr, mode, output string, replace bool, files []string) error {
-	if mode == "" {
-		mode = uefiModeDetached
-	}
-	if err := checkUEFIMode(mode); err != nil {
-		return usagef("%v", err)
-	}
-	if len(files) == 0 {
-		return usagef("sign needs at least one FILE")
-	}
-	if output != "" && len(files) > 1 {
-		return usagef("--output needs exactly one FILE, not %d", len(files))
-	}
-	k, err := st.Key(purposeUEFI, fpr)
+	mode, k, outputs, err := uefiSignArgs(st, fpr, mode, output, files)
 	if err != nil {
 		return err
 	}
@@ -373,28 +343,30 @@ func signKmodFiles(st *Store, fpr, mode, output string, replace bool, files []st
 	if err != nil {
 		return err
 	}
-	signed, err := signKmodParallel(files, replace, signer, cert)
-	if err != nil {
-		return err
-	}
-	entries := make([]AuditEntry, len(signed))
-	for i, s := range signed {
-		entries[i] = auditContext{}.signEntry(k, s.dataSHA256)
-	}
-	if err := st.auditAll(entries); err != nil {
-		return err
-	}
-	buf := make([]byte, peCopyBufferSize)
-	for i, in := range files {
-		out := output
-		if out == "" {
-			out = uefiOutputName(in, mode)
+	return signPipelined(st, k, signer, len(files), func(i int, signer crypto.Signer, buf []byte) (*pendingSignature, error) {
+		return prepareKmodSignature(files[i], outputs[i], mode, replace, signer, cert, buf)
+	})
+}
+
+// prepareKmodSignature reads and signs the module in, once. In attached
+// mode the module proper goes to a temporary file beside out as it is
+// hashed, and the signature and its trailer are appended once audited.
+func prepareKmodSignature(in, out, mode string, replace bool, signer crypto.Signer, cert *x509.Certificate, buf []byte) (*pendingSignature, error) {
+	return prepareSignature(in, out, mode, func(f *os.File, size int64, p *pendingSignature) error {
+		var w io.Writer
+		if p.tmp != nil {
+			w = p.tmp
 		}
-		if err := writeKmodOutput(in, out, mode, signed[i], buf); err != nil {
-			return fmt.Errorf("%s: %w", in, err)
+		s, err := signKmod(f, size, replace, signer, cert, buf, w)
+		if err != nil {
+			return err
 		}
-	}
-	return nil
+		p.pkcs7, p.dataSHA256 = s.pkcs7, s.dataSHA256
+		if p.tmp != nil {
+			p.tail = append(bytes.Clone(s.pkcs7), kmodTrailer(len(s.pkcs7))...)
+		}
+		return nil
+	})
 }
 
 // checkKmodFile parses the module in path without reading all of it.
@@ -412,69 +384,4 @@ func checkKmodFile(path string, replace bool) error {
 		return fmt.Errorf("%s: %w (give --replace to replace its signature)", path, errKmodSigned)
 	}
 	return nil
-}
-
-// signKmodParallel signs the files on every core and returns the
-// signatures in order, or the first error.
-func signKmodParallel(files []string, replace bool, signer crypto.Signer, cert *x509.Certificate) ([]*kmodSigned, error) {
-	if _, ok := signer.(*rsa.PrivateKey); !ok {
-		signer = &serialSigner{Signer: signer} // a token signs one request at a time
-	}
-	signed := make([]*kmodSigned, len(files))
-	errs := make([]error, len(files))
-	var next atomic.Int64
-	var failed atomic.Bool
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(files)) {
-		wg.Go(func() {
-			buf := make([]byte, peCopyBufferSize)
-			for i := int(next.Add(1) - 1); i < len(files) && !failed.Load(); i = int(next.Add(1) - 1) {
-				signed[i], errs[i] = signKmodFile(files[i], replace, signer, cert, buf)
-				if errs[i] != nil {
-					failed.Store(true)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
-	}
-	return signed, nil
-}
-
-func signKmodFile(path string, replace bool, signer crypto.Signer, cert *x509.Certificate, buf []byte) (*kmodSigned, error) {
-	f, fi, err := openInput(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	s, err := signKmod(f, fi.Size(), replace, signer, cert, buf)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return s, nil
-}
-
-// writeKmodOutput writes the output of an audited module signature: the
-// signature alone, or the module read again from in with the signature
-// appended.
-func writeKmodOutput(in, out, mode string, s *kmodSigned, buf []byte) error {
-	if mode == uefiModeDetached {
-		return writeFileAtomic(out, func(w *os.File) error {
-			_, err := w.Write(s.pkcs7)
-			return err
-		})
-	}
-	f, fi, err := openInput(in)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if fi.Size() != s.m.size {
-		return errors.New("the module changed while being signed: its size changed")
-	}
-	return writeFileAtomic(out, func(w *os.File) error { return s.writeAttached(w, f, buf) })
 }

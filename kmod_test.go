@@ -17,6 +17,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -361,45 +363,91 @@ func TestKmodBadInput(t *testing.T) {
 	}
 }
 
-// TestKmodChangedWhileSigned: a module that changes between its signature
-// and the attached copy gives an error and no output.
+// TestKmodChangedWhileSigned signs a module attached while another
+// goroutine flips one of its bytes back and forth: whatever version was
+// read, the audit row names it, the output is it with the signature
+// appended, and openssl accepts the signature over it. A module that
+// shrinks under the read gives an error and no output.
 func TestKmodChangedWhileSigned(t *testing.T) {
-	te, st, k, _, _ := kmodTestKey(t)
+	te, st, k, _, certPath := kmodTestKey(t)
+	a := testModule(40000, 4)
+	b := bytes.Clone(a)
+	const flipAt = 20000
+	b[flipAt] ^= 0xff
+	versions := map[string][]byte{}
+	for _, v := range [][]byte{a, b} {
+		sum := sha256.Sum256(v)
+		versions[hex.EncodeToString(sum[:])] = v
+	}
+	in := writeFile(t, te.dir, "m.ko", a)
+	f, err := os.OpenFile(in, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; !stop.Load(); i++ {
+			f.WriteAt([]byte{[]byte{a[flipAt], b[flipAt]}[i%2]}, flipAt)
+		}
+	})
+	_, noOpenSSL := exec.LookPath("openssl")
+	out := filepath.Join(te.dir, "out.ko")
+	for round := range 12 {
+		if err := signKmodFiles(st, k.Fingerprint, uefiModeAttached, out, false, []string{in}); err != nil {
+			t.Fatal(err)
+		}
+		rows := auditRows(t, st, AuditFilter{})
+		var d signAuditData
+		json.Unmarshal(rows[len(rows)-1].Data, &d)
+		v, ok := versions[d.DataSHA256]
+		if !ok {
+			t.Fatalf("round %d: audit row names %s, neither version", round, d.DataSHA256)
+		}
+		signed, _ := os.ReadFile(out)
+		if !bytes.Equal(stripTestSignature(signed), v) {
+			t.Fatalf("round %d: the output is not the audited version with a signature", round)
+		}
+		if noOpenSSL == nil {
+			sig := signed[len(v) : len(signed)-kmodTailBytes]
+			vPath := writeFile(t, te.dir, "version.ko", v)
+			sigPath := writeFile(t, te.dir, "version.ko.p7s", sig)
+			if !cmsVerify(t, certPath, sigPath, vPath) {
+				t.Fatalf("round %d: the signature does not verify over the audited version", round)
+			}
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+
 	signer, cert, err := uefiSigner(st, k)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mod := testModule(4000, 4)
-	in := writeFile(t, te.dir, "m.ko", mod)
-	buf := make([]byte, 1024)
-	s, err := signKmodFile(in, false, signer, cert, buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, changed := range map[string][]byte{
-		"same size": append(testModule(3999, 5), 0),
-		"shorter":   mod[:3000],
-	} {
-		writeFile(t, te.dir, "m.ko", changed)
-		out := filepath.Join(te.dir, "out.ko")
-		err := writeKmodOutput(in, out, uefiModeAttached, s, buf)
-		if err == nil || !strings.Contains(err.Error(), "changed while being signed") {
-			t.Errorf("%s: %v", name, err)
-		}
-		if _, err := os.Stat(out); err == nil {
-			t.Errorf("%s: output written", name)
-		}
-		if s.m.size == int64(len(changed)) {
-			continue
-		}
-		// The reader's view: a file that shrinks under the copy.
-		if err := s.writeAttached(&bytes.Buffer{}, bytes.NewReader(changed), buf); err == nil || !strings.Contains(err.Error(), "shorter") {
-			t.Errorf("%s: copy: %v", name, err)
-		}
+	shrinking := &shrinkingReaderAt{data: a, after: 2, to: 3000}
+	var copied bytes.Buffer
+	if _, err := signKmod(shrinking, int64(len(a)), false, signer, cert, make([]byte, 1024), &copied); err == nil || !strings.Contains(err.Error(), "shorter") {
+		t.Errorf("module shrinking under the read: %v", err)
 	}
 	if entries, _ := filepath.Glob(filepath.Join(te.dir, ".*tmp*")); len(entries) > 0 {
 		t.Errorf("temporary files left: %v", entries)
 	}
+}
+
+// shrinkingReaderAt reads data, cut to its first to bytes after the first
+// after reads: a file truncated while being read.
+type shrinkingReaderAt struct {
+	data      []byte
+	after, to int
+	reads     int
+}
+
+func (r *shrinkingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if r.reads++; r.reads > r.after {
+		r.data = r.data[:r.to]
+	}
+	return bytes.NewReader(r.data).ReadAt(p, off)
 }
 
 // TestKmodCommand: the sign command picks module signing by the .ko
@@ -639,7 +687,7 @@ func BenchmarkSignKmod(b *testing.B) {
 	buf := make([]byte, peCopyBufferSize)
 	b.SetBytes(int64(len(mod)))
 	for b.Loop() {
-		if _, err := signKmod(bytes.NewReader(mod), int64(len(mod)), false, signer, cert, buf); err != nil {
+		if _, err := signKmod(bytes.NewReader(mod), int64(len(mod)), false, signer, cert, buf, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -116,9 +116,6 @@ func loadConfig(path string) (*Config, error) {
 		k := undecoded[0]
 		return nil, fmt.Errorf("configuration %s:%d: unknown key %q", path, keyLine(data, k), k.String())
 	}
-	if cfg.Database == "" {
-		return nil, fmt.Errorf("configuration %s: \"database\" is not set", path)
-	}
 	dir := filepath.Dir(path)
 	abs := func(p *string) {
 		if *p != "" && !filepath.IsAbs(*p) {
@@ -219,6 +216,11 @@ func (e *env) openStore() (*Store, error) {
 	cfg, err := e.config()
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Database == "" {
+		// Only the commands that open the store need it: a relay's
+		// connected host has no store.
+		return nil, fmt.Errorf("configuration %s: \"database\" is not set, and this command opens the key store", cfg.path)
 	}
 	st, err := openStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -23,7 +24,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -211,6 +211,24 @@ func lockState(dir string) (func(), error) {
 	return func() { f.Close() }, nil
 }
 
+// relayLogAndLock opens the worker log and takes the state directory's
+// lock, for the commands that change the state; done releases both.
+func relayLogAndLock(cfg *Config, stderr io.Writer) (log *slog.Logger, done func(), err error) {
+	log, closeLog, err := workerLogger(cfg.Worker, stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	unlock, err := lockState(cfg.Relay.StateDir)
+	if err != nil {
+		closeLog()
+		return nil, nil, err
+	}
+	return log, func() {
+		unlock()
+		closeLog()
+	}, nil
+}
+
 // relayState is what the relay remembers of a bundle it sent, in
 // <state_dir>/outstanding/<id>.json next to a copy of the bundle, until
 // every work request of it is completed; then both move to completed/.
@@ -369,14 +387,8 @@ func (w *worker) takeOne(ctx context.Context, wait time.Duration) (*workRequest,
 	if err := w.flushPendingCompletion(ctx); err != nil {
 		return nil, err
 	}
-	fatal := make(chan error, 1)
-	wsCtx, stopWS := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { w.websocketLoop(wsCtx, fatal) })
-	defer func() {
-		stopWS()
-		wg.Wait()
-	}()
+	fatal, stopWS := w.startWebsocket(ctx)
+	defer stopWS()
 	timeout := time.After(wait)
 	for {
 		select {
@@ -434,16 +446,11 @@ func cmdRelayFetch(e *env, args []string) error {
 	if len(keys) == 0 {
 		return fmt.Errorf("configuration %s: no [[relay.keys]]: the relay has nothing to take work for", cfg.path)
 	}
-	log, closeLog, err := workerLogger(cfg.Worker, e.stderr)
+	log, done, err := relayLogAndLock(cfg, e.stderr)
 	if err != nil {
 		return err
 	}
-	defer closeLog()
-	unlock, err := lockState(cfg.Relay.StateDir)
-	if err != nil {
-		return err
-	}
-	defer unlock()
+	defer done()
 	workers, err := relayWorkers(cfg, keys, log)
 	if err != nil {
 		return err
@@ -485,7 +492,14 @@ func cmdRelayFetch(e *env, args []string) error {
 		}
 		return fillErr
 	}
-	return errors.Join(f.write(signer, *output, e), fillErr)
+	// One line for both errors: errors.Join would give two.
+	if err := f.write(signer, *output, e); err != nil {
+		if fillErr != nil {
+			return fmt.Errorf("%w; and before that: %w", err, fillErr)
+		}
+		return err
+	}
+	return fillErr
 }
 
 // fill takes work with slot's worker identity until it holds one work

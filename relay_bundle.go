@@ -415,15 +415,7 @@ func generateNoteKey(p, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	_, err = f.WriteString(skey + "\n")
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(p)
+	if err := writeSyncClose(f, []byte(skey+"\n")); err != nil {
 		return "", err
 	}
 	return vkey, nil

@@ -62,16 +62,11 @@ func cmdRelayComplete(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	log, closeLog, err := workerLogger(cfg.Worker, e.stderr)
+	log, done, err := relayLogAndLock(cfg, e.stderr)
 	if err != nil {
 		return err
 	}
-	defer closeLog()
-	unlock, err := lockState(cfg.Relay.StateDir)
-	if err != nil {
-		return err
-	}
-	defer unlock()
+	defer done()
 	tmp, err := os.MkdirTemp(cfg.Relay.StateDir, "complete-")
 	if err != nil {
 		return err

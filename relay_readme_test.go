@@ -100,8 +100,7 @@ func TestRelayReadmeWalkthrough(t *testing.T) {
 	os.Chmod(filepath.Join(connected, "token"), 0o600)
 	srv.addWorker(tok, true)
 	srv.addSigningKeyAsset(purposeUEFI, fpr)
-	writeFile(t, connected, "relay.toml", []byte(fmt.Sprintf(`database = "unused.sqlite3"
-trusted_certs = []
+	writeFile(t, connected, "relay.toml", []byte(fmt.Sprintf(`trusted_certs = []
 [worker]
 api_url = %q
 ca_file = %q

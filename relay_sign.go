@@ -183,7 +183,7 @@ func claimBundle(dir string, rec *signedRecord) error {
 		if prev.SignedAt == "" {
 			return fmt.Errorf("bundle %s was already taken up on %s and interrupted before its result was written; it is not signed again: refused (see the audit log, and fetch the work again)", rec.Bundle, prev.StartedAt)
 		}
-		return fmt.Errorf("bundle %s was already signed on %s (a replayed bundle?; its result is kept in %s): refused, nothing signed", rec.Bundle, prev.SignedAt, dir)
+		return fmt.Errorf("bundle %s was already signed on %s (replayed? its result is kept in %s): refused, nothing signed", rec.Bundle, prev.SignedAt, dir)
 	}
 	if err != nil {
 		return err
@@ -278,7 +278,7 @@ func (w *worker) checkWork(bw *bundleWorkRequest, dir string, carried map[string
 			keys = append(keys, purposeOpenPGP+":"+f)
 		}
 		if len(keys) == 0 {
-			return nil, errors.New("no signing_keys")
+			return nil, errors.New("task_data has no signing_keys: nothing to sign with")
 		}
 	}
 	if !slices.Equal(bw.Keys, keys) {

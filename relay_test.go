@@ -90,8 +90,7 @@ func newRelayRig(t *testing.T, workers int) *relayRig {
 }
 
 func (r *relayRig) writeConfigs(workers int) {
-	r.relayCfg = writeFile(r.t, r.relayDir, "relay.toml", []byte(fmt.Sprintf(`database = "unused.sqlite3"
-[worker]
+	r.relayCfg = writeFile(r.t, r.relayDir, "relay.toml", []byte(fmt.Sprintf(`[worker]
 api_url = %q
 ca_file = "ca.pem"
 token_file = "token"

@@ -22,7 +22,7 @@ func TestRelayOutputChecks(t *testing.T) {
 	_, otherPEM := testCertificate(t, "Other")
 	other, _ := parseCertificatePEM(otherPEM)
 	module := testModule(5000, 3)
-	s, err := signKmod(bytes.NewReader(module), int64(len(module)), false, signer, cert, make([]byte, peCopyBufferSize))
+	s, err := signKmod(bytes.NewReader(module), int64(len(module)), false, signer, cert, make([]byte, peCopyBufferSize), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -317,31 +316,7 @@ func TestPostgresFirstOpenConcurrent(t *testing.T) {
 // PostgreSQL store at once, as two workers on two hosts would: no row is
 // lost and the chain stays whole (TestAuditChild appends).
 func TestPostgresConcurrentProcesses(t *testing.T) {
-	te := newPostgresTestEnv(t)
-	te.store(t).Close()
-	const perProcess = 150
-	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	for i := 0; i < 2; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			cmd := exec.Command(os.Args[0], "-test.run=^TestAuditChild$")
-			cmd.Env = append(os.Environ(), "AUDIT_CHILD_DB="+te.cfg.Database, "AUDIT_CHILD_KEY="+te.cfg.ServiceKeys[0], fmt.Sprintf("AUDIT_CHILD_N=%d", perProcess))
-			if out, err := cmd.CombinedOutput(); err != nil {
-				errs <- fmt.Errorf("%v: %s", err, out)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
-	v, err := te.store(t).VerifyAudit()
-	if err != nil || v.Rows != 2*perProcess {
-		t.Errorf("%+v %v, want %d rows", v, err, 2*perProcess)
-	}
+	auditFromTwoProcesses(t, newPostgresTestEnv(t), 150)
 }
 
 // TestPostgresRestart: the server restarting between two uses costs the
@@ -410,16 +385,7 @@ func TestIsPostgres(t *testing.T) {
 // durable commit per row, each taking the store's advisory lock, over a
 // Unix socket.
 func BenchmarkAuditAppendPostgres(b *testing.B) {
-	te := newPostgresTestEnv(b)
-	st := te.store(b)
-	e := AuditEntry{Event: "sign", Purpose: purposeUEFI, Fingerprint: "ABCD", Data: map[string]any{"data_sha256": strings.Repeat("ab", 32)}}
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if err := st.Audit(e); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "appends/s")
+	benchmarkAuditAppend(b, newPostgresTestEnv(b))
 }
 
 // TestPostgresPasswordFile logs in as a role that needs a password, given

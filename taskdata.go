@@ -46,7 +46,7 @@ func parseSignTask(wr *workRequest) (*signTask, error) {
 	case t.Purpose != purposeUEFI && t.Purpose != purposeOpenPGP:
 		return nil, fmt.Errorf("purpose %q: want %s or %s", t.Purpose, purposeUEFI, purposeOpenPGP)
 	case t.Fingerprint == "":
-		return nil, fmt.Errorf("no key")
+		return nil, fmt.Errorf("task_data has no key")
 	case len(t.UnsignedIDs) == 0:
 		return nil, fmt.Errorf("dynamic_task_data has no unsigned_ids")
 	case len(t.PackageNames) != 0 && len(t.PackageNames) != len(t.UnsignedIDs):

@@ -440,7 +440,7 @@ func signUEFIFile(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificat
 		return err
 	}
 	defer p.discard()
-	if err := st.Audit(ac.signEntry(k, p.s.dataSHA256)); err != nil {
+	if err := st.Audit(ac.signEntry(k, p.dataSHA256)); err != nil {
 		return fmt.Errorf("%s: %w", p.in, err)
 	}
 	return p.write()
@@ -461,25 +461,28 @@ func signUEFIDetached(st *Store, k *Key, signer crypto.Signer, cert *x509.Certif
 	return s.pkcs7, nil
 }
 
-// uefiPending is a signature made for the file in, not yet released. In
-// attached mode the signed image is already written, to tmp, which becomes
-// out once the signature is audited.
-type uefiPending struct {
+// pendingSignature is a signature made for the file in, not yet released.
+// In attached mode the output is already written to tmp, but for tail,
+// appended once the signature is audited; tmp then becomes out.
+type pendingSignature struct {
 	in, out, mode string
 	tmp           *os.File
-	s             *uefiSignedImage
+	pkcs7         []byte
+	dataSHA256    string // SHA-256 of the whole input, for the audit log
+	tail          []byte
 }
 
-// prepareUEFISignature reads and signs in, once, writing the attached
-// output to a temporary file beside out. On success the caller calls
-// p.write or p.discard.
-func prepareUEFISignature(in, out, mode string, signer crypto.Signer, cert *x509.Certificate, buf []byte) (p *uefiPending, err error) {
+// prepareSignature opens in and, in attached mode, a locked temporary
+// output beside out, then has sign read the input once, copying what the
+// output needs to p.tmp if it is not nil, and fill in p. On success the
+// caller calls p.write or p.discard.
+func prepareSignature(in, out, mode string, sign func(f *os.File, size int64, p *pendingSignature) error) (p *pendingSignature, err error) {
 	f, fi, err := openInput(in)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	p = &uefiPending{in: in, out: out, mode: mode}
+	p = &pendingSignature{in: in, out: out, mode: mode}
 	if mode == uefiModeAttached {
 		if p.tmp, err = createOutputTemp(out); err != nil {
 			return nil, err
@@ -490,23 +493,42 @@ func prepareUEFISignature(in, out, mode string, signer crypto.Signer, cert *x509
 			}
 		}()
 	}
-	if p.s, err = signPEImage(f, fi.Size(), p.tmp, signer, cert, time.Now(), buf); err != nil {
+	if err := sign(f, fi.Size(), p); err != nil {
 		return nil, fmt.Errorf("%s: %w", in, err)
 	}
 	return p, nil
 }
 
+// prepareUEFISignature reads and signs the PE image in, once, writing the
+// attached output to a temporary file beside out.
+func prepareUEFISignature(in, out, mode string, signer crypto.Signer, cert *x509.Certificate, buf []byte) (*pendingSignature, error) {
+	return prepareSignature(in, out, mode, func(f *os.File, size int64, p *pendingSignature) error {
+		s, err := signPEImage(f, size, p.tmp, signer, cert, time.Now(), buf)
+		if err != nil {
+			return err
+		}
+		p.pkcs7, p.dataSHA256 = s.pkcs7, s.dataSHA256
+		return nil
+	})
+}
+
 // write puts the output of an audited signature under its final name.
-func (p *uefiPending) write() error {
+func (p *pendingSignature) write() error {
 	if p.mode == uefiModeDetached {
 		return writeFileAtomic(p.out, func(w *os.File) error {
-			_, err := w.Write(p.s.pkcs7)
+			_, err := w.Write(p.pkcs7)
 			return err
 		})
 	}
 	tmp := p.tmp
 	p.tmp = nil
-	if err := commitOutputTemp(tmp, p.out); err != nil {
+	err := func() error {
+		if _, err := tmp.Write(p.tail); err != nil {
+			return err
+		}
+		return commitOutputTemp(tmp, p.out)
+	}()
+	if err != nil {
 		os.Remove(tmp.Name())
 		tmp.Close()
 		return fmt.Errorf("%s: %w", p.out, err)
@@ -515,7 +537,7 @@ func (p *uefiPending) write() error {
 }
 
 // discard removes the temporary output of a signature not written.
-func (p *uefiPending) discard() {
+func (p *pendingSignature) discard() {
 	if p.tmp != nil {
 		os.Remove(p.tmp.Name())
 		p.tmp.Close()
@@ -528,19 +550,7 @@ func (p *uefiPending) discard() {
 // into output when there is a single FILE. All inputs are checked before
 // the first is signed, so that a bad file in the list leaves nothing signed.
 func signUEFIFiles(st *Store, fpr, mode, output string, files []string) error {
-	if mode == "" {
-		mode = uefiModeDetached
-	}
-	if err := checkUEFIMode(mode); err != nil {
-		return usagef("%v", err)
-	}
-	if len(files) == 0 {
-		return usagef("sign needs at least one FILE")
-	}
-	if output != "" && len(files) > 1 {
-		return usagef("--output needs exactly one FILE, not %d", len(files))
-	}
-	k, err := st.Key(purposeUEFI, fpr)
+	mode, k, outputs, err := uefiSignArgs(st, fpr, mode, output, files)
 	if err != nil {
 		return err
 	}
@@ -553,6 +563,28 @@ func signUEFIFiles(st *Store, fpr, mode, output string, files []string) error {
 	if err != nil {
 		return err
 	}
+	return signUEFIPipelined(st, k, signer, cert, files, outputs, mode)
+}
+
+// uefiSignArgs checks the arguments of the sign command for a UEFI key and
+// returns the mode (detached unless given), the key and each FILE's output.
+func uefiSignArgs(st *Store, fpr, mode, output string, files []string) (string, *Key, []string, error) {
+	if mode == "" {
+		mode = uefiModeDetached
+	}
+	if err := checkUEFIMode(mode); err != nil {
+		return "", nil, nil, usagef("%v", err)
+	}
+	if len(files) == 0 {
+		return "", nil, nil, usagef("sign needs at least one FILE")
+	}
+	if output != "" && len(files) > 1 {
+		return "", nil, nil, usagef("--output needs exactly one FILE, not %d", len(files))
+	}
+	k, err := st.Key(purposeUEFI, fpr)
+	if err != nil {
+		return "", nil, nil, err
+	}
 	outputs := make([]string, len(files))
 	for i, in := range files {
 		outputs[i] = output
@@ -560,30 +592,38 @@ func signUEFIFiles(st *Store, fpr, mode, output string, files []string) error {
 			outputs[i] = uefiOutputName(in, mode)
 		}
 	}
-	return signUEFIPipelined(st, k, signer, cert, files, outputs, mode)
+	return mode, k, outputs, nil
 }
 
 // uefiMaxAhead bounds how many files are signed ahead of the one being
 // released, and so how many are open at once.
 const uefiMaxAhead = 32
 
-// signUEFIPipelined signs files[i] into outputs[i]. Hashing and RSA signing
-// run on every core, ahead of the release; the release takes every
-// signature ready so far, in order, appends their audit rows in one
-// transaction (one fsync for the group instead of one per file), and only
-// then writes their outputs, while the next files are being signed. The
-// first error stops everything: signatures not yet audited are dropped,
-// outputs already released stay.
+// signUEFIPipelined signs the PE images files[i] into outputs[i] with
+// signPipelined.
 func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certificate, files, outputs []string, mode string) error {
+	return signPipelined(st, k, signer, len(files), func(i int, signer crypto.Signer, buf []byte) (*pendingSignature, error) {
+		return prepareUEFISignature(files[i], outputs[i], mode, signer, cert, buf)
+	})
+}
+
+// signPipelined makes and releases n signatures, the i-th by prepare(i).
+// Hashing and RSA signing run on every core, ahead of the release; the
+// release takes every signature ready so far, in order, appends their
+// audit rows in one transaction (one fsync for the group instead of one
+// per file), and only then writes their outputs, while the next files are
+// being signed. The first error stops everything: signatures not yet
+// audited are dropped, outputs already released stay.
+func signPipelined(st *Store, k *Key, signer crypto.Signer, n int, prepare func(i int, signer crypto.Signer, buf []byte) (*pendingSignature, error)) error {
 	if _, ok := signer.(*rsa.PrivateKey); !ok {
 		// A hardware token signs one request at a time.
 		signer = &serialSigner{Signer: signer}
 	}
 	type result struct {
-		p   *uefiPending
+		p   *pendingSignature
 		err error
 	}
-	results := make([]chan result, len(files))
+	results := make([]chan result, n)
 	for i := range results {
 		results[i] = make(chan result, 1)
 	}
@@ -592,7 +632,7 @@ func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certi
 	stop := make(chan struct{})
 	go func() {
 		defer close(next)
-		for i := range files {
+		for i := range n {
 			select {
 			case ahead <- struct{}{}:
 			case <-stop:
@@ -606,16 +646,16 @@ func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certi
 		}
 	}()
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(files)) {
+	for range min(runtime.GOMAXPROCS(0), n) {
 		wg.Go(func() {
 			buf := make([]byte, peCopyBufferSize)
 			for i := range next {
-				p, err := prepareUEFISignature(files[i], outputs[i], mode, signer, cert, buf)
+				p, err := prepare(i, signer, buf)
 				results[i] <- result{p, err}
 			}
 		})
 	}
-	var group []*uefiPending
+	var group []*pendingSignature
 	defer func() {
 		close(stop)
 		wg.Wait()
@@ -633,14 +673,14 @@ func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certi
 		}
 	}()
 
-	for done := 0; done < len(files); {
+	for done := 0; done < n; {
 		r := <-results[done]
 		for {
 			if r.err != nil {
 				return r.err
 			}
 			group = append(group, r.p)
-			if done+len(group) == len(files) {
+			if done+len(group) == n {
 				break
 			}
 			select {
@@ -650,7 +690,7 @@ func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certi
 			}
 			break
 		}
-		err := releaseUEFISignatures(st, k, group)
+		err := releaseSignatures(st, k, group)
 		for _, p := range group {
 			p.discard()
 			<-ahead
@@ -664,12 +704,12 @@ func signUEFIPipelined(st *Store, k *Key, signer crypto.Signer, cert *x509.Certi
 	return nil
 }
 
-// releaseUEFISignatures audits the signatures in one transaction, then
+// releaseSignatures audits the signatures in one transaction, then
 // writes their outputs.
-func releaseUEFISignatures(st *Store, k *Key, pending []*uefiPending) error {
+func releaseSignatures(st *Store, k *Key, pending []*pendingSignature) error {
 	entries := make([]AuditEntry, len(pending))
 	for i, p := range pending {
-		entries[i] = auditContext{}.signEntry(k, p.s.dataSHA256)
+		entries[i] = auditContext{}.signEntry(k, p.dataSHA256)
 	}
 	if err := st.auditAll(entries); err != nil {
 		return fmt.Errorf("%s: %w", pending[0].in, err)

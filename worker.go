@@ -87,14 +87,8 @@ func (w *worker) run(ctx context.Context) error {
 		}
 		return err
 	}
-	fatal := make(chan error, 1)
-	wsCtx, stopWS := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { w.websocketLoop(wsCtx, fatal) })
-	defer func() {
-		stopWS()
-		wg.Wait()
-	}()
+	fatal, stopWS := w.startWebsocket(ctx)
+	defer stopWS()
 
 	var quiet <-chan time.Time
 	for {
@@ -257,13 +251,20 @@ func readSecret(p string) (string, error) {
 	return s, nil
 }
 
-// writeFileSync creates p (which must not exist) with data, synced to disk.
+// writeFileSync writes data to p (created with mode, or truncated), synced
+// to disk.
 func writeFileSync(p string, data []byte, mode os.FileMode) error {
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
 	if err != nil {
 		return err
 	}
-	_, err = f.Write(data)
+	return writeSyncClose(f, data)
+}
+
+// writeSyncClose writes data to the new file f, syncs and closes it, and
+// removes it if any of that fails.
+func writeSyncClose(f *os.File, data []byte) error {
+	_, err := f.Write(data)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -271,7 +272,7 @@ func writeFileSync(p string, data []byte, mode os.FileMode) error {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(p)
+		os.Remove(f.Name())
 	}
 	return err
 }
@@ -285,6 +286,19 @@ func syncDir(dir string) {
 
 // errTokenDisabled: the server closed the WebSocket with TOKEN_DISABLED.
 var errTokenDisabled = errors.New("the server does not accept this worker's token yet (TOKEN_DISABLED): an administrator must enable the worker")
+
+// startWebsocket runs websocketLoop until stop, which waits for it to end.
+// An error that ends the loop for good arrives on fatal.
+func (w *worker) startWebsocket(ctx context.Context) (fatal <-chan error, stop func()) {
+	ch := make(chan error, 1)
+	wsCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { w.websocketLoop(wsCtx, ch) })
+	return ch, func() {
+		cancel()
+		wg.Wait()
+	}
+}
 
 // websocketLoop keeps the notification channel open, reconnecting after
 // errors, server closes and TOKEN_DISABLED with the reference worker's 1–6 s
