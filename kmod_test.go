@@ -17,8 +17,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -380,18 +378,7 @@ func TestKmodChangedWhileSigned(t *testing.T) {
 		versions[hex.EncodeToString(sum[:])] = v
 	}
 	in := writeFile(t, te.dir, "m.ko", a)
-	f, err := os.OpenFile(in, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var stop atomic.Bool
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for i := 0; !stop.Load(); i++ {
-			f.WriteAt([]byte{[]byte{a[flipAt], b[flipAt]}[i%2]}, flipAt)
-		}
-	})
+	_, stop := keepFlipping(t, in, flipAt, a[flipAt], b[flipAt])
 	_, noOpenSSL := exec.LookPath("openssl")
 	out := filepath.Join(te.dir, "out.ko")
 	for round := range 12 {
@@ -418,8 +405,7 @@ func TestKmodChangedWhileSigned(t *testing.T) {
 			}
 		}
 	}
-	stop.Store(true)
-	wg.Wait()
+	stop()
 
 	signer, cert, err := uefiSigner(st, k)
 	if err != nil {

@@ -51,18 +51,7 @@ func TestUEFIFileChangedWhileSigned(t *testing.T) {
 		path := writeFile(t, te.dir, in.name, a)
 		for _, mode := range []string{uefiModeDetached, uefiModeAttached, "worker"} {
 			t.Run(in.name+"/"+mode, func(t *testing.T) {
-				f, err := os.OpenFile(path, os.O_RDWR, 0)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer f.Close()
-				var stop atomic.Bool
-				var wg sync.WaitGroup
-				wg.Go(func() {
-					for i := 0; !stop.Load(); i++ {
-						f.WriteAt([]byte{[]byte{a[flipAt], b[flipAt]}[i%2]}, flipAt)
-					}
-				})
+				f, stop := keepFlipping(t, path, flipAt, a[flipAt], b[flipAt])
 				seen := map[string]int{}
 				for round := range 12 {
 					out := filepath.Join(te.dir, "out")
@@ -102,8 +91,7 @@ func TestUEFIFileChangedWhileSigned(t *testing.T) {
 						t.Fatalf("round %d: sbverify of the signature over the audited version:\n%s", round, log)
 					}
 				}
-				stop.Store(true)
-				wg.Wait()
+				stop()
 				t.Logf("versions read: %v", seen)
 			})
 		}
@@ -117,4 +105,30 @@ func stripAttached(p *peFile, image []byte, n int) []byte {
 	clear(b[p.checksumOffset : p.checksumOffset+4])
 	clear(b[p.certDirOffset : p.certDirOffset+8])
 	return b
+}
+
+// keepFlipping opens path and, until stop is called (at the latest when
+// the test ends), keeps writing the byte at off back and forth between x
+// and y, so that any read of the file may see either version.
+func keepFlipping(t *testing.T, path string, off int64, x, y byte) (f *os.File, stop func()) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; !done.Load(); i++ {
+			f.WriteAt([]byte{[]byte{x, y}[i%2]}, off)
+		}
+	})
+	stop = func() {
+		done.Store(true)
+		wg.Wait()
+	}
+	t.Cleanup(func() {
+		stop()
+		f.Close()
+	})
+	return f, stop
 }
