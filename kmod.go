@@ -238,6 +238,7 @@ func signKmod(r io.ReaderAt, size int64, replace bool, signer crypto.Signer, cer
 	if out != nil {
 		writers = append(writers, out)
 	}
+	buf = chunkBuffer(buf, size)
 	if err := kmodCopy(io.MultiWriter(writers...), r, 0, m.content, buf); err != nil {
 		return nil, err
 	}

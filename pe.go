@@ -30,7 +30,7 @@ const (
 	winCertRevision2     = 0x0200
 	winCertTypePKCS7     = 0x0002
 	winCertHeaderSize    = 8
-	peCopyBufferSize     = 1 << 20 // a chunk large enough to share between two cores (pestream.go)
+	peCopyBufferSize     = 2 << 20 // a chunk of a large file, big enough to share between two cores (pestream.go)
 	peMaxSections        = 96      // the Windows loader's limit; real EFI images have a handful
 	peCertTableAlignment = 8
 )
@@ -283,6 +283,25 @@ func (p *peFile) hashedRanges() []peRange {
 func copyRange(w io.Writer, r io.ReaderAt, off, n int64, buf []byte) error {
 	_, err := io.CopyBuffer(writerOnly{w}, io.NewSectionReader(r, off, n), buf)
 	return err
+}
+
+// A file under peSmallFile bytes is read peSmallChunk bytes at a time and
+// hashed on one core. Most inputs are that small (EFI binaries, modules),
+// most calls sign one of them, and there what costs is not hashing but
+// touching memory: every page of a fresh buffer is a page fault, and
+// handing a chunk to a second core wakes a sleeping thread. The large
+// buffer's unused pages are never touched, so they cost nothing.
+const (
+	peSmallFile  = 8 << 20
+	peSmallChunk = 64 << 10
+)
+
+// chunkBuffer returns the part of buf to read a file of size bytes through.
+func chunkBuffer(buf []byte, size int64) []byte {
+	if size < peSmallFile {
+		return buf[:min(len(buf), peSmallChunk)]
+	}
+	return buf
 }
 
 // writerOnly hides any ReaderFrom of the destination so that io.CopyBuffer
