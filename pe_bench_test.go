@@ -11,7 +11,7 @@ import (
 )
 
 // BenchmarkImageHash compares the Authenticode image hash alone
-// (imagehash, read through a 1 MiB buffer as a file would be) and the one
+// (imagehash, read through a 2 MiB buffer as a large file is) and the one
 // pass over a PE image (the image hash and the SHA-256 of the file at
 // once) with plain SHA-256 over the same bytes. The two hashes of a chunk
 // run on two cores, so with a second core free the one pass takes about

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -94,4 +95,42 @@ func FuzzParsePE(f *testing.F) {
 			t.Fatalf("image hash changed by signing: %x -> %x", h1, h2)
 		}
 	})
+}
+
+// TestReadPEOnceBothWays checks the one pass against the random-access
+// reference on images either side of peSmallFile: the smaller is read
+// through peSmallChunk bytes and hashed on one core, the larger through
+// the whole buffer, the file's SHA-256 of each chunk on another core.
+func TestReadPEOnceBothWays(t *testing.T) {
+	buf := make([]byte, peCopyBufferSize)
+	for _, size := range []int{peSmallFile - 0x10000, peSmallFile + 3*peCopyBufferSize + 0x1400} {
+		data := testPE{plus: true, sections: []int{0x1000, size - 0x3000}, trailing: 0x1001, seed: uint64(size)}.build()
+		t.Run(fmt.Sprintf("%d bytes", len(data)), func(t *testing.T) {
+			p, err := parsePE(bytes.NewReader(data), int64(len(data)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := p.imageHash(make([]byte, 4096))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			o, err := readPEOnce(bytes.NewReader(data), int64(len(data)), &out, buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(o.imageHash, want) {
+				t.Errorf("image hash %x, reference %x", o.imageHash, want)
+			}
+			if sum := sha256.Sum256(data); !bytes.Equal(o.fileSHA256, sum[:]) {
+				t.Errorf("file SHA-256 %x, want %x", o.fileSHA256, sum)
+			}
+			expected := bytes.Clone(data)
+			clear(expected[p.checksumOffset : p.checksumOffset+4])
+			clear(expected[p.certDirOffset : p.certDirOffset+8])
+			if !bytes.Equal(out.Bytes(), expected) {
+				t.Error("the output is not the input with its CheckSum and certificate table entry zeroed")
+			}
+		})
+	}
 }
