@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"testing"
@@ -100,8 +101,12 @@ func FuzzParsePE(f *testing.F) {
 // TestReadPEOnceBothWays checks the one pass against the random-access
 // reference on images either side of peSmallFile: the smaller is read
 // through peSmallChunk bytes and hashed on one core, the larger through
-// the whole buffer, the file's SHA-256 of each chunk on another core.
+// the whole buffer, the file's SHA-256 of each chunk on another core. The
+// image hash is also sbverify's.
 func TestReadPEOnceBothWays(t *testing.T) {
+	needTool(t, "sbverify")
+	dir := t.TempDir()
+	certPath, zeroSigPath := zeroHashSignature(t, getTestUEFIKey(t), dir)
 	buf := make([]byte, peCopyBufferSize)
 	for _, size := range []int{peSmallFile - 0x10000, peSmallFile + 3*peCopyBufferSize + 0x1400} {
 		data := testPE{plus: true, sections: []int{0x1000, size - 0x3000}, trailing: 0x1001, seed: uint64(size)}.build()
@@ -121,6 +126,10 @@ func TestReadPEOnceBothWays(t *testing.T) {
 			}
 			if !bytes.Equal(o.imageHash, want) {
 				t.Errorf("image hash %x, reference %x", o.imageHash, want)
+			}
+			path := writeFile(t, dir, "image.efi", data)
+			if theirs := sbverifyImageHash(t, certPath, path, zeroSigPath); theirs != hex.EncodeToString(o.imageHash) {
+				t.Errorf("image hash %x, sbverify %s", o.imageHash, theirs)
 			}
 			if sum := sha256.Sum256(data); !bytes.Equal(o.fileSHA256, sum[:]) {
 				t.Errorf("file SHA-256 %x, want %x", o.fileSHA256, sum)

@@ -398,6 +398,19 @@ var (
 	osslCalculated    = regexp.MustCompile(`Calculated message digest : ([0-9A-F]{64})`)
 )
 
+// sbverifyImageHash is the image hash sbverify computes for image, which
+// it prints only when a signature does not match: zeroSigPath is a
+// signature over a zero hash (zeroHashSignature).
+func sbverifyImageHash(t *testing.T, certPath, image, zeroSigPath string) string {
+	t.Helper()
+	out, ok := sbverify(t, certPath, image, zeroSigPath)
+	m := sbverifyExpecting.FindStringSubmatch(out)
+	if ok || m == nil {
+		t.Fatalf("sbverify did not report its image hash:\n%s", out)
+	}
+	return m[1]
+}
+
 // TestUEFIImageHashMatchesTools compares our image hash with the ones
 // sbverify and osslsigncode compute. sbverify prints its hash only when a
 // signature does not match, so it is given a signature over a zero hash.
@@ -418,17 +431,12 @@ func TestUEFIImageHashMatchesTools(t *testing.T) {
 			ours := hex.EncodeToString(h)
 			path := writeFile(t, dir, in.name, in.data)
 
-			out, ok := sbverify(t, certPath, path, zeroSigPath)
-			m := sbverifyExpecting.FindStringSubmatch(out)
-			if ok || m == nil {
-				t.Fatalf("sbverify did not report its image hash:\n%s", out)
-			}
-			if m[1] != ours {
-				t.Errorf("image hash %s, sbverify %s", ours, m[1])
+			if theirs := sbverifyImageHash(t, certPath, path, zeroSigPath); theirs != ours {
+				t.Errorf("image hash %s, sbverify %s", ours, theirs)
 			}
 
-			out, ok = osslVerify(t, certPath, path, zeroSigPath)
-			m = osslCalculated.FindStringSubmatch(out)
+			out, ok := osslVerify(t, certPath, path, zeroSigPath)
+			m := osslCalculated.FindStringSubmatch(out)
 			if ok || m == nil {
 				t.Fatalf("osslsigncode did not report its image hash:\n%s", out)
 			}
