@@ -124,10 +124,8 @@ func checkConfigValues(cfg *Config) error {
 	if _, err := parseTouchPolicy(cfg.YubiKey.TouchPolicy); err != nil {
 		return fmt.Errorf("[yubikey] touch_policy: %w", err)
 	}
-	switch cfg.Worker.LogLevel {
-	case "", "debug", "info", "warning", "warn", "error":
-	default:
-		return fmt.Errorf("[worker] log_level %q: want debug, info, warning or error", cfg.Worker.LogLevel)
+	if _, err := parseLogLevel(cfg.Worker.LogLevel); err != nil {
+		return err
 	}
 	if cfg.Worker.APIURL != "" && cfg.Worker.TokenFile == "" {
 		return errors.New("[worker] api_url is set but token_file is not")
@@ -217,7 +215,7 @@ func (c *checker) database() {
 			c.ok("%s: reachable, schema and triggers as expected", what)
 		}
 	}
-	if err := checkStoreWritable(st); err != nil {
+	if err := checkStoreWritable(st, version > 0); err != nil {
 		c.fail(what, fmt.Errorf("not writable by this user: %w", err))
 		return
 	}
@@ -230,17 +228,21 @@ func (c *checker) database() {
 	}
 }
 
-// checkStoreWritable takes the store's write lock in a transaction that
-// inserts nothing and rolls back, so that a read-only file, directory,
-// role or transaction shows, and nothing changes. Inserting no rows still
-// needs the right to insert (PostgreSQL), and fires no trigger.
-func checkStoreWritable(st *Store) error {
+// checkStoreWritable takes the store's write lock in a transaction that,
+// when the tables exist, inserts nothing into them, and rolls back: a
+// read-only file, directory, role or transaction shows, and nothing
+// changes. Inserting no rows still needs the right to insert (PostgreSQL),
+// and fires no trigger.
+func checkStoreWritable(st *Store, tables bool) error {
 	tx, err := st.begin()
 	if err != nil {
 		return err
 	}
 	defer tx.Rollback()
 	for _, table := range []string{"keys", "audit_log"} {
+		if !tables {
+			break
+		}
 		if _, err := tx.Exec("INSERT INTO " + table + " SELECT * FROM " + table + " WHERE 1 = 0"); err != nil {
 			return fmt.Errorf("%s: %w", table, sqliteError(err))
 		}

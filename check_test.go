@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/pem"
 	"fmt"
 	"io"
 	"os"
@@ -386,4 +387,49 @@ func TestCheckAuditTail(t *testing.T) {
 		wantFail(t, status, stdout+stderr, "audit log: audit log broken at row 1: its contents do not match its hash")
 		wantFail(t, status, stdout+stderr, "trigger audit_log_no_update is missing")
 	}
+}
+
+// TestCheckYubiKey: with a key on the virtual YubiKey, check reaches pcscd
+// and finds the token; pulled out, the key's own line fails.
+func TestCheckYubiKey(t *testing.T) {
+	card := startVirtualYubiKey(t, testTokenSerial)
+	te := newTestEnv(t)
+	writeFile(t, te.dir, "pin", []byte("123456\n"))
+	te.writeConfig(t, "database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n[yubikey]\npin_file = \"pin\"\n")
+	st := te.store(t)
+	_, cert := loadTokenKey(t, card, 0x9c, 1, false)
+	fpr, err := registerYubiKeyKey(st, testTokenSerial, 0x9c, "Token key", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resetTokenPool()
+	status, stdout, stderr := te.run(t, "check")
+	if status != exitOK || !strings.Contains(stdout, "OK  pcscd at ") || !strings.Contains(stdout, "OK  key uefi:"+fpr+": its token is connected") {
+		t.Fatalf("token plugged in: exit %d:\n%s%s", status, stdout, stderr)
+	}
+	resetTokenPool()
+	card.remove()
+	status, stdout, stderr = te.run(t, "check")
+	wantFail(t, status, stdout+stderr, "key uefi:"+fpr+": ")
+}
+
+// TestCheckEmptyDatabase: an empty database (a PostgreSQL database made
+// for the store, or a SQLite file) is fine, and stays empty.
+func TestCheckEmptyDatabase(t *testing.T) {
+	engines(t, func(t *testing.T, te *testEnv) {
+		if !isPostgres(te.cfg.Database) {
+			writeFile(t, te.dir, "signing.sqlite3", nil)
+		}
+		status, stdout, stderr := te.run(t, "check")
+		if status != exitOK || !strings.Contains(stdout, ": empty; the first command that opens the store creates the schema") {
+			t.Fatalf("exit %d:\n%s%s", status, stdout, stderr)
+		}
+		eng := sqliteEngine
+		if isPostgres(te.cfg.Database) {
+			eng = postgresEngine
+		}
+		if v, err := eng.version(rawDB(t, te.cfg.Database)); err != nil || v != 0 {
+			t.Errorf("after check: schema version %d, %v", v, err)
+		}
+	})
 }
