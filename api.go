@@ -20,7 +20,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
-	"net/http/httptrace"
 	"net/url"
 	"os"
 	"path"
@@ -237,93 +236,6 @@ type response struct {
 	status int
 	header http.Header
 	body   []byte
-}
-
-// once performs one attempt of r, abandoned as stalled when its bytes stop
-// moving (see stallGuard).
-func (c *apiClient) once(ctx context.Context, r *request) (*response, error) {
-	select {
-	case c.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	defer func() { <-c.slots }()
-	if err := ctx.Err(); err != nil {
-		// Both were ready and the slot won: still send nothing.
-		return nil, err
-	}
-	actx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	g := newStallGuard(c.idle, c.header, func() { cancel(errStalled) })
-	defer g.stop()
-	resp, err := c.attempt(httptrace.WithClientTrace(actx, &httptrace.ClientTrace{
-		WroteRequest: func(httptrace.WroteRequestInfo) { g.waiting() },
-	}), r, g)
-	if err != nil && ctx.Err() == nil && context.Cause(actx) == errStalled {
-		return nil, fmt.Errorf("%s %s: %w: nothing moved for %s (or no answer within %s)", r.method, r.url, errStalled, c.idle, c.header)
-	}
-	return resp, err
-}
-
-func (c *apiClient) attempt(ctx context.Context, r *request, g *stallGuard) (*response, error) {
-	var body io.Reader
-	if r.body != nil {
-		body = &guarded{bytes.NewReader(r.body), g}
-	}
-	req, err := http.NewRequestWithContext(ctx, r.method, r.url, body)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", r.method, r.url, err)
-	}
-	if r.body != nil {
-		req.ContentLength = int64(len(r.body))
-		req.GetBody = func() (io.ReadCloser, error) {
-			return io.NopCloser(&guarded{bytes.NewReader(r.body), g}), nil
-		}
-	}
-	for k, v := range r.header {
-		req.Header[k] = v
-	}
-	if r.body != nil && req.Header.Get("Content-Type") == "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if !r.noAuth && c.token != "" && origin(req.URL) == c.origin {
-		req.Header.Set("Token", c.token)
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	g.moved()
-	resp.Body = &guardedBody{guarded{resp.Body, g}, resp.Body}
-	good := false
-	for _, s := range r.ok {
-		good = good || resp.StatusCode == s
-	}
-	if good && r.sink != nil {
-		if err := r.sink(resp); err != nil {
-			return nil, err
-		}
-		return &response{status: resp.StatusCode, header: resp.Header}, nil
-	}
-	limit := r.limit
-	if limit == 0 {
-		limit = maxJSONBody
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: reading the answer: %w", r.method, r.url, err)
-	}
-	if !good {
-		return nil, newAPIError(r.method, r.url, resp, data[:min(int64(len(data)), limit)])
-	}
-	if int64(len(data)) > limit {
-		// Not retried (it is an apiError with a status under 500): the
-		// same answer would come back.
-		return nil, &apiError{Method: r.method, URL: r.url, Status: resp.StatusCode,
-			Body: tooLarge(limit)}
-	}
-	return &response{status: resp.StatusCode, header: resp.Header, body: data}, nil
 }
 
 // tooLarge says that an answer is over limit.
