@@ -218,8 +218,8 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 		return completion{}, e
 	}
 	c, err := w.finish(tctx, tr, success, err, time.Since(start), cpuTime()-cpu0)
-	// Once the watch has ended, nothing can cancel tctx any more: an
-	// abort seen at any time up to here sends no result.
+	// The watch ends here: an abort it saw at any time up to now, even
+	// once the task was done, sends no result.
 	stopWatch()
 	if err != nil {
 		return executeFailed(err)

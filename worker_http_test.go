@@ -258,6 +258,8 @@ func TestWorkerWebSocketDeadNoticed(t *testing.T) {
 	w.wsPingEvery = 50 * time.Millisecond
 	var conns atomic.Int32
 	pong := make(chan error, 1)
+	testDone := make(chan struct{})
+	t.Cleanup(func() { close(testDone) })
 	srv.hook = func(rw http.ResponseWriter, r *http.Request) bool {
 		if r.URL.Path != "/api/ws/1.0/worker/connect/" {
 			return false
@@ -269,7 +271,7 @@ func TestWorkerWebSocketDeadNoticed(t *testing.T) {
 		defer c.CloseNow()
 		if conns.Add(1) == 1 {
 			// Dead: never read, so the worker's pings go unanswered.
-			<-r.Context().Done()
+			<-testDone
 			return true
 		}
 		go func() {
