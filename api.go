@@ -225,10 +225,13 @@ type request struct {
 	url    string // absolute
 	body   []byte
 	header http.Header
-	noAuth bool  // registration sends the activation token or nothing
-	ok     []int // success statuses; anything else is an apiError
-	limit  int64 // response body bytes to keep (maxJSONBody when 0)
-	sink   func(*http.Response) error
+	noAuth bool // registration sends the activation token or nothing
+	// unslotted calls do not wait for a slot: the watch's small status
+	// reads must not queue behind stalled transfers (watch.go).
+	unslotted bool
+	ok        []int // success statuses; anything else is an apiError
+	limit     int64 // response body bytes to keep (maxJSONBody when 0)
+	sink      func(*http.Response) error
 }
 
 // response is a successful answer with its (bounded) body.
@@ -427,9 +430,14 @@ type workRequestState struct {
 // request). The server never tells a worker that a work request it runs
 // was aborted: this is how the worker finds out.
 func (c *apiClient) workRequestState(ctx context.Context, id int64) (*workRequestState, error) {
-	var st workRequestState
-	if _, err := c.call(ctx, http.MethodGet, fmt.Sprintf("work-request/%d/", id), nil, &st, 200); err != nil {
+	r := &request{method: http.MethodGet, url: fmt.Sprintf("%s/1.0/work-request/%d/", c.base, id), ok: []int{200}, unslotted: true}
+	resp, err := c.send(ctx, r, false)
+	if err != nil {
 		return nil, err
+	}
+	var st workRequestState
+	if err := json.Unmarshal(resp.body, &st); err != nil {
+		return nil, fmt.Errorf("GET %s: HTTP 200 with an unreadable body: %w", r.url, err)
 	}
 	return &st, nil
 }

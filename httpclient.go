@@ -140,12 +140,14 @@ type guardedBody struct {
 // once performs one attempt of r, abandoned as stalled when its bytes stop
 // moving (see stallGuard).
 func (c *apiClient) once(ctx context.Context, r *request) (*response, error) {
-	select {
-	case c.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if !r.unslotted {
+		select {
+		case c.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		defer func() { <-c.slots }()
 	}
-	defer func() { <-c.slots }()
 	if err := ctx.Err(); err != nil {
 		// Both were ready and the slot won: still send nothing.
 		return nil, err
