@@ -89,6 +89,10 @@ const p11Handshake = "PRIVATE-GNOME-KEYRING-PKCS11-PROTOCOL-V-1"
 // something this client cannot read. The caller dials again.
 var errP11Closed = errors.New("p11-kit connection closed")
 
+// errP11HungUp is the server closing the connection during version
+// negotiation.
+var errP11HungUp = errors.New("hung up")
+
 // p11Error is a CK_RV other than CKR_OK that a call returned.
 type p11Error struct {
 	Call string
@@ -209,7 +213,7 @@ func dialP11Wait(address string, wait time.Duration) (*p11Client, error) {
 		return nil, err
 	}
 	c, err := p11Connect(kind, attrs, address, wait, p11MaxVersion)
-	if errors.Is(err, errP11Closed) && !errors.Is(err, os.ErrDeadlineExceeded) {
+	if errors.Is(err, errP11HungUp) {
 		// A server from before version negotiation may hang up on a
 		// version other than 0: the draft's fallback is to try again
 		// with 0.
@@ -247,11 +251,15 @@ func p11Connect(kind string, attrs map[string]string, address string, wait time.
 		}
 	}
 	c.conn.SetDeadline(time.Now().Add(wait))
-	if _, err := c.conn.Write([]byte{version}); err != nil {
-		return nil, c.fail("version negotiation", err)
-	}
 	var got [1]byte
-	if _, err := io.ReadFull(c.conn, got[:]); err != nil {
+	_, err := c.conn.Write([]byte{version})
+	if err == nil {
+		_, err = io.ReadFull(c.conn, got[:])
+	}
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+			err = fmt.Errorf("%w: %w", errP11HungUp, err)
+		}
 		return nil, c.fail("version negotiation", err)
 	}
 	if got[0] > version {
