@@ -572,6 +572,10 @@ func (c *p11Client) FindObjects(h uint64, template []p11Attr, max int) ([]uint64
 		d.ulong(h)
 		d.uint32(want)
 		r, err := c.do(d)
+		if _, ok := p11RV(err); ok {
+			// End the search, or the session refuses the next one.
+			c.simple(p11CallFindObjectsFinal, h)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -606,27 +610,25 @@ func (c *p11Client) Attributes(h, obj uint64, types ...uint64) ([]p11Attr, error
 		}
 	}
 	sizes := make([]uint32, len(types))
-	got, err := c.getAttributes(h, obj, types, sizes)
+	_, lengths, err := c.getAttributes(h, obj, types, sizes)
 	if err != nil {
 		return nil, err
 	}
 	total := 0
-	for i, a := range got {
-		if !a.Missing {
-			sizes[i] = uint32(len(a.Value))
-			total += len(a.Value)
-		}
+	for _, n := range lengths {
+		total += int(n)
 	}
 	if total > p11MaxMessage/2 {
 		return nil, fmt.Errorf("C_GetAttributeValue: %d bytes of attributes", total)
 	}
-	return c.getAttributes(h, obj, types, sizes)
+	attrs, _, err := c.getAttributes(h, obj, types, lengths)
+	return attrs, err
 }
 
 // getAttributes is one C_GetAttributeValue with buffers of the given
-// sizes; with size 0, the value returned is a slice of the length the
-// token reported (its content meaningless).
-func (c *p11Client) getAttributes(h, obj uint64, types []uint64, sizes []uint32) ([]p11Attr, error) {
+// sizes (0: the length only), and returns the attributes and the lengths
+// the token reported (0 for a missing one).
+func (c *p11Client) getAttributes(h, obj uint64, types []uint64, sizes []uint32) ([]p11Attr, []uint32, error) {
 	d := c.newCall(p11CallGetAttributeValue)
 	d.ulong(h)
 	d.ulong(obj)
@@ -637,18 +639,18 @@ func (c *p11Client) getAttributes(h, obj uint64, types []uint64, sizes []uint32)
 	}
 	r, err := c.do(d)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	attrs := r.attrArray(types, sizes)
+	attrs, lengths := r.attrArray(types, sizes)
 	rv := r.ulong()
 	if err := r.end(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	switch rv {
 	case ckrOK, ckrAttributeSensitive, ckrAttributeTypeInvalid:
-		return attrs, nil
+		return attrs, lengths, nil
 	}
-	return nil, &p11Error{p11CallGetAttributeValue.name, rv}
+	return nil, nil, &p11Error{p11CallGetAttributeValue.name, rv}
 }
 
 // Sign signs data with key: C_SignInit, C_Sign for the length, C_Sign.
