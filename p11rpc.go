@@ -534,16 +534,20 @@ func (c *p11Client) simple(call p11Call, args ...uint64) error {
 // Login calls C_Login. The PIN is in no error, and its copy in the request
 // is wiped once sent.
 func (c *p11Client) Login(h uint64, userType uint64, pin []byte) error {
+	r, err := c.do(c.loginRequest(h, userType, pin))
+	if err != nil {
+		return err
+	}
+	return r.end()
+}
+
+func (c *p11Client) loginRequest(h uint64, userType uint64, pin []byte) *p11Enc {
 	d := c.newCall(p11CallLogin)
 	d.ulong(h)
 	d.ulong(userType)
 	d.byteArray(pin)
 	d.secret = true
-	r, err := c.do(d)
-	if err != nil {
-		return err
-	}
-	return r.end()
+	return d
 }
 
 // FindObjects returns the handles of up to max objects matching template
