@@ -766,8 +766,12 @@ func (c *p11Client) doLocked(d *p11Enc) (*p11Dec, error) {
 	if olen > p11MaxOptions || blen > p11MaxMessage {
 		return nil, c.fail(d.call.name, fmt.Errorf("answer of %d+%d bytes, more than the limit", olen, blen))
 	}
-	body := make([]byte, int(olen)+int(blen))
-	if _, err := io.ReadFull(c.conn, body); err != nil {
+	// Read what comes rather than allocate what is announced.
+	body, err := io.ReadAll(io.LimitReader(c.conn, int64(olen)+int64(blen)))
+	if err == nil && len(body) < int(olen)+int(blen) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
 		return nil, c.fail(d.call.name, err)
 	}
 	r, err := p11ParseResponse(d.call, body[olen:])
