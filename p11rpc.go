@@ -188,7 +188,6 @@ type p11Client struct {
 	conn    net.Conn
 	cmd     *exec.Cmd
 	stderr  *p11Tail
-	address string
 	version byte
 	code    uint32
 	wait    time.Duration // deadline of one call
@@ -237,7 +236,7 @@ func dialP11Wait(address string, wait time.Duration) (*p11Client, error) {
 
 // p11Connect opens the transport and agrees on the protocol version.
 func p11Connect(kind string, attrs map[string]string, address string, wait time.Duration, version byte) (*p11Client, error) {
-	c := &p11Client{address: address, wait: wait, code: 0x10}
+	c := &p11Client{wait: wait, code: 0x10}
 	switch kind {
 	case "unix":
 		conn, err := net.DialTimeout("unix", attrs["path"], wait)
