@@ -440,7 +440,9 @@ func TestP11RPCFakeLoginWipesPIN(t *testing.T) {
 	}
 	defer c.Close()
 	d := c.loginRequest(1, ckuUser, []byte("s3cret-pin"))
+	c.mu.Lock()
 	_, err = c.do(d)
+	c.mu.Unlock()
 	if !p11rpcIsRV(err, ckrPINIncorrect) || strings.Contains(err.Error(), "s3cret") || errors.Is(err, errP11Closed) {
 		t.Fatalf("wrong PIN: %v", err)
 	}
