@@ -121,8 +121,8 @@ type p11Attr struct {
 	Missing bool
 }
 
-// p11Mechanism is a mechanism and its parameter as raw bytes; mechanisms
-// whose parameter p11-kit serializes field by field are refused.
+// p11Mechanism is a mechanism and its parameter as raw bytes. Only the
+// mechanisms in p11Mechanisms are sent; others are refused.
 type p11Mechanism struct {
 	Type  uint64
 	Param []byte
