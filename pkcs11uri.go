@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -75,70 +76,204 @@ func tokenKeyURI(serial uint32, slot byte) (string, error) {
 	return fmt.Sprintf("pkcs11:serial=%d;id=%%%02x;type=private", serial, id), nil
 }
 
-// ykcs11 labels each YubiKey token "YubiKey PIV #<serial>".
-const ykcs11TokenLabelPrefix = "YubiKey PIV #"
+// ykcs11 labels each YubiKey token "YubiKey PIV #<serial>", its model
+// "YubiKey " and the series ("YubiKey YK5"), its manufacturer Yubico's.
+const (
+	ykcs11TokenLabelPrefix = "YubiKey PIV #"
+	ykcs11ModelPrefix      = "YubiKey"
+	ykcs11Manufacturer     = "Yubico (www.yubico.com)"
+)
 
-// parsePKCS11URI maps a pkcs11: URI onto a YubiKey PIV key, or says why it
-// cannot. Attributes that only describe the token or the module (model,
-// manufacturer, library, module-name...) are accepted and ignored; anything
-// that would select a key we cannot identify is refused rather than guessed.
-func parsePKCS11URI(uri string) (*tokenKeyRef, error) {
+// p11URI is a PKCS#11 URI (RFC 7512) read as libp11 reads it, since
+// libp11's engine is what Debusine's worker hands the same URI to
+// (sbsign --engine pkcs11 --key URI): libp11 0.4.12 (Debian 12) to 0.4.20,
+// src/eng_parse.c and later src/util_uri.c, parse_pkcs11_uri.
+//
+//   - The attributes are split at every ';', '?' and '&' alike, so an
+//     attribute may be given in the path or in the query; one separator may
+//     end the URI, an empty attribute anywhere else is an error.
+//   - Values are percent-decoded and otherwise taken byte for byte: "id=1234"
+//     is the four bytes "1234" (31 32 33 34), not the two bytes 12 34. A
+//     YubiHSM 2 object 0x1234 has the CKA_ID 12 34 and is "id=%12%34".
+//   - type= (or object-type=) must be cert, public or private and is
+//     otherwise ignored: the engine loads the private key either way.
+//   - pin-value and pin-source exclude each other; pin-source is a file
+//     (after an optional "file:") whose first line is the PIN.
+//
+// libp11 refuses the other RFC 7512 attributes; the ones p11-kit's uri.c
+// reads (slot-id, slot-description, slot-manufacturer, library-*,
+// module-name, module-path) are read here as p11-kit reads them, so that a
+// URI p11tool or p11-kit prints works too. Where libp11 would quietly
+// choose (a repeated attribute, several keys that match), this is refused.
+type p11URI struct {
+	// text holds the decoded textual attributes by name: token,
+	// manufacturer, model, serial, object, slot-description,
+	// slot-manufacturer, library-manufacturer, library-description,
+	// library-version, module-name, module-path, pin-source.
+	text map[string]string
+	// id is the CKA_ID, nil without id=.
+	id     []byte
+	typ    string
+	slotID *uint64
+	// pinValue is the pin-value attribute; it never appears in a message.
+	pinValue []byte
+	hasPIN   bool
+	// inQuery names the attributes given after the first '?'.
+	inQuery map[string]bool
+}
+
+// p11TextAttributes are the attributes whose value is text.
+var p11TextAttributes = map[string]bool{
+	"token": true, "manufacturer": true, "model": true, "serial": true, "object": true,
+	"slot-description": true, "slot-manufacturer": true, "library-manufacturer": true,
+	"library-description": true, "library-version": true, "module-name": true,
+	"module-path": true, "pin-source": true,
+}
+
+// maxPKCS11URI bounds what is parsed: a URI is stored in the database and
+// read on every signature.
+const maxPKCS11URI = 4096
+
+func (u *p11URI) get(name string) (string, bool) {
+	v, ok := u.text[name]
+	return v, ok
+}
+
+// parseP11URI parses uri. Errors name the attribute at fault but never
+// quote a pin-value, nor the URI (which may hold one).
+func parseP11URI(uri string) (*p11URI, error) {
 	rest, ok := strings.CutPrefix(uri, "pkcs11:")
 	if !ok {
-		return nil, fmt.Errorf("PKCS#11 URI %q: does not start with \"pkcs11:\"", uri)
+		return nil, fmt.Errorf("PKCS#11 URI %q: does not start with \"pkcs11:\"", redactPKCS11URI(uri))
 	}
-	path, query, _ := strings.Cut(rest, "?")
-	ref := &tokenKeyRef{}
-	var (
-		haveSerial, haveID bool
-		label              string
-	)
+	if len(uri) > maxPKCS11URI {
+		return nil, fmt.Errorf("PKCS#11 URI: longer than %d bytes", maxPKCS11URI)
+	}
+	u := &p11URI{text: map[string]string{}, inQuery: map[string]bool{}}
+	if rest == "" {
+		return u, nil
+	}
+	// libp11 stops at a separator that ends the string.
+	if strings.ContainsRune(";?&", rune(rest[len(rest)-1])) {
+		rest = rest[:len(rest)-1]
+	}
 	seen := map[string]bool{}
-	for _, attr := range splitNonEmpty(path, ";") {
+	query := false
+	for n := 1; ; n++ {
+		i := strings.IndexAny(rest, ";?&")
+		attr := rest
+		if i >= 0 {
+			attr = rest[:i]
+		}
+		where := "path attribute"
+		if query {
+			where = "query attribute"
+		}
+		if attr == "" {
+			return nil, fmt.Errorf("PKCS#11 URI: %s %d is empty", where, n)
+		}
 		name, raw, ok := strings.Cut(attr, "=")
 		if !ok {
-			return nil, fmt.Errorf("PKCS#11 URI: path attribute %q has no \"=\"", attr)
+			return nil, fmt.Errorf("PKCS#11 URI: %s %d has no \"=\"", where, n)
 		}
-		if seen[name] {
-			return nil, fmt.Errorf("PKCS#11 URI: attribute %q given twice", name)
+		if name == "object-type" {
+			name = "type"
+		}
+		if seen[name] || (name == "pin-source" && seen["pin-value"]) || (name == "pin-value" && seen["pin-source"]) {
+			return nil, fmt.Errorf("PKCS#11 URI: attribute %q given twice (or pin-value with pin-source)", name)
 		}
 		seen[name] = true
-		value, err := url.PathUnescape(raw)
-		if err != nil {
-			return nil, fmt.Errorf("PKCS#11 URI: attribute %s: bad percent-encoding", name)
+		if err := u.set(name, raw, where); err != nil {
+			return nil, err
 		}
-		switch name {
-		case "serial":
-			// A PKCS#11 serialNumber is a space-padded 16-character field.
-			v, err := strconv.ParseUint(strings.TrimSpace(value), 10, 32)
-			if err != nil {
-				return nil, fmt.Errorf("PKCS#11 URI: serial %q is not a YubiKey serial number (decimal)", value)
-			}
-			ref.Serial, haveSerial = uint32(v), true
-		case "token":
-			label = value
-		case "id":
-			if len(value) != 1 {
-				return nil, fmt.Errorf("PKCS#11 URI: id %q is not a ykcs11 key id (%%01..%%18)", raw)
-			}
-			slot, ok := ykcs11IDToSlot(int(value[0]))
-			if !ok {
-				return nil, fmt.Errorf("PKCS#11 URI: id %q is not a ykcs11 key id (%%01..%%18)", raw)
-			}
-			ref.Slot, haveID = slot, true
-		case "type":
-			if value != "private" {
-				return nil, fmt.Errorf("PKCS#11 URI: type=%s does not name a private key", value)
-			}
-		case "object", "manufacturer", "model", "library-manufacturer",
-			"library-description", "library-version", "slot-description",
-			"slot-manufacturer", "slot-id":
-			// Descriptive; the serial and the id already select the key.
+		if query {
+			u.inQuery[name] = true
+		}
+		if i < 0 {
+			return u, nil
+		}
+		if rest[i] == '?' {
+			query = true
+		}
+		rest = rest[i+1:]
+	}
+}
+
+func (u *p11URI) set(name, raw, where string) error {
+	value, err := url.PathUnescape(raw)
+	if err != nil {
+		return fmt.Errorf("PKCS#11 URI: attribute %s: bad percent-encoding", name)
+	}
+	switch {
+	case p11TextAttributes[name]:
+		u.text[name] = value
+	case name == "id":
+		u.id = []byte(value)
+	case name == "type":
+		switch value {
+		case "private", "public", "cert":
 		default:
-			return nil, fmt.Errorf("PKCS#11 URI: unsupported attribute %q", name)
+			return fmt.Errorf("PKCS#11 URI: type=%s: libp11 knows only private, public and cert", value)
+		}
+		u.typ = value
+	case name == "slot-id":
+		v, err := strconv.ParseUint(value, 10, 64)
+		if err != nil {
+			return fmt.Errorf("PKCS#11 URI: slot-id %q is not a decimal slot number", value)
+		}
+		u.slotID = &v
+	case name == "pin-value":
+		u.pinValue, u.hasPIN = []byte(value), true
+	case where == "query attribute":
+		return fmt.Errorf("PKCS#11 URI: unsupported query attribute %q", name)
+	default:
+		return fmt.Errorf("PKCS#11 URI: unsupported attribute %q", name)
+	}
+	if name == "pin-source" && value == "" {
+		return fmt.Errorf("PKCS#11 URI: empty pin-source")
+	}
+	if name == "pin-source" {
+		// Only the syntax is checked here: the credentials directory is
+		// known when the service runs, not when the key is registered.
+		if _, err := resolvePINSource(value, "$CREDENTIALS_DIRECTORY"); err != nil {
+			return err
 		}
 	}
-	if label != "" {
+	if name == "library-version" && !libraryVersionRE.MatchString(value) {
+		return fmt.Errorf("PKCS#11 URI: library-version %q is not MAJOR or MAJOR.MINOR", value)
+	}
+	return nil
+}
+
+var libraryVersionRE = regexp.MustCompile(`^[0-9]{1,3}(\.[0-9]{1,3})?$`)
+
+// redactPKCS11URI replaces the value of any pin-value in s, for messages.
+func redactPKCS11URI(s string) string {
+	return pinValueRE.ReplaceAllString(s, "${1}pin-value=REDACTED")
+}
+
+var pinValueRE = regexp.MustCompile(`(^|[;?&:])pin-value=[^;?&]*`)
+
+// parsePKCS11URI maps a pkcs11: URI onto a YubiKey PIV key, or says why it
+// cannot. Attributes that only describe the token or the module are checked
+// against what ykcs11 reports for a YubiKey where they can be; anything that
+// would select a key we cannot identify is refused rather than guessed.
+func parsePKCS11URI(uri string) (*tokenKeyRef, error) {
+	u, err := parseP11URI(uri)
+	if err != nil {
+		return nil, err
+	}
+	ref := &tokenKeyRef{}
+	haveSerial := false
+	if s, ok := u.get("serial"); ok {
+		// A PKCS#11 serialNumber is a space-padded 16-character field.
+		v, err := strconv.ParseUint(strings.TrimSpace(s), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("PKCS#11 URI: serial %q is not a YubiKey serial number (decimal)", s)
+		}
+		ref.Serial, haveSerial = uint32(v), true
+	}
+	if label, ok := u.get("token"); ok {
 		s, ok := strings.CutPrefix(label, ykcs11TokenLabelPrefix)
 		v, err := strconv.ParseUint(s, 10, 32)
 		if !ok || err != nil {
@@ -149,52 +284,35 @@ func parsePKCS11URI(uri string) (*tokenKeyRef, error) {
 		}
 		ref.Serial, haveSerial = uint32(v), true
 	}
+	if m, ok := u.get("model"); ok && !strings.HasPrefix(m, ykcs11ModelPrefix) {
+		return nil, fmt.Errorf("PKCS#11 URI: model %q is not a YubiKey's (ykcs11 reports %q followed by the series)", m, ykcs11ModelPrefix)
+	}
+	if m, ok := u.get("manufacturer"); ok && m != ykcs11Manufacturer {
+		return nil, fmt.Errorf("PKCS#11 URI: manufacturer %q is not a YubiKey's (ykcs11 reports %q)", m, ykcs11Manufacturer)
+	}
 	if !haveSerial {
 		return nil, fmt.Errorf("PKCS#11 URI: no serial= (or ykcs11 token= label): cannot tell which YubiKey holds the key")
 	}
-	if !haveID {
+	if u.id == nil {
 		return nil, fmt.Errorf("PKCS#11 URI: no id=: cannot tell which PIV slot holds the key")
 	}
-	for _, attr := range splitNonEmpty(query, "&") {
-		name, raw, _ := strings.Cut(attr, "=")
-		value, err := url.PathUnescape(raw)
-		if err != nil {
-			return nil, fmt.Errorf("PKCS#11 URI: attribute %s: bad percent-encoding", name)
-		}
-		switch name {
-		case "pin-source":
-			if ref.PINSource != "" {
-				return nil, fmt.Errorf("PKCS#11 URI: attribute %q given twice", name)
-			}
-			if value == "" {
-				return nil, fmt.Errorf("PKCS#11 URI: empty pin-source")
-			}
-			// Only the syntax is checked here: the credentials directory
-			// is known when the service runs, not when the key is registered.
-			if _, err := resolvePINSource(value, "$CREDENTIALS_DIRECTORY"); err != nil {
-				return nil, err
-			}
-			ref.PINSource = value
-		case "pin-value":
-			// The URI is stored in the database and shown in listings.
-			return nil, fmt.Errorf("PKCS#11 URI: pin-value is refused (it would store the PIN in the database): use pin-source=FILE")
-		case "module-name", "module-path":
-			// This service speaks PIV to the token itself, without a module.
-		default:
-			return nil, fmt.Errorf("PKCS#11 URI: unsupported query attribute %q", name)
-		}
+	slot, ok := byte(0), len(u.id) == 1
+	if ok {
+		slot, ok = ykcs11IDToSlot(int(u.id[0]))
 	}
+	if !ok {
+		return nil, fmt.Errorf("PKCS#11 URI: id %q is not a ykcs11 key id (%%01..%%18)", url.PathEscape(string(u.id)))
+	}
+	ref.Slot = slot
+	if u.typ != "" && u.typ != "private" {
+		return nil, fmt.Errorf("PKCS#11 URI: type=%s does not name a private key", u.typ)
+	}
+	if u.hasPIN {
+		// The URI is stored in the database and shown in listings.
+		return nil, fmt.Errorf("PKCS#11 URI: pin-value is refused (it would store the PIN in the database): use pin-source=FILE")
+	}
+	ref.PINSource = u.text["pin-source"]
 	return ref, nil
-}
-
-func splitNonEmpty(s, sep string) []string {
-	var out []string
-	for _, p := range strings.Split(s, sep) {
-		if p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // pinSourcePath turns a pin-source (or the configured pin_file) into a file
