@@ -49,8 +49,10 @@ type Store struct {
 	engine      *engine
 	path        string
 	serviceKeys []*serviceKey
-	// yubikey configures access to keys held on a YubiKey; set by main.
+	// yubikey configures access to keys held on a YubiKey, pkcs11 the
+	// providers of keys on other PKCS#11 tokens; set by main.
 	yubikey YubiKeyConfig
+	pkcs11  PKCS11Config
 
 	auditKeyMu    sync.Mutex
 	auditKeyCache *auditKey // unsealed on first use (auditkey.go)

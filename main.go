@@ -46,6 +46,7 @@ type Config struct {
 	TrustedCerts         []string      `toml:"trusted_certs"`
 	Worker               WorkerConfig  `toml:"worker"`
 	YubiKey              YubiKeyConfig `toml:"yubikey"`
+	PKCS11               PKCS11Config  `toml:"pkcs11"`
 	Relay                RelayConfig   `toml:"relay"`
 
 	// path is the file the configuration came from, "" for the embedded
@@ -227,6 +228,7 @@ func (e *env) openStore() (*Store, error) {
 		return nil, err
 	}
 	st.yubikey = cfg.YubiKey
+	st.pkcs11 = cfg.PKCS11
 	e.store = st
 	return st, nil
 }
@@ -243,10 +245,10 @@ func init() {
 		{"generate-service-key", "PATH", "create a service key file (mode 0600)", cmdGenerateServiceKey},
 		{"reencrypt-keys", "", "re-seal every stored key to the first service key", cmdReencryptKeys},
 		{"keys", "[--json]", "list the stored keys", cmdKeys},
-		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c]", "generate a key, print its fingerprint", cmdGenerateKey},
+		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c | --pkcs11 URI [--bits N]]", "generate a key, print its fingerprint", cmdGenerateKey},
 		{"import-key", "--purpose P --private-key FILE ...", "import an existing private key", cmdImportKey},
 		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] [--type T] [--replace] FILE...", "sign files", cmdSign},
-		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
+		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE|PUBLIC-KEY DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
 		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", cmdAudit},
@@ -537,8 +539,22 @@ func cmdGenerateKey(e *env, args []string) error {
 	description := fs.String("description", "", "description (openpgp: the user ID)")
 	yubikey := fs.String("yubikey", "", "generate on the YubiKey with this serial `number` (uefi)")
 	slot := fs.String("slot", "", "PIV `slot` for --yubikey (9c, 9a, 9d, 9e, 82..95)")
+	p11URI := fs.String("pkcs11", "", "generate an RSA key on the PKCS#11 token this `URI` names; its id= (and object=) become the key's")
+	bits := fs.Int("bits", 0, "RSA key size for --pkcs11 (default 2048; larger where the token allows)")
 	if err := parseFlags(fs, e, args); err != nil {
 		return err
+	}
+	if *bits != 0 && *p11URI == "" {
+		return usagef("--bits is for --pkcs11")
+	}
+	if *p11URI != "" && (*yubikey != "" || *slot != "") {
+		return usagef("--pkcs11 and --yubikey/--slot exclude each other")
+	}
+	if *p11URI != "" && *bits == 0 {
+		*bits = uefiKeyBits
+	}
+	if *p11URI != "" && (*bits < uefiKeyBits || *bits%8 != 0) {
+		return usagef("--bits %d: at least %d, a multiple of 8", *bits, uefiKeyBits)
 	}
 	if fs.NArg() != 0 {
 		return usagef("generate-key takes no positional arguments")
@@ -557,6 +573,10 @@ func cmdGenerateKey(e *env, args []string) error {
 	switch {
 	case *yubikey != "" || *slot != "":
 		fpr, err = generateYubiKeyCommand(st, *purpose, *description, *yubikey, *slot)
+	case *p11URI != "" && *purpose == purposeUEFI:
+		fpr, err = generateP11UEFIKey(st, *p11URI, *description, *bits, nil)
+	case *p11URI != "":
+		fpr, err = generateP11OpenPGPKey(st, *p11URI, *description, *bits, nil)
 	case *purpose == purposeUEFI:
 		fpr, err = generateUEFIKey(st, *description, nil)
 	default:
@@ -610,16 +630,17 @@ func cmdRegisterPKCS11(e *env, args []string) error {
 		return err
 	}
 	if fs.NArg() != 4 {
-		return usagef("register-pkcs11-static-key takes PURPOSE URI CERTIFICATE DESCRIPTION")
+		return usagef("register-pkcs11-static-key takes PURPOSE URI CERTIFICATE|PUBLIC-KEY DESCRIPTION")
 	}
 	purpose, uri, certFile, description := fs.Arg(0), fs.Arg(1), fs.Arg(2), fs.Arg(3)
 	if err := checkPurpose(purpose); err != nil {
 		return err
 	}
-	if purpose != purposeUEFI {
-		return fmt.Errorf("register-pkcs11-static-key: only uefi keys can be held on a PKCS#11 token")
+	what := "certificate"
+	if purpose == purposeOpenPGP {
+		what = "OpenPGP public key"
 	}
-	certData, err := readInput(certFile, "certificate", maxKeyFileSize)
+	certData, err := readInput(certFile, what, maxKeyFileSize)
 	if err != nil {
 		return err
 	}
@@ -627,7 +648,11 @@ func cmdRegisterPKCS11(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fpr, err := registerPKCS11Key(st, uri, certData, description)
+	register := registerPKCS11Key
+	if purpose == purposeOpenPGP {
+		register = registerP11OpenPGPKey
+	}
+	fpr, err := register(st, uri, certData, description)
 	if err != nil {
 		return err
 	}

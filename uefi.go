@@ -345,10 +345,20 @@ func importUEFIKey(st *Store, keyPEM, certPEM []byte, description string) (strin
 
 // registerPKCS11Key records a UEFI key that stays on a PKCS#11 token, by
 // its URI and certificate, as Debusine's register_pkcs11_static_key does.
+// A key on a PKCS#11 token must make a test signature that verifies with
+// the certificate; a YubiKey URI is only checked for what it names
+// (register-yubikey-key makes the test signature).
 func registerPKCS11Key(st *Store, uri string, certPEM []byte, description string) (string, error) {
 	cert, err := parseCertificatePEM(certPEM)
 	if err != nil {
 		return "", err
+	}
+	yubikey, providers, u, err := routeKeyURI(st.pkcs11, uri)
+	if err != nil {
+		return "", err
+	}
+	if !yubikey {
+		return registerP11UEFIKey(st, providers, u, uri, cert, description)
 	}
 	// Only keys this service can reach are worth registering.
 	if _, err := parsePKCS11URI(uri); err != nil {
@@ -414,7 +424,7 @@ func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
 		}
-		signer, err := tokenSigner(st.yubikey, uri)
+		signer, err := keySigner(st, uri)
 		if err != nil {
 			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
 		}

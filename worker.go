@@ -591,7 +591,7 @@ func (w *worker) keyUsable(k *Key) error {
 		if err != nil {
 			return err
 		}
-		if err := tokenKeyAvailable(w.st.yubikey, uri); err != nil {
+		if err := keyAvailable(w.st, uri); err != nil {
 			return fmt.Errorf("key %s cannot be used on this worker: %w", k, err)
 		}
 		return nil
