@@ -57,6 +57,7 @@ func (te *testEnv) store(t testing.TB) *Store {
 		t.Fatal(err)
 	}
 	st.yubikey = te.cfg.YubiKey
+	st.pkcs11 = te.cfg.PKCS11
 	t.Cleanup(func() { st.Close() })
 	return st
 }

@@ -1,0 +1,423 @@
+package main
+
+import (
+	"crypto/rsa"
+	"encoding/binary"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	softHSMModule = "/usr/lib/softhsm/libsofthsm2.so"
+	softHSMPIN    = "1234"
+	softHSMLabel  = "test"
+)
+
+// softHSM is a SoftHSM2 token in a temporary directory, reachable through
+// p11-kit (remote or server) by the processes the test starts.
+type softHSM struct {
+	dir     string
+	conf    string
+	serial  string
+	pinFile string
+}
+
+// newSoftHSM initialises a token labelled "test" with PIN 1234 and points
+// SOFTHSM2_CONF at it for the test.
+func newSoftHSM(t *testing.T) *softHSM {
+	t.Helper()
+	requireTool(t, "softhsm2-util", "pkcs11-tool", "p11-kit")
+	if _, err := os.Stat(softHSMModule); err != nil {
+		t.Skipf("%s: %v (install softhsm2)", softHSMModule, err)
+	}
+	// Short: the p11-kit server's socket lives here.
+	dir, err := os.MkdirTemp("/tmp", "hsm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	h := &softHSM{dir: dir, conf: filepath.Join(dir, "softhsm2.conf")}
+	if err := os.Mkdir(filepath.Join(dir, "tokens"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf("directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n", dir)
+	if err := os.WriteFile(h.conf, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SOFTHSM2_CONF", h.conf)
+	runTool(t, "softhsm2-util", "--init-token", "--free", "--label", softHSMLabel, "--pin", softHSMPIN, "--so-pin", "5678")
+	out := runTool(t, "softhsm2-util", "--show-slots")
+	for _, line := range strings.Split(out, "\n") {
+		if s, ok := strings.CutPrefix(strings.TrimSpace(line), "Serial number:"); ok && strings.TrimSpace(s) != "" {
+			h.serial = strings.TrimSpace(s)
+			break
+		}
+	}
+	if h.serial == "" {
+		t.Fatalf("no token serial number in:\n%s", out)
+	}
+	h.pinFile = filepath.Join(dir, "pin")
+	if err := os.WriteFile(h.pinFile, []byte(softHSMPIN+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// keygen makes an RSA key pair on the token with pkcs11-tool; id in hex.
+func (h *softHSM) keygen(t *testing.T, idHex, label string, bits int) {
+	t.Helper()
+	runTool(t, "pkcs11-tool", "--module", softHSMModule, "--token-label", softHSMLabel, "--login", "--pin", softHSMPIN,
+		"--keypairgen", "--key-type", fmt.Sprintf("rsa:%d", bits), "--id", idHex, "--label", label)
+}
+
+// uri is a URI for a key on the token with the PIN from the PIN file.
+func (h *softHSM) uri(attrs string) string {
+	return "pkcs11:token=" + softHSMLabel + ";" + attrs + "?pin-source=" + h.pinFile
+}
+
+// remoteAddress is the exec: transport: p11-kit remote, started by the
+// client.
+func (h *softHSM) remoteAddress() string {
+	return `exec:command="p11-kit remote ` + softHSMModule + `"`
+}
+
+// p11KitServer is a p11-kit server serving the SoftHSM token.
+type p11KitServer struct {
+	socket string
+	cmd    *exec.Cmd
+}
+
+func (s *p11KitServer) address() string { return "unix:path=" + s.socket }
+
+// startServer starts p11-kit server in the foreground on a socket in the
+// token's directory and waits for the socket.
+func (h *softHSM) startServer(t *testing.T) *p11KitServer {
+	t.Helper()
+	s := &p11KitServer{socket: filepath.Join(h.dir, "p11.sock")}
+	s.start(t)
+	return s
+}
+
+func (s *p11KitServer) start(t *testing.T) {
+	t.Helper()
+	os.Remove(s.socket)
+	cmd := exec.Command("p11-kit", "server", "-f", "--provider", softHSMModule, "-n", s.socket, "pkcs11:token="+softHSMLabel)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = cmd
+	t.Cleanup(s.kill)
+	for range 200 {
+		if c, err := net.Dial("unix", s.socket); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("p11-kit server: no socket %s", s.socket)
+}
+
+// kill stops the server at once, as a crash would.
+func (s *p11KitServer) kill() {
+	if s.cmd != nil && s.cmd.ProcessState == nil {
+		s.cmd.Process.Signal(syscall.SIGKILL)
+		s.cmd.Wait()
+	}
+}
+
+// p11TestEnv is a test store whose [pkcs11] provider is addr.
+func p11TestEnv(t *testing.T, addr string) (*testEnv, *Store) {
+	t.Helper()
+	te := newTestEnv(t)
+	te.writeConfig(t, fmt.Sprintf("database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n\n[[pkcs11.provider]]\naddress = %q\n", addr))
+	t.Cleanup(p11ResetPool)
+	return te, te.store(t)
+}
+
+// p11ResetPool drops every pooled connection, so that each test dials its
+// own provider.
+func p11ResetPool() {
+	p11Pool.Lock()
+	defer p11Pool.Unlock()
+	for a, c := range p11Pool.byAddress {
+		c.mu.Lock()
+		c.reset()
+		c.mu.Unlock()
+		delete(p11Pool.byAddress, a)
+	}
+}
+
+// p11Transports runs fn for the token behind each transport.
+func p11Transports(t *testing.T, fn func(t *testing.T, h *softHSM, addr string)) {
+	for _, transport := range []string{"remote", "server"} {
+		t.Run(transport, func(t *testing.T) {
+			h := newSoftHSM(t)
+			addr := h.remoteAddress()
+			if transport == "server" {
+				addr = h.startServer(t).address()
+			}
+			fn(t, h, addr)
+		})
+	}
+}
+
+// tokenCertificate makes a certificate for the token key uri names, signed
+// on the token, and returns it as PEM.
+func tokenCertificate(t *testing.T, st *Store, uri, cn string) []byte {
+	t.Helper()
+	signer, err := keySigner(st, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := uefiSelfSignedCertificate(cn, signer.Public(), signer, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+// TestPKCS11RegisterSignUEFI: a key made on SoftHSM by pkcs11-tool is
+// registered with Debusine's command and URI form, and signs EFI images
+// that sbverify accepts, through both transports.
+func TestPKCS11RegisterSignUEFI(t *testing.T) {
+	p11Transports(t, func(t *testing.T, h *softHSM, addr string) {
+		h.keygen(t, "01", "uefi key", 2048)
+		te, st := p11TestEnv(t, addr)
+		uri := h.uri("id=%01;type=private")
+		certPEM := tokenCertificate(t, st, uri, "Token UEFI key")
+		certPath := writeFile(t, te.dir, "cert.pem", certPEM)
+		fpr := strings.TrimSpace(te.mustRun(t, "register-pkcs11-static-key", "uefi", uri, certPath, "Token UEFI key"))
+		k, err := st.Key(purposeUEFI, fpr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := k.PKCS11URI(); got != uri {
+			t.Errorf("stored URI %q, want %q unchanged", got, uri)
+		}
+		img := writeFile(t, te.dir, "a.efi", testPE{plus: true, sections: []int{0x400, 0x600}, seed: 1}.build())
+		te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, "--mode", "attached", img)
+		te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, "--mode", "detached", img)
+		if out, ok := sbverify(t, certPath, img+".signed", ""); !ok {
+			t.Errorf("sbverify attached: %s", out)
+		}
+		if out, ok := sbverify(t, certPath, img, img+".sig"); !ok {
+			t.Errorf("sbverify detached: %s", out)
+		}
+	})
+}
+
+// TestPKCS11GenerateUEFI: generate-key --pkcs11 makes the key on the
+// token, sensitive and not extractable, with a certificate the token
+// signed; a second generation with the same id is refused.
+func TestPKCS11GenerateUEFI(t *testing.T) {
+	h := newSoftHSM(t)
+	te, st := p11TestEnv(t, h.remoteAddress())
+	uri := h.uri("id=%42;object=generated")
+	fpr := strings.TrimSpace(te.mustRun(t, "generate-key", "--purpose", "uefi", "--description", "Generated on token", "--pkcs11", uri, "--bits", "3072"))
+	k, err := st.Key(purposeUEFI, fpr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := parseUEFICertificate(k.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cert.CheckSignatureFrom(cert); err != nil {
+		t.Errorf("self-signature: %v", err)
+	}
+	if n := cert.PublicKey.(*rsa.PublicKey).N.BitLen(); n != 3072 {
+		t.Errorf("key of %d bits, want 3072", n)
+	}
+	if cert.Subject.CommonName != "Generated on token" || !cert.IsCA {
+		t.Errorf("certificate %v, CA %v", cert.Subject, cert.IsCA)
+	}
+	out := runTool(t, "pkcs11-tool", "--module", softHSMModule, "--token-label", softHSMLabel, "--login", "--pin", softHSMPIN, "--list-objects", "--type", "privkey")
+	for _, want := range []string{"generated", "ID:         42", "sensitive", "never extractable"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("pkcs11-tool does not list %q:\n%s", want, out)
+		}
+	}
+	status, _, stderr := te.run(t, "generate-key", "--purpose", "uefi", "--description", "Again", "--pkcs11", uri)
+	if status != exitError || !strings.Contains(stderr, "already on the token") {
+		t.Errorf("generating over a key: exit %d: %s", status, stderr)
+	}
+	status, _, stderr = te.run(t, "generate-key", "--purpose", "uefi", "--description", "Huge", "--pkcs11", h.uri("id=%43"), "--bits", "32768")
+	if status != exitError || !strings.Contains(stderr, "generates RSA keys of") {
+		t.Errorf("--bits beyond the token: exit %d: %s", status, stderr)
+	}
+}
+
+// TestPKCS11Faults: a wrong PIN is reported, without the PIN, and not
+// presented again; a key not on the token and a certificate for another
+// key are refused; nothing is recorded.
+func TestPKCS11Faults(t *testing.T) {
+	h := newSoftHSM(t)
+	h.keygen(t, "01", "k1", 2048)
+	te, st := p11TestEnv(t, h.remoteAddress())
+	_, otherCert := testCertificate(t, "Another key")
+	otherPath := writeFile(t, te.dir, "other.pem", otherCert)
+
+	status, _, stderr := te.run(t, "register-pkcs11-static-key", "uefi", h.uri("id=%01"), otherPath, "Mismatch")
+	if status != exitError || !strings.Contains(stderr, "does not belong to the key") {
+		t.Errorf("certificate of another key: exit %d: %s", status, stderr)
+	}
+	status, _, stderr = te.run(t, "register-pkcs11-static-key", "uefi", h.uri("id=%99"), otherPath, "Absent")
+	if status != exitError || !strings.Contains(stderr, "no private key with id=%99") {
+		t.Errorf("key not on the token: exit %d: %s", status, stderr)
+	}
+
+	wrong := filepath.Join(h.dir, "wrong-pin")
+	if err := os.WriteFile(wrong, []byte("987654\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := "pkcs11:token=test;id=%01;pin-source=" + wrong
+	for i, want := range []string{"wrong PIN in pin-source " + wrong, "not presenting the PIN from pin-source " + wrong + " again"} {
+		status, _, stderr = te.run(t, "register-pkcs11-static-key", "uefi", bad, otherPath, "Wrong PIN")
+		if status != exitError || !strings.Contains(stderr, want) || strings.Contains(stderr, "987654") {
+			t.Errorf("wrong PIN, attempt %d: exit %d: %s", i+1, status, stderr)
+		}
+	}
+	status, _, stderr = te.run(t, "register-pkcs11-static-key", "uefi", "pkcs11:token=test;id=%01;pin-value=55555", otherPath, "Wrong PIN")
+	if status != exitError || !strings.Contains(stderr, "wrong PIN in the URI's pin-value") || strings.Contains(stderr, "55555") {
+		t.Errorf("wrong pin-value: exit %d: %s", status, stderr)
+	}
+	if keys, _ := st.Keys(); len(keys) != 0 {
+		t.Errorf("%d keys recorded", len(keys))
+	}
+}
+
+// TestPKCS11ProviderKilledMidSignature: the p11-kit server is killed while
+// C_Sign is on its way; the signature fails with a clear error, no output
+// and no audit row; once a server is back, the next signature reopens and
+// succeeds.
+func TestPKCS11ProviderKilledMidSignature(t *testing.T) {
+	h := newSoftHSM(t)
+	h.keygen(t, "01", "k1", 2048)
+	srv := h.startServer(t)
+	proxy := newSignKiller(t, srv)
+	te, st := p11TestEnv(t, "unix:path="+proxy.socket)
+	uri := h.uri("id=%01")
+	certPath := writeFile(t, te.dir, "cert.pem", tokenCertificate(t, st, uri, "Kill test"))
+	fpr := strings.TrimSpace(te.mustRun(t, "register-pkcs11-static-key", "uefi", uri, certPath, "Kill test"))
+	img := writeFile(t, te.dir, "a.efi", testPE{plus: true, sections: []int{0x400}, seed: 2}.build())
+	rowsBefore := len(auditRows(t, st, AuditFilter{Fingerprint: fpr}))
+
+	proxy.arm()
+	status, _, stderr := te.run(t, "sign", "--purpose", "uefi", "--key", fpr, "--mode", "attached", img)
+	if status != exitError || !strings.Contains(stderr, "p11-kit connection closed") {
+		t.Errorf("provider killed mid-signature: exit %d: %s", status, stderr)
+	}
+	if !proxy.fired() {
+		t.Fatal("the proxy never saw C_Sign")
+	}
+	if _, err := os.Stat(img + ".signed"); !os.IsNotExist(err) {
+		t.Errorf("output after a failed signature: %v", err)
+	}
+	if n := len(auditRows(t, st, AuditFilter{Fingerprint: fpr})); n != rowsBefore {
+		t.Errorf("%d audit rows, want %d", n, rowsBefore)
+	}
+	srv.start(t)
+	te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, "--mode", "attached", img)
+	if out, ok := sbverify(t, certPath, img+".signed", ""); !ok {
+		t.Errorf("sbverify after the restart: %s", out)
+	}
+	// Restarted between two signatures: reopened without a failure.
+	srv.kill()
+	srv.start(t)
+	os.Remove(img + ".signed")
+	te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, "--mode", "attached", img)
+}
+
+// signKiller is a Unix socket in front of a p11-kit server that, once
+// armed, kills the server and drops the connection when a C_Sign request
+// goes through it.
+type signKiller struct {
+	socket string
+	armed  chan struct{}
+	done   chan struct{}
+}
+
+func newSignKiller(t *testing.T, srv *p11KitServer) *signKiller {
+	t.Helper()
+	k := &signKiller{socket: srv.socket + ".proxy", armed: make(chan struct{}, 1), done: make(chan struct{}, 1)}
+	l, err := net.Listen("unix", k.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go k.relay(c, srv)
+		}
+	}()
+	return k
+}
+
+func (k *signKiller) arm() { k.armed <- struct{}{} }
+func (k *signKiller) fired() bool {
+	select {
+	case <-k.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (k *signKiller) relay(c net.Conn, srv *p11KitServer) {
+	defer c.Close()
+	s, err := net.Dial("unix", srv.socket)
+	if err != nil {
+		return
+	}
+	defer s.Close()
+	go func() {
+		io.Copy(c, s)
+		c.Close()
+	}()
+	// The version byte, then messages: a 12-byte header (call code,
+	// options length, body length) whose body starts with the call id.
+	buf := make([]byte, 1)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return
+	}
+	s.Write(buf)
+	for {
+		hdr := make([]byte, 12)
+		if _, err := io.ReadFull(c, hdr); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint32(hdr[4:])) + int(binary.BigEndian.Uint32(hdr[8:]))
+		if n > 16<<20 {
+			return
+		}
+		rest := make([]byte, n)
+		if _, err := io.ReadFull(c, rest); err != nil {
+			return
+		}
+		body := rest[int(binary.BigEndian.Uint32(hdr[4:])):]
+		if len(body) >= 4 && binary.BigEndian.Uint32(body) == 43 {
+			select {
+			case <-k.armed:
+				srv.kill()
+				k.done <- struct{}{}
+				return
+			default:
+			}
+		}
+		s.Write(append(hdr, rest...))
+	}
+}
