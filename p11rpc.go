@@ -29,6 +29,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -223,7 +224,7 @@ func dialP11Wait(address string, wait time.Duration) (*p11Client, error) {
 	d.byteArray([]byte{0})
 	if _, err := c.do(d); err != nil {
 		if rv, ok := p11RV(err); !ok || rv != ckrCryptokiAlreadyInitialized {
-			c.shut()
+			c.shut(false)
 			return nil, fmt.Errorf("%s: %w", address, err)
 		}
 	}
@@ -254,7 +255,7 @@ func p11Connect(kind string, attrs map[string]string, address string, wait time.
 		return nil, c.fail("version negotiation", err)
 	}
 	if got[0] > version {
-		c.shut()
+		c.shut(false)
 		return nil, fmt.Errorf("p11-kit at %s: asked for protocol version %d, answered %d: %w", address, version, got[0], errP11Closed)
 	}
 	c.version = got[0]
@@ -303,7 +304,7 @@ func (c *p11Client) Close() error {
 		c.doLocked(c.newCall(p11CallFinalize))
 		c.wait = wait
 	}
-	c.shut()
+	c.shut(false)
 	if c.broken == nil {
 		c.broken = fmt.Errorf("closed: %w", errP11Closed)
 	}
@@ -311,11 +312,15 @@ func (c *p11Client) Close() error {
 }
 
 // shut closes the connection and reaps the child: p11-kit remote exits
-// when its input ends; one that does not within two seconds is killed.
-func (c *p11Client) shut() {
+// when its input ends; one that does not within two seconds, or that
+// already stalled past a deadline (kill), is killed.
+func (c *p11Client) shut(kill bool) {
 	c.conn.Close()
 	if c.cmd == nil || c.cmd.ProcessState != nil {
 		return
+	}
+	if kill {
+		c.cmd.Process.Kill()
 	}
 	done := make(chan struct{})
 	go func() {
@@ -334,15 +339,19 @@ func (c *p11Client) shut() {
 // and returns the error, which wraps errP11Closed (and the cause, such as
 // os.ErrDeadlineExceeded).
 func (c *p11Client) fail(what string, err error) error {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	stalled := errors.Is(err, os.ErrDeadlineExceeded)
+	if stalled {
 		err = fmt.Errorf("no answer within %v: %w", c.wait, err)
 	}
-	c.shut()
+	c.shut(stalled)
 	if c.cmd != nil {
+		// The child's fate says more than the socket's "connection reset".
+		name := strings.Join(c.cmd.Args[:min(2, len(c.cmd.Args))], " ")
+		if !stalled && c.cmd.ProcessState != nil {
+			err = fmt.Errorf("%s exited (%s)", name, c.cmd.ProcessState)
+		}
 		if tail := c.stderr.String(); tail != "" {
-			err = fmt.Errorf("%w (%s: %s)", err, c.cmd.ProcessState, tail)
-		} else if c.cmd.ProcessState != nil {
-			err = fmt.Errorf("%w (p11-kit remote: %s)", err, c.cmd.ProcessState)
+			err = fmt.Errorf("%w; it said: %s", err, tail)
 		}
 	}
 	c.broken = fmt.Errorf("%s: %w: %w", what, errP11Closed, err)

@@ -56,7 +56,7 @@ type p11Enc struct {
 func (c *p11Client) newCall(call p11Call) *p11Enc {
 	d := &p11Enc{call: call, buf: make([]byte, 12, 256)}
 	d.uint32(call.id)
-	d.byteArray([]byte(call.req))
+	d.rawArray([]byte(call.req))
 	return d
 }
 
@@ -651,6 +651,7 @@ const (
 	ckaModulus            = 0x120
 	ckaModulusBits        = 0x121
 	ckaPublicExponent     = 0x122
+	ckaPrivateExponent    = 0x123
 	ckaExtractable        = 0x162
 	ckaLocal              = 0x163
 	ckaNeverExtractable   = 0x164
