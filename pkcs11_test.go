@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rsa"
 	"encoding/binary"
 	"encoding/pem"
@@ -111,7 +112,7 @@ func (s *p11KitServer) start(t *testing.T) {
 	t.Helper()
 	os.Remove(s.socket)
 	cmd := exec.Command("p11-kit", "server", "-f", "--provider", softHSMModule, "-n", s.socket, "pkcs11:token="+softHSMLabel)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -276,6 +277,8 @@ func TestPKCS11Faults(t *testing.T) {
 		t.Errorf("key not on the token: exit %d: %s", status, stderr)
 	}
 
+	// A new connection, not logged in yet.
+	p11ResetPool()
 	wrong := filepath.Join(h.dir, "wrong-pin")
 	if err := os.WriteFile(wrong, []byte("987654\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -420,4 +423,83 @@ func (k *signKiller) relay(c net.Conn, srv *p11KitServer) {
 		}
 		s.Write(append(hdr, rest...))
 	}
+}
+
+// requireEngine skips without OpenSSL's libp11 engine, which is how
+// Debusine's worker (sbsign --engine pkcs11) reaches a token.
+func requireEngine(t *testing.T) {
+	t.Helper()
+	requireTool(t, "openssl", "sbsign", "sbverify")
+	if _, err := os.Stat("/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so"); err != nil {
+		t.Skipf("libp11's engine: %v (install libengine-pkcs11-openssl)", err)
+	}
+	t.Setenv("PKCS11_MODULE_PATH", softHSMModule)
+}
+
+// TestPKCS11SameKeyAsDebusine: the URI form of Debusine's YubiHSM guide
+// (model, serial, pin-source in the path, id=1234 as four unescaped
+// digits), on SoftHSM, whose model is "SoftHSM v2" and cannot be set.
+// libp11 reads id=1234 as the bytes "1234", so a key with CKA_ID 12 34 is
+// put beside it as a decoy. OpenSSL's engine makes the certificate; this
+// service must find the same key (its test signature verifies with that
+// certificate); sbsign --engine pkcs11 and this service sign the same
+// image hash with it, both verified by sbverify; and a kernel module
+// signature made on the token is byte for byte what openssl cms makes
+// through the engine with sign-file's options (checked against sign-file
+// itself with a file key: Debian 12's sign-file wants OpenSSL's
+// pkcs11-provider, which Debian 12 only has in backports).
+func TestPKCS11SameKeyAsDebusine(t *testing.T) {
+	requireEngine(t)
+	h := newSoftHSM(t)
+	// libp11 0.4.12 (Debian 12) keeps the line end in the PIN.
+	if err := os.WriteFile(h.pinFile, []byte(softHSMPIN), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.keygen(t, "31323334", "ascii 1234", 2048)
+	h.keygen(t, "1234", "binary 12 34", 2048)
+	uri := fmt.Sprintf("pkcs11:model=SoftHSM%%20v2;serial=%s;pin-source=%s;id=1234", h.serial, h.pinFile)
+	te, st := p11TestEnv(t, h.remoteAddress())
+	certPath := filepath.Join(te.dir, "cert.pem")
+	runTool(t, "openssl", "req", "-new", "-x509", "-engine", "pkcs11", "-keyform", "engine", "-key", uri,
+		"-subj", "/CN=Debusine HSM key", "-days", "30", "-out", certPath)
+	fpr := strings.TrimSpace(te.mustRun(t, "register-pkcs11-static-key", "uefi", uri, certPath, "Debusine HSM key"))
+
+	data := testPE{plus: true, sections: []int{0x600, 0x400}, trailing: 100, seed: 7}.build()
+	img := writeFile(t, te.dir, "b.efi", data)
+	te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, "--mode", "detached", img)
+	ref := filepath.Join(te.dir, "sbsign.sig")
+	runTool(t, "sbsign", "--engine", "pkcs11", "--key", uri, "--cert", certPath, "--detached", "--output", ref, img)
+	p, err := parsePE(bytes.NewReader(data), int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hash, err := p.imageHash(make([]byte, 4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sig := range []string{img + ".sig", ref} {
+		if out, ok := sbverify(t, certPath, img, sig); !ok {
+			t.Errorf("sbverify %s: %s", sig, out)
+		}
+		if b, _ := os.ReadFile(sig); !bytes.Contains(b, hash) {
+			t.Errorf("%s does not sign the image hash %x", sig, hash)
+		}
+	}
+
+	// The options that make openssl cms write what sign-file writes.
+	cmsArgs := []string{"cms", "-sign", "-binary", "-noattr", "-nocerts", "-nosmimecap", "-md", "sha256", "-outform", "DER"}
+	module := writeFile(t, te.dir, "m.ko", testModule(3000, 3))
+	if _, err := os.Stat(signFilePath); err == nil {
+		fileKey, fileCert := testCertificate(t, "File key")
+		kp, cp := writeFile(t, te.dir, "fk.pem", fileKey), writeFile(t, te.dir, "fc.pem", fileCert)
+		runTool(t, signFilePath, "-d", "sha256", kp, cp, module)
+		runTool(t, "openssl", append(cmsArgs, "-signer", cp, "-inkey", kp, "-in", module, "-out", module+".cms")...)
+		sameFile(t, module+".cms", module+".p7s")
+	}
+	ref = filepath.Join(te.dir, "engine.p7s")
+	runTool(t, "openssl", append(cmsArgs, "-signer", certPath, "-engine", "pkcs11", "-keyform", "engine", "-inkey", uri, "-in", module, "-out", ref)...)
+	if err := signKmodFiles(st, fpr, uefiModeDetached, "", false, []string{module}); err != nil {
+		t.Fatal(err)
+	}
+	sameFile(t, module+".sig", ref)
 }

@@ -492,21 +492,22 @@ func prepareSignature(in, out, mode string, sign func(f *os.File, size int64, p 
 		return nil, err
 	}
 	defer f.Close()
-	p = &pendingSignature{in: in, out: out, mode: mode}
+	pending := &pendingSignature{in: in, out: out, mode: mode}
 	if mode == uefiModeAttached {
-		if p.tmp, err = createOutputTemp(out); err != nil {
+		if pending.tmp, err = createOutputTemp(out); err != nil {
 			return nil, err
 		}
+		// pending, not p: p is nil once an error is returned.
 		defer func() {
 			if err != nil {
-				p.discard()
+				pending.discard()
 			}
 		}()
 	}
-	if err := sign(f, fi.Size(), p); err != nil {
+	if err := sign(f, fi.Size(), pending); err != nil {
 		return nil, fmt.Errorf("%s: %w", in, err)
 	}
-	return p, nil
+	return pending, nil
 }
 
 // prepareUEFISignature reads and signs the PE image in, once, writing the
