@@ -503,3 +503,43 @@ func TestPKCS11SameKeyAsDebusine(t *testing.T) {
 	}
 	sameFile(t, module+".sig", ref)
 }
+
+// TestPKCS11OpenPGP: an OpenPGP key generated on the token (RSA, the
+// self-signature made there) signs detached and clear-signed files that
+// gpgv accepts and an upload that dscverify accepts; registered again from
+// its public key in another store, it has the same fingerprint; a public
+// key of another key is refused.
+func TestPKCS11OpenPGP(t *testing.T) {
+	h := newSoftHSM(t)
+	te, _ := p11TestEnv(t, h.remoteAddress())
+	uri := h.uri("id=%07;object=archive")
+	fpr := strings.TrimSpace(te.mustRun(t, "generate-key", "--purpose", "openpgp", "--description", "Token archive key <archive@example.org>", "--pkcs11", uri))
+	pub := te.mustRun(t, "export-public-key", "--purpose", "openpgp", "--key", fpr)
+	keyring := keyringFile(t, []byte(pub))
+
+	file := writeFile(t, te.dir, "Release", []byte("Origin: test\nSuite: unstable\n"))
+	te.mustRun(t, "sign", "--purpose", "openpgp", "--key", fpr, "--mode", "detached", "--output", file+".gpg", file)
+	te.mustRun(t, "sign", "--purpose", "openpgp", "--key", fpr, "--mode", "clear", "--output", filepath.Join(te.dir, "InRelease"), file)
+	for _, files := range [][]string{{file + ".gpg", file}, {filepath.Join(te.dir, "InRelease")}} {
+		if fprs, err := gpgv(t, keyring, files...); err != nil || len(fprs) != 1 || fprs[0] != fpr {
+			t.Errorf("gpgv %v: %v %v", files, fprs, err)
+		}
+	}
+	changes := fakeUpload(t, t.TempDir())
+	te.mustRun(t, "sign", "--purpose", "openpgp", "--key", fpr, "--mode", "debsign", changes)
+	signed := filepath.Join(strings.TrimSuffix(changes, ".changes")+".signed", filepath.Base(changes))
+	if out, err := dscverify(t, keyring, signed); err != nil {
+		t.Errorf("dscverify: %v\n%s", err, out)
+	}
+
+	te2, _ := p11TestEnv(t, h.remoteAddress())
+	pubPath := writeFile(t, te2.dir, "pub.asc", []byte(pub))
+	if got := strings.TrimSpace(te2.mustRun(t, "register-pkcs11-static-key", "openpgp", uri, pubPath, "")); got != fpr {
+		t.Errorf("registered as %s, want %s", got, fpr)
+	}
+	other := writeFile(t, te2.dir, "other.asc", publicOf(t, newTestEntity(t, "Other")))
+	status, _, stderr := te2.run(t, "register-pkcs11-static-key", "openpgp", uri, other, "")
+	if status != exitError || !strings.Contains(stderr, "RSA") && !strings.Contains(stderr, "does not belong") {
+		t.Errorf("another key's public key: exit %d: %s", status, stderr)
+	}
+}
