@@ -295,24 +295,11 @@ func p11Signer(providers []PKCS11Provider, u *p11URI) (*p11Key, error) {
 	var found []*p11Key
 	var seen []string
 	for _, p := range providers {
-		conn := p11ConnFor(p.Address)
-		err := conn.locked(func() error {
-			if err := conn.dial(); err != nil {
-				return err
-			}
-			slots, tokens, saw, err := u.matchTokens(conn.client)
-			seen = append(seen, saw...)
-			if err != nil {
-				return err
-			}
-			for i := range slots {
-				found = append(found, &p11Key{conn: conn, uri: u, token: tokens[i], slot: slots[i], gen: conn.gen})
-			}
-			return nil
-		})
+		keys, saw, err := p11ConnFor(p.Address).search(u)
 		if err != nil {
 			return nil, err
 		}
+		found, seen = append(found, keys...), append(seen, saw...)
 	}
 	switch {
 	case len(found) == 0 && len(seen) == 0:
@@ -329,15 +316,33 @@ func p11Signer(providers []PKCS11Provider, u *p11URI) (*p11Key, error) {
 	return k, nil
 }
 
-// locked runs fn with the connection locked; a lost connection is dropped.
-func (p *p11Conn) locked(fn func() error) error {
+// search finds the tokens the URI names at this provider, as keys not
+// looked for yet, and describes every token seen. A connection found lost
+// is reopened once.
+func (p *p11Conn) search(u *p11URI) (keys []*p11Key, seen []string, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	err := fn()
-	if p11Lost(err) {
+	for attempt := 0; ; attempt++ {
+		if err = p.dial(); err != nil {
+			return nil, nil, err
+		}
+		var slots []uint64
+		var tokens []p11TokenInfo
+		slots, tokens, seen, err = u.matchTokens(p.client)
+		if err == nil {
+			for i := range slots {
+				keys = append(keys, &p11Key{conn: p, uri: u, token: tokens[i], slot: slots[i], gen: p.gen})
+			}
+			return keys, seen, nil
+		}
+		if !p11Lost(err) {
+			return nil, nil, err
+		}
 		p.reset()
+		if attempt == 1 {
+			return nil, nil, err
+		}
 	}
-	return err
 }
 
 // tokenName is how messages name a token.
@@ -845,20 +850,11 @@ func generateP11KeyPair(st *Store, uri string, bits int) (*p11Key, error) {
 func p11TokenOnly(providers []PKCS11Provider, u *p11URI) (*p11Key, error) {
 	var found []*p11Key
 	for _, p := range providers {
-		conn := p11ConnFor(p.Address)
-		err := conn.locked(func() error {
-			if err := conn.dial(); err != nil {
-				return err
-			}
-			slots, tokens, _, err := u.matchTokens(conn.client)
-			for i := range slots {
-				found = append(found, &p11Key{conn: conn, uri: u, token: tokens[i], slot: slots[i], gen: conn.gen})
-			}
-			return err
-		})
+		keys, _, err := p11ConnFor(p.Address).search(u)
 		if err != nil {
 			return nil, err
 		}
+		found = append(found, keys...)
 	}
 	if len(found) != 1 {
 		return nil, fmt.Errorf("PKCS#11: %d tokens match the URI, want one", len(found))

@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -334,8 +336,10 @@ func TestPKCS11ProviderKilledMidSignature(t *testing.T) {
 	if out, ok := sbverify(t, certPath, img+".signed", ""); !ok {
 		t.Errorf("sbverify after the restart: %s", out)
 	}
-	// Restarted between two signatures: reopened without a failure.
+	// Restarted between two signatures (the server and the process that
+	// served this connection): reopened without a failure.
 	srv.kill()
+	proxy.drop()
 	srv.start(t)
 	os.Remove(img + ".signed")
 	te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, "--mode", "attached", img)
@@ -348,6 +352,18 @@ type signKiller struct {
 	socket string
 	armed  chan struct{}
 	done   chan struct{}
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+// drop closes every connection, as the end of the serving process would.
+func (k *signKiller) drop() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, c := range k.conns {
+		c.Close()
+	}
+	k.conns = nil
 }
 
 func newSignKiller(t *testing.T, srv *p11KitServer) *signKiller {
@@ -387,6 +403,9 @@ func (k *signKiller) relay(c net.Conn, srv *p11KitServer) {
 		return
 	}
 	defer s.Close()
+	k.mu.Lock()
+	k.conns = append(k.conns, c, s)
+	k.mu.Unlock()
 	go func() {
 		io.Copy(c, s)
 		c.Close()
@@ -541,5 +560,67 @@ func TestPKCS11OpenPGP(t *testing.T) {
 	status, _, stderr := te2.run(t, "register-pkcs11-static-key", "openpgp", uri, other, "")
 	if status != exitError || !strings.Contains(stderr, "RSA") && !strings.Contains(stderr, "does not belong") {
 		t.Errorf("another key's public key: exit %d: %s", status, stderr)
+	}
+}
+
+// TestWorkerPKCS11: the worker advertises a key on a SoftHSM token it can
+// reach through p11-kit server, signs a sign task with it (verified by
+// sbverify), and stops advertising it once the server is gone.
+func TestWorkerPKCS11(t *testing.T) {
+	needTool(t, "sbverify")
+	files := efiInputs(t)
+	h := newSoftHSM(t)
+	h.keygen(t, "05", "worker key", 2048)
+	p11srv := h.startServer(t)
+	srv := newFakeServer(t)
+	w, _ := testWorker(t, srv)
+	registered(t, srv, w)
+	w.st.pkcs11 = PKCS11Config{Providers: []PKCS11Provider{{Address: p11srv.address()}}}
+	t.Cleanup(p11ResetPool)
+	uri := h.uri("id=%05")
+	certPEM := tokenCertificate(t, w.st, uri, "Worker token key")
+	fpr, err := registerPKCS11Key(w.st, uri, certPEM, "Worker token key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.addSigningKeyAsset("uefi", fpr)
+	certPath := writeFile(t, t.TempDir(), "cert.pem", certPEM)
+
+	md, err := w.metadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := md["signing:keys"].([]string); !slices.Equal(got, []string{"uefi:" + fpr}) {
+		t.Errorf("signing:keys = %v", got)
+	}
+	in := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "shim-signed"},
+		map[string][]byte{"shimx64.efi": files["shimx64.efi"]})
+	id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": []int64{in}, "key": fpr},
+		map[string]any{"unsigned_ids": []int64{in}, "unsigned_binary_package_names": []string{"shim-signed"}})
+	runOnce(t, w)
+	if c := srv.waitCompleted(t, id); c.Result != "success" {
+		t.Fatalf("result %s: %s", c.Result, srv.debugLog(t, id, "execution.log"))
+	}
+	outs := srv.artifactsOf(id, "debusine:signing-output")
+	if len(outs) != 1 || outs[0].Files["shimx64.efi.sig"] == nil {
+		t.Fatalf("signing outputs %+v", outs)
+	}
+	dir := t.TempDir()
+	img := writeFile(t, dir, "shimx64.efi", files["shimx64.efi"])
+	sig := writeFile(t, dir, "shimx64.efi.sig", outs[0].Files["shimx64.efi.sig"].content)
+	if out, ok := sbverify(t, certPath, img, sig); !ok {
+		t.Errorf("sbverify: %s", out)
+	}
+
+	// p11-kit server serves each connection from a process of its own,
+	// which outlives the server: stopping the unit (its cgroup) ends both,
+	// as dropping the pool's connection does here.
+	p11srv.kill()
+	p11ResetPool()
+	if md, err = w.metadata(); err != nil {
+		t.Fatal(err)
+	}
+	if got := md["signing:keys"].([]string); len(got) != 0 {
+		t.Errorf("provider gone: signing:keys = %v", got)
 	}
 }
