@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -144,7 +145,8 @@ func (u *p11URI) get(name string) (string, bool) {
 func parseP11URI(uri string) (*p11URI, error) {
 	rest, ok := strings.CutPrefix(uri, "pkcs11:")
 	if !ok {
-		return nil, fmt.Errorf("PKCS#11 URI %q: does not start with \"pkcs11:\"", redactPKCS11URI(uri))
+		// Not quoted: whatever it is may hold a PIN.
+		return nil, errors.New("PKCS#11 URI: does not start with \"pkcs11:\"")
 	}
 	if len(uri) > maxPKCS11URI {
 		return nil, fmt.Errorf("PKCS#11 URI: longer than %d bytes", maxPKCS11URI)
@@ -246,13 +248,6 @@ func (u *p11URI) set(name, raw, where string) error {
 }
 
 var libraryVersionRE = regexp.MustCompile(`^[0-9]{1,3}(\.[0-9]{1,3})?$`)
-
-// redactPKCS11URI replaces the value of any pin-value in s, for messages.
-func redactPKCS11URI(s string) string {
-	return pinValueRE.ReplaceAllString(s, "${1}pin-value=REDACTED")
-}
-
-var pinValueRE = regexp.MustCompile(`(^|[;?&:])pin-value=[^;?&]*`)
 
 // parsePKCS11URI maps a pkcs11: URI onto a YubiKey PIV key, or says why it
 // cannot. Attributes that only describe the token or the module are checked
