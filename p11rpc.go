@@ -89,6 +89,10 @@ const p11Handshake = "PRIVATE-GNOME-KEYRING-PKCS11-PROTOCOL-V-1"
 // something this client cannot read. The caller dials again.
 var errP11Closed = errors.New("p11-kit connection closed")
 
+// errP11HungUp is the server closing the connection during version
+// negotiation.
+var errP11HungUp = errors.New("hung up")
+
 // p11Error is a CK_RV other than CKR_OK that a call returned.
 type p11Error struct {
 	Call string
@@ -209,7 +213,7 @@ func dialP11Wait(address string, wait time.Duration) (*p11Client, error) {
 		return nil, err
 	}
 	c, err := p11Connect(kind, attrs, address, wait, p11MaxVersion)
-	if errors.Is(err, errP11Closed) && !errors.Is(err, os.ErrDeadlineExceeded) {
+	if errors.Is(err, errP11HungUp) {
 		// A server from before version negotiation may hang up on a
 		// version other than 0: the draft's fallback is to try again
 		// with 0.
@@ -247,11 +251,15 @@ func p11Connect(kind string, attrs map[string]string, address string, wait time.
 		}
 	}
 	c.conn.SetDeadline(time.Now().Add(wait))
-	if _, err := c.conn.Write([]byte{version}); err != nil {
-		return nil, c.fail("version negotiation", err)
-	}
 	var got [1]byte
-	if _, err := io.ReadFull(c.conn, got[:]); err != nil {
+	_, err := c.conn.Write([]byte{version})
+	if err == nil {
+		_, err = io.ReadFull(c.conn, got[:])
+	}
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+			err = fmt.Errorf("%w: %w", errP11HungUp, err)
+		}
 		return nil, c.fail("version negotiation", err)
 	}
 	if got[0] > version {
@@ -564,6 +572,10 @@ func (c *p11Client) FindObjects(h uint64, template []p11Attr, max int) ([]uint64
 		d.ulong(h)
 		d.uint32(want)
 		r, err := c.do(d)
+		if _, ok := p11RV(err); ok {
+			// End the search, or the session refuses the next one.
+			c.simple(p11CallFindObjectsFinal, h)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -598,27 +610,25 @@ func (c *p11Client) Attributes(h, obj uint64, types ...uint64) ([]p11Attr, error
 		}
 	}
 	sizes := make([]uint32, len(types))
-	got, err := c.getAttributes(h, obj, types, sizes)
+	_, lengths, err := c.getAttributes(h, obj, types, sizes)
 	if err != nil {
 		return nil, err
 	}
 	total := 0
-	for i, a := range got {
-		if !a.Missing {
-			sizes[i] = uint32(len(a.Value))
-			total += len(a.Value)
-		}
+	for _, n := range lengths {
+		total += int(n)
 	}
 	if total > p11MaxMessage/2 {
 		return nil, fmt.Errorf("C_GetAttributeValue: %d bytes of attributes", total)
 	}
-	return c.getAttributes(h, obj, types, sizes)
+	attrs, _, err := c.getAttributes(h, obj, types, lengths)
+	return attrs, err
 }
 
 // getAttributes is one C_GetAttributeValue with buffers of the given
-// sizes; with size 0, the value returned is a slice of the length the
-// token reported (its content meaningless).
-func (c *p11Client) getAttributes(h, obj uint64, types []uint64, sizes []uint32) ([]p11Attr, error) {
+// sizes (0: the length only), and returns the attributes and the lengths
+// the token reported (0 for a missing one).
+func (c *p11Client) getAttributes(h, obj uint64, types []uint64, sizes []uint32) ([]p11Attr, []uint32, error) {
 	d := c.newCall(p11CallGetAttributeValue)
 	d.ulong(h)
 	d.ulong(obj)
@@ -629,18 +639,18 @@ func (c *p11Client) getAttributes(h, obj uint64, types []uint64, sizes []uint32)
 	}
 	r, err := c.do(d)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	attrs := r.attrArray(types, sizes)
+	attrs, lengths := r.attrArray(types, sizes)
 	rv := r.ulong()
 	if err := r.end(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	switch rv {
 	case ckrOK, ckrAttributeSensitive, ckrAttributeTypeInvalid:
-		return attrs, nil
+		return attrs, lengths, nil
 	}
-	return nil, &p11Error{p11CallGetAttributeValue.name, rv}
+	return nil, nil, &p11Error{p11CallGetAttributeValue.name, rv}
 }
 
 // Sign signs data with key: C_SignInit, C_Sign for the length, C_Sign.

@@ -239,8 +239,14 @@ func p11rpcExercise(t *testing.T, address string) int {
 		t.Log("no Ed25519 on this SoftHSM")
 	}
 
+	if si, err := c.SessionInfo(h); err != nil || si.State != cksRWUserFunctions || si.Slot != slot || si.Flags&ckfRWSession == 0 {
+		t.Errorf("session info %+v, %v", si, err)
+	}
 	if err := c.Logout(h); err != nil {
 		t.Fatal(err)
+	}
+	if si, err := c.SessionInfo(h); err != nil || si.State != cksRWPublicSession {
+		t.Errorf("session info after C_Logout %+v, %v", si, err)
 	}
 	if err := c.CloseSession(h); err != nil {
 		t.Fatal(err)

@@ -5,7 +5,6 @@ package main
 // constants the project uses.
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -259,13 +258,14 @@ func (r *p11Dec) ulongArray() []uint64 {
 }
 
 // attrArray reads an "aA" answer to C_GetAttributeValue: the attributes
-// asked for, in order. Where no buffer was given (size 0) the value is a
-// zeroed slice of the length the token reported.
-func (r *p11Dec) attrArray(types []uint64, sizes []uint32) []p11Attr {
+// asked for, in order, and the lengths the token reported. The value of an
+// attribute asked for without a buffer (size 0) is left out, unless empty.
+func (r *p11Dec) attrArray(types []uint64, sizes []uint32) ([]p11Attr, []uint32) {
 	if n := r.uint32(); r.err == nil && n != uint32(len(types)) {
 		r.fail("%s: %d attributes for %d asked", r.call.name, n, len(types))
 	}
 	attrs := make([]p11Attr, len(types))
+	lengths := make([]uint32, len(types))
 	for i, t := range types {
 		got := uint64(r.uint32())
 		if r.err == nil && got != t {
@@ -277,9 +277,6 @@ func (r *p11Dec) attrArray(types []uint64, sizes []uint32) []p11Attr {
 			continue
 		}
 		length := r.uint32()
-		if r.err != nil {
-			break
-		}
 		var value []byte
 		switch p11AttrKind(t) {
 		case p11KindByte:
@@ -287,26 +284,27 @@ func (r *p11Dec) attrArray(types []uint64, sizes []uint32) []p11Attr {
 		case p11KindUlong:
 			value = r.take(8)
 		default:
+			// Without a buffer, the server sends no bytes (length
+			// 0xffffffff); with one, the bytes of the length it said.
 			var ok bool
-			if value, ok = r.bytes(); ok && uint32(len(value)) != length {
+			value, ok = r.bytes()
+			if r.err == nil && (ok || sizes[i] != 0) && uint32(len(value)) != length {
 				r.fail("%s: attribute %#x of %d bytes said to be %d", r.call.name, t, len(value), length)
 			}
 		}
 		switch {
 		case r.err != nil:
-		case sizes[i] == 0 && length > p11MaxMessage:
+			return attrs, lengths
+		case length > p11MaxMessage:
 			r.fail("%s: attribute %#x of %d bytes", r.call.name, t, length)
-		case sizes[i] == 0:
-			value = make([]byte, length)
-		case length > sizes[i]:
+		case sizes[i] != 0 && length > sizes[i]:
 			r.fail("%s: attribute %#x of %d bytes in a buffer of %d", r.call.name, t, length, sizes[i])
+		case sizes[i] != 0 || length == 0:
+			attrs[i].Value = append([]byte{}, value...)
 		}
-		attrs[i].Value = bytes.Clone(value)
-		if attrs[i].Value == nil {
-			attrs[i].Value = []byte{}
-		}
+		lengths[i] = length
 	}
-	return attrs
+	return attrs, lengths
 }
 
 // end reports the first error, or bytes left over.
