@@ -121,8 +121,8 @@ type p11Attr struct {
 	Missing bool
 }
 
-// p11Mechanism is a mechanism and its parameter as raw bytes; mechanisms
-// whose parameter p11-kit serializes field by field are refused.
+// p11Mechanism is a mechanism and its parameter as raw bytes. Only the
+// mechanisms in p11Mechanisms are sent; others are refused.
 type p11Mechanism struct {
 	Type  uint64
 	Param []byte
@@ -182,13 +182,14 @@ func p11AttrUlong(a p11Attr) (uint64, error) {
 }
 
 // p11Client is one connection to a p11-kit RPC server, on which the module
-// has been initialized. Calls are serialized; each has a deadline.
+// has been initialized. Its methods may be called from several goroutines:
+// each runs alone (a Sign's three calls are not interleaved with another
+// goroutine's), and each call has a deadline.
 type p11Client struct {
 	mu      sync.Mutex
 	conn    net.Conn
 	cmd     *exec.Cmd
 	stderr  *p11Tail
-	address string
 	version byte
 	code    uint32
 	wait    time.Duration // deadline of one call
@@ -237,7 +238,7 @@ func dialP11Wait(address string, wait time.Duration) (*p11Client, error) {
 
 // p11Connect opens the transport and agrees on the protocol version.
 func p11Connect(kind string, attrs map[string]string, address string, wait time.Duration, version byte) (*p11Client, error) {
-	c := &p11Client{address: address, wait: wait, code: 0x10}
+	c := &p11Client{wait: wait, code: 0x10}
 	switch kind {
 	case "unix":
 		conn, err := net.DialTimeout("unix", attrs["path"], wait)
@@ -309,7 +310,7 @@ func (c *p11Client) Close() error {
 	if c.broken == nil {
 		wait := c.wait
 		c.wait = min(wait, 5*time.Second)
-		c.doLocked(c.newCall(p11CallFinalize))
+		c.do(c.newCall(p11CallFinalize))
 		c.wait = wait
 	}
 	c.shut(false)
@@ -371,6 +372,8 @@ func (c *p11Client) Version() int { return int(c.version) }
 
 // Info calls C_GetInfo.
 func (c *p11Client) Info() (p11Info, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	r, err := c.do(c.newCall(p11CallGetInfo))
 	if err != nil {
 		return p11Info{}, err
@@ -386,6 +389,8 @@ func (c *p11Client) Info() (p11Info, error) {
 
 // Slots lists the slots (with a token in them, if tokenPresent).
 func (c *p11Client) Slots(tokenPresent bool) ([]uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	flag := byte(0)
 	if tokenPresent {
 		flag = 1
@@ -395,6 +400,8 @@ func (c *p11Client) Slots(tokenPresent bool) ([]uint64, error) {
 
 // Mechanisms lists the mechanisms of the token in slot.
 func (c *p11Client) Mechanisms(slot uint64) ([]uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.list(p11CallGetMechanismList, func(d *p11Enc) { d.ulong(slot) })
 }
 
@@ -427,6 +434,8 @@ func (c *p11Client) list(call p11Call, args func(*p11Enc)) ([]uint64, error) {
 
 // SlotInfo calls C_GetSlotInfo.
 func (c *p11Client) SlotInfo(slot uint64) (p11SlotInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	d := c.newCall(p11CallGetSlotInfo)
 	d.ulong(slot)
 	r, err := c.do(d)
@@ -444,6 +453,8 @@ func (c *p11Client) SlotInfo(slot uint64) (p11SlotInfo, error) {
 
 // TokenInfo calls C_GetTokenInfo; the strings lose their padding.
 func (c *p11Client) TokenInfo(slot uint64) (p11TokenInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	d := c.newCall(p11CallGetTokenInfo)
 	d.ulong(slot)
 	r, err := c.do(d)
@@ -471,6 +482,8 @@ func (c *p11Client) TokenInfo(slot uint64) (p11TokenInfo, error) {
 
 // MechanismInfo calls C_GetMechanismInfo.
 func (c *p11Client) MechanismInfo(slot, mech uint64) (p11MechanismInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	d := c.newCall(p11CallGetMechanismInfo)
 	d.ulong(slot)
 	d.ulong(mech)
@@ -483,6 +496,8 @@ func (c *p11Client) MechanismInfo(slot, mech uint64) (p11MechanismInfo, error) {
 
 // OpenSession opens a serial session, read-write if rw.
 func (c *p11Client) OpenSession(slot uint64, rw bool) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	flags := uint64(ckfSerialSession)
 	if rw {
 		flags |= ckfRWSession
@@ -499,17 +514,31 @@ func (c *p11Client) OpenSession(slot uint64, rw bool) (uint64, error) {
 }
 
 // CloseSession calls C_CloseSession.
-func (c *p11Client) CloseSession(h uint64) error { return c.simple(p11CallCloseSession, h) }
+func (c *p11Client) CloseSession(h uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.simple(p11CallCloseSession, h)
+}
 
 // Logout calls C_Logout.
-func (c *p11Client) Logout(h uint64) error { return c.simple(p11CallLogout, h) }
+func (c *p11Client) Logout(h uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.simple(p11CallLogout, h)
+}
 
 // DestroyObject calls C_DestroyObject.
-func (c *p11Client) DestroyObject(h, obj uint64) error { return c.simple(p11CallDestroyObject, h, obj) }
+func (c *p11Client) DestroyObject(h, obj uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.simple(p11CallDestroyObject, h, obj)
+}
 
 // SessionInfo calls C_GetSessionInfo: whether the session is still there
 // and logged in (State is CKS_*).
 func (c *p11Client) SessionInfo(h uint64) (p11SessionInfo, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	d := c.newCall(p11CallGetSessionInfo)
 	d.ulong(h)
 	r, err := c.do(d)
@@ -534,22 +563,30 @@ func (c *p11Client) simple(call p11Call, args ...uint64) error {
 // Login calls C_Login. The PIN is in no error, and its copy in the request
 // is wiped once sent.
 func (c *p11Client) Login(h uint64, userType uint64, pin []byte) error {
-	d := c.newCall(p11CallLogin)
-	d.ulong(h)
-	d.ulong(userType)
-	d.byteArray(pin)
-	d.secret = true
-	r, err := c.do(d)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r, err := c.do(c.loginRequest(h, userType, pin))
 	if err != nil {
 		return err
 	}
 	return r.end()
 }
 
+func (c *p11Client) loginRequest(h uint64, userType uint64, pin []byte) *p11Enc {
+	d := c.newCall(p11CallLogin)
+	d.ulong(h)
+	d.ulong(userType)
+	d.byteArray(pin)
+	d.secret = true
+	return d
+}
+
 // FindObjects returns the handles of up to max objects matching template
 // (C_FindObjectsInit, C_FindObjects until the token has no more,
 // C_FindObjectsFinal).
 func (c *p11Client) FindObjects(h uint64, template []p11Attr, max int) ([]uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if max <= 0 || max > p11MaxObjects {
 		max = p11MaxObjects
 	}
@@ -601,6 +638,8 @@ func (c *p11Client) FindObjects(h uint64, template []p11Attr, max int) ([]uint64
 // their values. An attribute that the object lacks or keeps secret comes
 // back with Missing set and a nil Value.
 func (c *p11Client) Attributes(h, obj uint64, types ...uint64) ([]p11Attr, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if len(types) == 0 || len(types) > p11MaxAttributes {
 		return nil, fmt.Errorf("C_GetAttributeValue: %d attributes asked for", len(types))
 	}
@@ -655,6 +694,8 @@ func (c *p11Client) getAttributes(h, obj uint64, types []uint64, sizes []uint32)
 
 // Sign signs data with key: C_SignInit, C_Sign for the length, C_Sign.
 func (c *p11Client) Sign(h uint64, mech p11Mechanism, key uint64, data []byte) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if len(data) > p11MaxMessage/2 {
 		return nil, fmt.Errorf("C_Sign: %d bytes to sign", len(data))
 	}
@@ -701,6 +742,8 @@ func (c *p11Client) Sign(h uint64, mech p11Mechanism, key uint64, data []byte) (
 // GenerateKeyPair calls C_GenerateKeyPair and returns the public and
 // private keys' handles.
 func (c *p11Client) GenerateKeyPair(h uint64, mech p11Mechanism, pub, priv []p11Attr) (pubObj, privObj uint64, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	d := c.newCall(p11CallGenerateKeyPair)
 	d.ulong(h)
 	if err := d.mechanism(mech, c.version); err != nil {
@@ -720,14 +763,10 @@ func (c *p11Client) GenerateKeyPair(h uint64, mech p11Mechanism, pub, priv []p11
 	return pubObj, privObj, r.end()
 }
 
-// do sends one request and reads its answer, under the client's lock.
+// do sends one request and reads its answer. The caller holds c.mu,
+// for the whole of a method: a Sign's or FindObjects' calls are not
+// interleaved with another goroutine's on the same session.
 func (c *p11Client) do(d *p11Enc) (*p11Dec, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.doLocked(d)
-}
-
-func (c *p11Client) doLocked(d *p11Enc) (*p11Dec, error) {
 	if d.secret {
 		defer clear(d.buf)
 	}
@@ -762,8 +801,12 @@ func (c *p11Client) doLocked(d *p11Enc) (*p11Dec, error) {
 	if olen > p11MaxOptions || blen > p11MaxMessage {
 		return nil, c.fail(d.call.name, fmt.Errorf("answer of %d+%d bytes, more than the limit", olen, blen))
 	}
-	body := make([]byte, int(olen)+int(blen))
-	if _, err := io.ReadFull(c.conn, body); err != nil {
+	// Read what comes rather than allocate what is announced.
+	body, err := io.ReadAll(io.LimitReader(c.conn, int64(olen)+int64(blen)))
+	if err == nil && len(body) < int(olen)+int(blen) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
 		return nil, c.fail(d.call.name, err)
 	}
 	r, err := p11ParseResponse(d.call, body[olen:])
@@ -781,7 +824,5 @@ func (c *p11Client) doLocked(d *p11Enc) (*p11Dec, error) {
 // protocolError closes the connection after an answer that parsed but
 // makes no sense.
 func (c *p11Client) protocolError(call p11Call, format string, args ...any) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	return c.fail(call.name, fmt.Errorf(format, args...))
 }

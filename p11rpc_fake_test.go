@@ -439,12 +439,10 @@ func TestP11RPCFakeLoginWipesPIN(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	d := c.newCall(p11CallLogin)
-	d.ulong(1)
-	d.ulong(ckuUser)
-	d.byteArray([]byte("s3cret-pin"))
-	d.secret = true
+	d := c.loginRequest(1, ckuUser, []byte("s3cret-pin"))
+	c.mu.Lock()
 	_, err = c.do(d)
+	c.mu.Unlock()
 	if !p11rpcIsRV(err, ckrPINIncorrect) || strings.Contains(err.Error(), "s3cret") || errors.Is(err, errP11Closed) {
 		t.Fatalf("wrong PIN: %v", err)
 	}

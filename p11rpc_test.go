@@ -35,7 +35,7 @@ var p11rpcModules = []string{
 // in a throw-away directory under root ("" for the host, else a root that
 // commands run in with chroot), points SOFTHSM2_CONF at it and returns the
 // module's path (inside root).
-func p11rpcSoftHSM(t *testing.T, root string) string {
+func p11rpcSoftHSM(t testing.TB, root string) string {
 	t.Helper()
 	module := ""
 	for _, m := range p11rpcModules {
@@ -116,9 +116,11 @@ func TestP11RPCSoftHSMUnix(t *testing.T) {
 	p11rpcExercise(t, p11rpcServer(t, module))
 }
 
-// TestP11RPCTrixie runs the same through Debian 13's p11-kit (0.25.x,
-// which speaks protocol version 1), in the root that .ci/test names.
-func TestP11RPCTrixie(t *testing.T) {
+// TestP11RPCChroot runs the same through the p11-kit and SoftHSM2 of
+// another Debian, in the root DEBUSINE_SIGNING_TEST_P11KIT_ROOT names:
+// .ci/test names its Debian 13 root (p11-kit 0.25.5, protocol version 1);
+// unstable's (0.26.5) speaks version 2.
+func TestP11RPCChroot(t *testing.T) {
 	root := os.Getenv("DEBUSINE_SIGNING_TEST_P11KIT_ROOT")
 	if root == "" {
 		t.Skip("DEBUSINE_SIGNING_TEST_P11KIT_ROOT does not name a root with p11-kit and softhsm2")
@@ -132,7 +134,7 @@ func TestP11RPCTrixie(t *testing.T) {
 	module := p11rpcSoftHSM(t, root)
 	v := p11rpcExercise(t, `exec:command="chroot `+root+` p11-kit remote `+module+`"`)
 	if v < 1 {
-		t.Errorf("Debian 13's p11-kit agreed on protocol version %d, want 1 or more", v)
+		t.Errorf("p11-kit in %s agreed on protocol version %d, Debian 12's; want a newer one", root, v)
 	}
 }
 
@@ -527,4 +529,94 @@ func TestP11RPCExecNotFound(t *testing.T) {
 		}
 		t.Log(err)
 	}
+}
+
+// p11rpcRSAKey makes an RSA 2048 signing key (CKA_ID 01) on the first
+// token and returns a logged-in session and the key.
+func p11rpcRSAKey(t testing.TB, c *p11Client) (h, key uint64) {
+	slots, err := c.Slots(true)
+	if err != nil || len(slots) == 0 {
+		t.Fatalf("slots %v, %v", slots, err)
+	}
+	if h, err = c.OpenSession(slots[0], true); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(h, ckuUser, []byte("1234")); err != nil {
+		t.Fatal(err)
+	}
+	_, key, err = c.GenerateKeyPair(h, p11Mechanism{Type: ckmRSAPKCSKeyPairGen},
+		[]p11Attr{{Type: ckaModulusBits, Value: p11Ulong(2048)}, {Type: ckaVerify, Value: p11Bool(true)}, {Type: ckaToken, Value: p11Bool(true)}, {Type: ckaID, Value: []byte{1}}},
+		[]p11Attr{{Type: ckaSign, Value: p11Bool(true)}, {Type: ckaSensitive, Value: p11Bool(true)}, {Type: ckaToken, Value: p11Bool(true)}, {Type: ckaID, Value: []byte{1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, key
+}
+
+// TestP11RPCConcurrentSign: goroutines signing on one session do not
+// interleave their C_SignInit and C_Sign calls.
+func TestP11RPCConcurrentSign(t *testing.T) {
+	needTool(t, "p11-kit")
+	module := p11rpcSoftHSM(t, "")
+	c, err := dialP11(`exec:command="p11-kit remote ` + module + `"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h, key := p11rpcRSAKey(t, c)
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			var err error
+			for range 10 {
+				if _, err = c.Sign(h, p11Mechanism{Type: ckmSHA256RSAPKCS}, key, []byte("data")); err != nil {
+					break
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkP11RPCSign: one RSA 2048 signature by SoftHSM2 through p11-kit
+// remote on a kept session (C_SignInit, C_Sign twice), and, for scale,
+// pkcs11-tool signing with the same key, one process per signature as a
+// tool run per file does.
+func BenchmarkP11RPCSign(b *testing.B) {
+	if _, err := exec.LookPath("p11-kit"); err != nil {
+		b.Skip("p11-kit is not installed")
+	}
+	module := p11rpcSoftHSM(b, "")
+	c, err := dialP11(`exec:command="p11-kit remote ` + module + `"`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	h, key := p11rpcRSAKey(b, c)
+	b.Run("rpc", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := c.Sign(h, p11Mechanism{Type: ckmSHA256RSAPKCS}, key, []byte("data")); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("pkcs11-tool", func(b *testing.B) {
+		if _, err := exec.LookPath("pkcs11-tool"); err != nil {
+			b.Skip("pkcs11-tool is not installed")
+		}
+		in := filepath.Join(b.TempDir(), "in")
+		os.WriteFile(in, []byte("data"), 0o600)
+		for b.Loop() {
+			out, err := exec.Command("pkcs11-tool", "--module", module, "--token-label", "test", "--login", "--pin", "1234",
+				"--sign", "--mechanism", "SHA256-RSA-PKCS", "--id", "01", "--input-file", in, "--output-file", in+".sig").CombinedOutput()
+			if err != nil {
+				b.Fatalf("%v\n%s", err, out)
+			}
+		}
+	})
 }

@@ -307,14 +307,13 @@ func (r *p11Dec) attrArray(types []uint64, sizes []uint32) ([]p11Attr, []uint32)
 	return attrs, lengths
 }
 
-// end reports the first error, or bytes left over.
+// end reports the first error, or bytes left over, and gives up the
+// connection if there is one (the caller holds its lock).
 func (r *p11Dec) end() error {
 	if r.err == nil && len(r.buf) != 0 {
 		r.fail("%s: %d bytes left over in the answer", r.call.name, len(r.buf))
 	}
 	if r.err != nil && r.client != nil {
-		r.client.mu.Lock()
-		defer r.client.mu.Unlock()
 		if r.client.broken == nil {
 			return r.client.fail(r.call.name, r.err)
 		}
