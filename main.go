@@ -117,6 +117,9 @@ func loadConfig(path string) (*Config, error) {
 		k := undecoded[0]
 		return nil, fmt.Errorf("configuration %s:%d: unknown key %q", path, keyLine(data, k), k.String())
 	}
+	if err := cfg.PKCS11.check(); err != nil {
+		return nil, fmt.Errorf("configuration %s: %w", path, err)
+	}
 	dir := filepath.Dir(path)
 	abs := func(p *string) {
 		if *p != "" && !filepath.IsAbs(*p) {

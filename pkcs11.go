@@ -50,6 +50,20 @@ type PKCS11Provider struct {
 	ModulePath string `toml:"module_path"`
 }
 
+// check refuses a provider without an address, or with one p11-kit's
+// client could not use either.
+func (c PKCS11Config) check() error {
+	for i, p := range c.Providers {
+		if p.Address == "" {
+			return fmt.Errorf("[[pkcs11.provider]] %d: no address", i+1)
+		}
+		if _, _, err := p11ParseAddress(p.Address); err != nil {
+			return fmt.Errorf("[[pkcs11.provider]] %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
 // providers are the configured providers or, without any, the p11-kit
 // server named by P11_KIT_SERVER_ADDRESS, as p11-kit's own client module
 // finds it.

@@ -624,3 +624,43 @@ func TestWorkerPKCS11(t *testing.T) {
 		t.Errorf("provider gone: signing:keys = %v", got)
 	}
 }
+
+// TestPKCS11ConfigExample: the [pkcs11] providers of signing.toml.example,
+// uncommented, are read as the README describes them.
+func TestPKCS11ConfigExample(t *testing.T) {
+	data, err := os.ReadFile("signing.toml.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	on := false
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "# [[pkcs11.provider]]") {
+			on = true
+		}
+		if on && strings.HasPrefix(line, "# ") && !strings.HasPrefix(line, "# #") {
+			line = strings.TrimPrefix(line, "# ")
+		} else if on && !strings.HasPrefix(line, "#") {
+			on = false
+		}
+		out = append(out, line)
+	}
+	path := writeFile(t, t.TempDir(), "signing.toml", []byte(strings.Join(out, "\n")))
+	cfg, err := loadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []PKCS11Provider{
+		{Address: "unix:path=/run/debusine-signing-p11-kit/pkcs11", ModuleName: "yubihsm_pkcs11"},
+		{Address: `exec:command="p11-kit remote /usr/lib/softhsm/libsofthsm2.so"`, ModulePath: "/usr/lib/softhsm/libsofthsm2.so"},
+	}
+	if !slices.Equal(cfg.PKCS11.Providers, want) {
+		t.Errorf("providers %+v, want %+v", cfg.PKCS11.Providers, want)
+	}
+	for _, bad := range []string{"[[pkcs11.provider]]\nmodule_name = \"x\"\n", "[[pkcs11.provider]]\naddress = \"tcp:host=a\"\n"} {
+		path := writeFile(t, t.TempDir(), "bad.toml", []byte(bad))
+		if _, err := loadConfig(path); err == nil || !strings.Contains(err.Error(), "[[pkcs11.provider]] 1") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}
