@@ -664,3 +664,43 @@ func TestPKCS11ConfigExample(t *testing.T) {
 		}
 	}
 }
+
+// TestPKCS11VirtualPIVCard: a second vendor's module, in front of the
+// project's virtual PIV card through pcscd: OpenSC's opensc-pkcs11.so,
+// and Yubico's ykcs11. Slot 9a (CKA_ID 01 in both): OpenSC marks 9c's key
+// CKA_ALWAYS_AUTHENTICATE, which wants a login between C_SignInit and
+// C_Sign. The key is registered with its certificate (a test signature on
+// the card) and signs an EFI image that sbverify accepts.
+func TestPKCS11VirtualPIVCard(t *testing.T) {
+	requireTool(t, "p11-kit")
+	for _, module := range []string{"/usr/lib/x86_64-linux-gnu/pkcs11/opensc-pkcs11.so", "/usr/lib/x86_64-linux-gnu/libykcs11.so"} {
+		t.Run(filepath.Base(module), func(t *testing.T) {
+			if _, err := os.Stat(module); err != nil {
+				t.Skipf("%s: %v", module, err)
+			}
+			card := startVirtualYubiKey(t, testTokenSerial)
+			_, cert := loadTokenKey(t, card, 0x9a, pivPINPolicyOnce, true)
+			te, st := p11TestEnv(t, `exec:command="p11-kit remote `+module+`"`)
+			certPath := writeFile(t, te.dir, "cert.pem", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}))
+			pinFile := writeFile(t, te.dir, "pin", []byte("123456\n"))
+			if err := os.Chmod(pinFile, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// No serial=, no token=: the one card present; ykcs11 as the
+			// module would send it to the PIV path, so it is not named.
+			uri := "pkcs11:id=%01;type=private;pin-source=" + pinFile
+			fpr := strings.TrimSpace(te.mustRun(t, "register-pkcs11-static-key", "uefi", uri, certPath, "PIV card key"))
+			img := writeFile(t, te.dir, "c.efi", testPE{plus: true, sections: []int{0x400}, seed: 3}.build())
+			te.mustRun(t, "sign", "--purpose", "uefi", "--key", fpr, "--mode", "attached", img)
+			if out, ok := sbverify(t, certPath, img+".signed", ""); !ok {
+				t.Errorf("sbverify: %s", out)
+			}
+			if _, signs, _ := card.counters(); signs < 2 {
+				t.Errorf("%d signatures on the card, want the test signature and the image's", signs)
+			}
+			if keys, _ := st.Keys(); len(keys) != 1 {
+				t.Errorf("%d keys", len(keys))
+			}
+		})
+	}
+}
