@@ -659,6 +659,9 @@ func cmdRegisterPKCS11(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if u, err := parseP11URI(uri); err == nil && u.hasPIN {
+		fmt.Fprintln(e.stderr, "debusine-signing: warning: the PIN in the URI (pin-value) is stored in the database with it; prefer pin-source=FILE")
+	}
 	fmt.Fprintln(e.stdout, fpr)
 	return nil
 }
