@@ -1,10 +1,15 @@
 package main
 
+// PKCS#11 URIs (RFC 7512): read as libp11 reads them, matched against the
+// tokens and keys a provider reports, and routed either to a YubiKey's PIV
+// applet (yubikey.go, piv.go) or to a PKCS#11 provider (pkcs11.go).
+
 import (
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -342,4 +347,271 @@ func resolvePINSource(source, credentialsDir string) (string, error) {
 		return "", fmt.Errorf("PIN source %q: a credential name, but $CREDENTIALS_DIRECTORY is not set", source)
 	}
 	return filepath.Join(credentialsDir, source), nil
+}
+
+// PKCS11Config is the [pkcs11] table: the p11-kit servers that give access
+// to PKCS#11 modules.
+type PKCS11Config struct {
+	Providers []PKCS11Provider `toml:"provider"`
+}
+
+// PKCS11Provider is one [[pkcs11.provider]]: a p11-kit RPC address and the
+// module-name / module-path URI attribute values it answers for.
+type PKCS11Provider struct {
+	// Address is "unix:path=SOCKET" (p11-kit server) or
+	// "exec:command=\"p11-kit remote MODULE\"".
+	Address    string `toml:"address"`
+	ModuleName string `toml:"module_name"`
+	ModulePath string `toml:"module_path"`
+}
+
+// check refuses a provider without an address, or with one p11-kit's
+// client could not use either.
+func (c PKCS11Config) check() error {
+	for i, p := range c.Providers {
+		if p.Address == "" {
+			return fmt.Errorf("[[pkcs11.provider]] %d: no address", i+1)
+		}
+		if _, _, err := p11ParseAddress(p.Address); err != nil {
+			return fmt.Errorf("[[pkcs11.provider]] %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+// providers are the configured providers or, without any, the p11-kit
+// server named by P11_KIT_SERVER_ADDRESS, as p11-kit's own client module
+// finds it.
+func (c PKCS11Config) providers() []PKCS11Provider {
+	if len(c.Providers) > 0 {
+		return c.Providers
+	}
+	if a := os.Getenv("P11_KIT_SERVER_ADDRESS"); a != "" {
+		return []PKCS11Provider{{Address: a}}
+	}
+	return nil
+}
+
+// answers says whether the provider is the one the URI's module-name or
+// module-path attribute asks for. A module-name is compared with the
+// provider's module_name or, without one, with its module_path's file name
+// without "lib" and ".so" (RFC 7512, 2.3: "mypkcs11" for libmypkcs11.so).
+func (p PKCS11Provider) answers(u *p11URI) bool {
+	if mp, ok := u.get("module-path"); ok && mp != p.ModulePath {
+		return false
+	}
+	if mn, ok := u.get("module-name"); ok {
+		name := p.ModuleName
+		if name == "" && p.ModulePath != "" {
+			name = moduleNameOf(p.ModulePath)
+		}
+		if mn != name && mn != "lib"+name {
+			return false
+		}
+	}
+	return true
+}
+
+func moduleNameOf(modulePath string) string {
+	base := path.Base(modulePath)
+	if i := strings.Index(base, ".so"); i > 0 {
+		base = base[:i]
+	}
+	return strings.TrimPrefix(base, "lib")
+}
+
+// ykcs11Module says whether the URI's module attributes name ykcs11.
+func (u *p11URI) ykcs11Module() bool {
+	if mp, ok := u.get("module-path"); ok && moduleNameOf(mp) == "ykcs11" {
+		return true
+	}
+	mn, ok := u.get("module-name")
+	return ok && (mn == "ykcs11" || mn == "libykcs11")
+}
+
+// namesYubiKeyPIV says how the URI names a YubiKey's PIV applet as ykcs11
+// presents it, or "" when it does not.
+func (u *p11URI) namesYubiKeyPIV() string {
+	label, hasLabel := u.get("token")
+	model, hasModel := u.get("model")
+	_, hasManufacturer := u.get("manufacturer")
+	switch {
+	case hasLabel && strings.HasPrefix(label, ykcs11TokenLabelPrefix):
+		return fmt.Sprintf("token=%q is a ykcs11 YubiKey label", label)
+	case hasModel && strings.HasPrefix(model, ykcs11ModelPrefix):
+		return fmt.Sprintf("model=%q is a YubiKey's", model)
+	case u.ykcs11Module():
+		return "its module is ykcs11"
+	case hasLabel || hasModel || hasManufacturer:
+		return ""
+	}
+	// The form register-yubikey-key writes: a YubiKey serial and a ykcs11
+	// key id, nothing naming another kind of token.
+	s, ok := u.get("serial")
+	if !ok || len(u.id) != 1 {
+		return ""
+	}
+	if _, err := strconv.ParseUint(strings.TrimSpace(s), 10, 32); err != nil {
+		return ""
+	}
+	if _, ok := ykcs11IDToSlot(int(u.id[0])); !ok {
+		return ""
+	}
+	return "serial= and id= in the form register-yubikey-key writes"
+}
+
+// routeKeyURI decides which path signs with the key uri names: the YubiKey
+// PIV applet (yubikey true), or the PKCS#11 providers returned. A URI that
+// both could claim is refused with the reason.
+func routeKeyURI(cfg PKCS11Config, uri string) (yubikey bool, providers []PKCS11Provider, u *p11URI, err error) {
+	if u, err = parseP11URI(uri); err != nil {
+		return false, nil, nil, err
+	}
+	why := u.namesYubiKeyPIV()
+	_, hasName := u.get("module-name")
+	_, hasPath := u.get("module-path")
+	all := cfg.providers()
+	if hasName || hasPath {
+		for _, p := range all {
+			if p.answers(u) {
+				providers = append(providers, p)
+			}
+		}
+		switch {
+		case len(providers) > 0 && why != "":
+			return false, nil, nil, fmt.Errorf("PKCS#11 URI: both the YubiKey PIV path (%s) and the [pkcs11] provider at %s (its module_name/module_path match) could sign with this key; not choosing: drop module-name/module-path to use the YubiKey directly, or the YubiKey attributes to go through the provider", why, providers[0].Address)
+		case len(providers) > 0:
+			return false, providers, u, nil
+		case why != "":
+			return true, nil, u, nil
+		}
+		return false, nil, nil, errors.New("PKCS#11 URI: no [pkcs11] provider has the module_name or module_path this URI asks for")
+	}
+	if why != "" {
+		return true, nil, u, nil
+	}
+	if len(all) == 0 {
+		return false, nil, nil, errors.New("PKCS#11 URI: this key is on a PKCS#11 token, and no provider is configured: add a [pkcs11] provider, or set P11_KIT_SERVER_ADDRESS to the address p11-kit server prints")
+	}
+	return false, all, u, nil
+}
+
+// matchTokens lists the slots whose token the URI's token, slot and
+// library attributes match, as libp11 compares them (exact, without the
+// blank padding), skipping uninitialized tokens as libp11 0.4.12 does. It
+// also describes every token it saw, for messages.
+func (u *p11URI) matchTokens(c *p11Client) (slots []uint64, tokens []p11TokenInfo, seen []string, err error) {
+	if err := u.matchLibrary(c); err != nil {
+		return nil, nil, nil, err
+	}
+	ids, err := c.Slots(true)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	for _, slot := range ids {
+		ti, err := c.TokenInfo(slot)
+		if rv, _ := p11RV(err); rv == ckrTokenNotPresent {
+			continue
+		}
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		seen = append(seen, fmt.Sprintf("slot %d: %s", slot, tokenName(ti)))
+		if ti.Flags&ckfTokenInitialized == 0 || !u.matchToken(slot, ti) {
+			continue
+		}
+		if ok, err := u.matchSlot(c, slot); err != nil || !ok {
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			continue
+		}
+		slots, tokens = append(slots, slot), append(tokens, ti)
+	}
+	return slots, tokens, seen, nil
+}
+
+func (u *p11URI) matchToken(slot uint64, ti p11TokenInfo) bool {
+	for name, have := range map[string]string{"token": ti.Label, "manufacturer": ti.Manufacturer, "model": ti.Model, "serial": ti.Serial} {
+		if want, ok := u.get(name); ok && want != strings.TrimRight(have, " ") {
+			return false
+		}
+	}
+	return u.slotID == nil || *u.slotID == slot
+}
+
+func (u *p11URI) matchSlot(c *p11Client, slot uint64) (bool, error) {
+	_, d := u.get("slot-description")
+	_, m := u.get("slot-manufacturer")
+	if !d && !m {
+		return true, nil
+	}
+	si, err := c.SlotInfo(slot)
+	if err != nil {
+		return false, err
+	}
+	for name, have := range map[string]string{"slot-description": si.Description, "slot-manufacturer": si.Manufacturer} {
+		if want, ok := u.get(name); ok && want != strings.TrimRight(have, " ") {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// matchLibrary checks the library-* attributes against C_GetInfo: a
+// provider whose module does not match has no token for the URI.
+func (u *p11URI) matchLibrary(c *p11Client) error {
+	_, m := u.get("library-manufacturer")
+	_, d := u.get("library-description")
+	v, hasV := u.get("library-version")
+	if !m && !d && !hasV {
+		return nil
+	}
+	info, err := c.Info()
+	if err != nil {
+		return err
+	}
+	ok := true
+	for name, have := range map[string]string{"library-manufacturer": info.Manufacturer, "library-description": info.Description} {
+		if want, given := u.get(name); given && want != strings.TrimRight(have, " ") {
+			ok = false
+		}
+	}
+	if hasV {
+		major, minor, _ := strings.Cut(v, ".")
+		if minor == "" {
+			minor = "0"
+		}
+		if fmt.Sprintf("%s.%s", major, minor) != fmt.Sprintf("%d.%d", info.LibraryVersion.Major, info.LibraryVersion.Minor) {
+			ok = false
+		}
+	}
+	if !ok {
+		return fmt.Errorf("PKCS#11: the module %q (%s, version %d.%d) is not the library the URI names", info.Description, info.Manufacturer, info.LibraryVersion.Major, info.LibraryVersion.Minor)
+	}
+	return nil
+}
+
+// keyName describes the key selection of a URI for messages.
+func (u *p11URI) keyName() string {
+	var parts []string
+	if u.id != nil {
+		parts = append(parts, "id="+p11EscapeID(u.id))
+	}
+	if l, ok := u.get("object"); ok {
+		parts = append(parts, fmt.Sprintf("object=%q", l))
+	}
+	if len(parts) == 0 {
+		return "any id or label"
+	}
+	return strings.Join(parts, " ")
+}
+
+// p11EscapeID writes a CKA_ID as the URI does: every byte %-encoded.
+func p11EscapeID(id []byte) string {
+	var b strings.Builder
+	for _, c := range id {
+		fmt.Fprintf(&b, "%%%02x", c)
+	}
+	return b.String()
 }
