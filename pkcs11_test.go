@@ -563,9 +563,10 @@ func TestPKCS11OpenPGP(t *testing.T) {
 	}
 }
 
-// TestWorkerPKCS11: the worker advertises a key on a SoftHSM token it can
-// reach through p11-kit server, signs a sign task with it (verified by
-// sbverify), and stops advertising it once the server is gone.
+// TestWorkerPKCS11: the worker advertises the UEFI and OpenPGP keys on a
+// SoftHSM token it can reach through p11-kit server, signs a sign task
+// (verified by sbverify) and a signrepositoryindex task (verified by gpgv)
+// with them, and stops advertising them once the server is gone.
 func TestWorkerPKCS11(t *testing.T) {
 	needTool(t, "sbverify")
 	files := efiInputs(t)
@@ -585,13 +586,19 @@ func TestWorkerPKCS11(t *testing.T) {
 	}
 	srv.addSigningKeyAsset("uefi", fpr)
 	certPath := writeFile(t, t.TempDir(), "cert.pem", certPEM)
+	pgpFpr, err := generateP11OpenPGPKey(w.st, h.uri("id=%06"), "Token archive key", 2048, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.addSigningKeyAsset("openpgp", pgpFpr)
 
 	md, err := w.metadata()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := md["signing:keys"].([]string); !slices.Equal(got, []string{"uefi:" + fpr}) {
-		t.Errorf("signing:keys = %v", got)
+	want := []string{"openpgp:" + pgpFpr, "uefi:" + fpr}
+	if got := md["signing:keys"].([]string); !slices.Equal(slices.Sorted(slices.Values(got)), want) {
+		t.Errorf("signing:keys = %v, want %v", got, want)
 	}
 	in := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "shim-signed"},
 		map[string][]byte{"shimx64.efi": files["shimx64.efi"]})
@@ -610,6 +617,27 @@ func TestWorkerPKCS11(t *testing.T) {
 	sig := writeFile(t, dir, "shimx64.efi.sig", outs[0].Files["shimx64.efi.sig"].content)
 	if out, ok := sbverify(t, certPath, img, sig); !ok {
 		t.Errorf("sbverify: %s", out)
+	}
+
+	release := []byte("Origin: test\nSuite: unstable\n")
+	in = srv.addArtifact("debian:repository-index", map[string]any{"path": "Release"}, map[string][]byte{"Release": release})
+	id = srv.addWorkRequest("signrepositoryindex", map[string]any{"suite_collection": "x", "unsigned": "y", "mode": "clear", "signed_name": "InRelease"},
+		map[string]any{"signing_keys": []string{pgpFpr}, "unsigned_id": in})
+	runOnce(t, w)
+	if c := srv.waitCompleted(t, id); c.Result != "success" {
+		t.Fatalf("signrepositoryindex: result %s: %s", c.Result, srv.debugLog(t, id, "fetch_input.log")+srv.debugLog(t, id, "execution.log"))
+	}
+	outs = srv.artifactsOf(id, "debian:repository-index")
+	if len(outs) != 1 || outs[0].Files["InRelease"] == nil {
+		t.Fatalf("signrepositoryindex outputs %+v", outs)
+	}
+	k, err := w.st.Key(purposeOpenPGP, pgpFpr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inRelease := writeFile(t, dir, "InRelease", outs[0].Files["InRelease"].content)
+	if fprs, err := gpgv(t, keyringFile(t, k.PublicKey), inRelease); err != nil || !slices.Equal(fprs, []string{pgpFpr}) {
+		t.Errorf("gpgv InRelease: %v %v", fprs, err)
 	}
 
 	// p11-kit server serves each connection from a process of its own,
