@@ -692,3 +692,59 @@ func TestPKCS11ConfigExample(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayPKCS11: on the relay's offline host, a UEFI key on a SoftHSM
+// token (reached through p11-kit remote, configured in the offline host's
+// [pkcs11] table) signs a sign task carried by a bundle; the server gets
+// a signature sbverify accepts.
+func TestRelayPKCS11(t *testing.T) {
+	requireTool(t, "sbverify")
+	h := newSoftHSM(t)
+	h.keygen(t, "09", "offline key", 2048)
+	r := newRelayRig(t, 1)
+	appendFile(t, r.offlineCfg, fmt.Sprintf("[[pkcs11.provider]]\naddress = %q\n", h.remoteAddress()))
+	t.Cleanup(p11ResetPool)
+	r.st.pkcs11 = PKCS11Config{Providers: []PKCS11Provider{{Address: h.remoteAddress()}}}
+	uri := h.uri("id=%09")
+	certPEM := tokenCertificate(t, r.st, uri, "Offline token key")
+	fpr, err := registerPKCS11Key(r.st, uri, certPEM, "Offline token key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPath := writeFile(t, r.relayDir, "token.pem", certPEM)
+	appendFile(t, r.relayCfg, fmt.Sprintf("[[relay.keys]]\npurpose = \"uefi\"\nfingerprint = %q\npublic_key_file = \"token.pem\"\n", fpr))
+	r.srv.addSigningKeyAsset("uefi", fpr)
+	efi := efiInputs(t)
+	in := r.srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "shim-signed"},
+		map[string][]byte{"shimx64.efi": efi["shimx64.efi"]})
+	id := r.srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": []string{"a"}, "key": fpr},
+		map[string]any{"unsigned_ids": []int64{in}, "unsigned_binary_package_names": []string{"shim-signed"}})
+	r.must(r.relay("fetch", "--output", r.path("bundle.tar"), "--wait", "2s"))
+	r.must(r.offline("sign", r.path("bundle.tar"), "--output", r.path("result.tar")))
+	r.must(r.relay("complete", r.path("result.tar")))
+	if c := r.srv.completionsOf(id); len(c) != 1 || c[0].Result != "success" {
+		t.Fatalf("completions %+v: %s", c, r.srv.debugLog(t, id, "execution.log"))
+	}
+	outs := r.srv.artifactsOf(id, "debusine:signing-output")
+	if len(outs) != 1 || outs[0].Files["shimx64.efi.sig"] == nil {
+		t.Fatalf("signing outputs %+v", outs)
+	}
+	dir := t.TempDir()
+	img := writeFile(t, dir, "shimx64.efi", efi["shimx64.efi"])
+	sig := writeFile(t, dir, "shimx64.efi.sig", outs[0].Files["shimx64.efi.sig"].content)
+	if out, ok := sbverify(t, certPath, img, sig); !ok {
+		t.Errorf("sbverify: %s", out)
+	}
+}
+
+func appendFile(t *testing.T, path, text string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(text); err != nil {
+		t.Fatal(err)
+	}
+}
