@@ -291,11 +291,15 @@ func (p *p11Conn) ready(k *p11Key) error {
 	if k.handle != 0 {
 		// The key handle is checked on every use: this is what finds a
 		// server restarted or a session closed since.
-		attrs, err := c.Attributes(session, k.handle, ckaID)
-		if err == nil && (attrs[0].Missing || (k.uri.id != nil && !bytes.Equal(attrs[0].Value, k.uri.id))) {
-			err = &p11Error{"C_GetAttributeValue", ckrObjectHandleInvalid}
+		attrs, err := c.Attributes(session, k.handle, ckaClass, ckaID)
+		if err != nil {
+			return err
 		}
-		return err
+		class, _ := p11AttrUlong(attrs[0])
+		if attrs[0].Missing || class != ckoPrivateKey || (k.uri.id != nil && (attrs[1].Missing || !bytes.Equal(attrs[1].Value, k.uri.id))) {
+			return &p11Error{"C_GetAttributeValue", ckrObjectHandleInvalid}
+		}
+		return nil
 	}
 	return p.findKey(k, session)
 }

@@ -299,6 +299,20 @@ func TestPKCS11Faults(t *testing.T) {
 	if keys, _ := st.Keys(); len(keys) != 0 {
 		t.Errorf("%d keys recorded", len(keys))
 	}
+
+	// Selection by label: one match signs, several are not chosen from.
+	if _, err := keySigner(st, h.uri("object=k1")); err != nil {
+		t.Errorf("object=k1: %v", err)
+	}
+	h.keygen(t, "02", "k1", 2048)
+	for _, attrs := range []string{"object=k1", "type=private"} {
+		if _, err := keySigner(st, h.uri(attrs)); err == nil || !strings.Contains(err.Error(), "2 private keys match") {
+			t.Errorf("%s with two keys labelled k1: %v", attrs, err)
+		}
+	}
+	if k, err := keySigner(st, h.uri("object=k1;id=%02")); err != nil || k.(*p11Key).uri.keyName() != `id=%02 object="k1"` {
+		t.Errorf("object=k1;id=%%02: %v", err)
+	}
 }
 
 // TestPKCS11ProviderKilledMidSignature: the p11-kit server is killed while
