@@ -216,7 +216,13 @@ func (s *Store) reencryptAuditKey(tx *sql.Tx) (bool, error) {
 	if _, err := tx.Exec("UPDATE audit_key SET sealed = $1 WHERE id = 1", string(resealed)); err != nil {
 		return false, fmt.Errorf("re-encrypting the audit key: %w", err)
 	}
-	vkey, err := s.checkpointVerifierKey(tx)
+	// The row names the audit key by its verifier key under the legacy
+	// name, which does not change with the configured origin.
+	ak, err := s.auditKey(tx)
+	if err != nil {
+		return false, err
+	}
+	vkey, err := ak.verifierKey(legacyKeyName)
 	if err != nil {
 		return false, err
 	}

@@ -186,8 +186,10 @@ func TestAuditCheckpoint(t *testing.T) {
 	}
 	cp5 := writeFile(t, te.dir, "checkpoint5", []byte(te.mustRun(t, "audit", "checkpoint")))
 
-	const restore = "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log\nBEGIN\n    SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused');\nEND;"
-	if out, err := sqlite3(t, te.cfg.Database, "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE id > 3; "+restore); err != nil {
+	// The rows and their tree hashes cut (tlog.StoredHashCount(3) = 4).
+	const restore = "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log\nBEGIN\n    SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused');\nEND;\n" +
+		"CREATE TRIGGER audit_tree_no_delete BEFORE DELETE ON audit_tree\nBEGIN\n    SELECT RAISE(ABORT, 'audit_tree is append-only: DELETE refused');\nEND;"
+	if out, err := sqlite3(t, te.cfg.Database, "DROP TRIGGER audit_log_no_delete; DROP TRIGGER audit_tree_no_delete; DELETE FROM audit_log WHERE id > 3; DELETE FROM audit_tree WHERE idx >= 4; "+restore); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	if out := te.mustRun(t, "audit", "verify"); !strings.Contains(out, "3 rows") {

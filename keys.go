@@ -51,6 +51,9 @@ type Store struct {
 	serviceKeys []*serviceKey
 	// yubikey configures access to keys held on a YubiKey; set by main.
 	yubikey YubiKeyConfig
+	// auditOrigin is the audit log's origin (audit_origin), "" for the
+	// default derived from the audit key (checkpoint.go); set by main.
+	auditOrigin string
 
 	auditKeyMu    sync.Mutex
 	auditKeyCache *auditKey // unsealed on first use (auditkey.go)
@@ -332,6 +335,7 @@ func checkDatabase(db *sql.DB) error {
 // section, in the same transaction: migrationSteps[N] after section N.
 var migrationSteps = map[int]func(*Store, *sql.Tx) error{
 	2: (*Store).sealAuditRowsV2,
+	5: (*Store).buildAuditTreeV5,
 }
 
 // migrate brings the schema to this program's version, every pending

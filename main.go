@@ -41,12 +41,15 @@ type Config struct {
 	Database string `toml:"database"`
 	// DatabasePasswordFile holds the PostgreSQL password (a systemd
 	// credential, for example); never in database itself.
-	DatabasePasswordFile string        `toml:"database_password_file"`
-	ServiceKeys          []string      `toml:"service_keys"`
-	TrustedCerts         []string      `toml:"trusted_certs"`
-	Worker               WorkerConfig  `toml:"worker"`
-	YubiKey              YubiKeyConfig `toml:"yubikey"`
-	Relay                RelayConfig   `toml:"relay"`
+	DatabasePasswordFile string   `toml:"database_password_file"`
+	ServiceKeys          []string `toml:"service_keys"`
+	TrustedCerts         []string `toml:"trusted_certs"`
+	// AuditOrigin names the audit log in its checkpoints (checkpoint.go);
+	// "" for the default derived from the audit key.
+	AuditOrigin string        `toml:"audit_origin"`
+	Worker      WorkerConfig  `toml:"worker"`
+	YubiKey     YubiKeyConfig `toml:"yubikey"`
+	Relay       RelayConfig   `toml:"relay"`
 
 	// path is the file the configuration came from, "" for the embedded
 	// default.
@@ -115,6 +118,11 @@ func loadConfig(path string) (*Config, error) {
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		k := undecoded[0]
 		return nil, fmt.Errorf("configuration %s:%d: unknown key %q", path, keyLine(data, k), k.String())
+	}
+	if cfg.AuditOrigin != "" {
+		if err := checkOrigin(cfg.AuditOrigin); err != nil {
+			return nil, fmt.Errorf("configuration %s: %w", path, err)
+		}
 	}
 	dir := filepath.Dir(path)
 	abs := func(p *string) {
@@ -227,6 +235,7 @@ func (e *env) openStore() (*Store, error) {
 		return nil, err
 	}
 	st.yubikey = cfg.YubiKey
+	st.auditOrigin = cfg.AuditOrigin
 	e.store = st
 	return st, nil
 }

@@ -134,3 +134,37 @@ WHEN EXISTS (SELECT 1 FROM audit_key)
 BEGIN
     SELECT RAISE(ABORT, 'audit_key already holds the audit key');
 END;
+
+-- version 4
+-- Reserved for the key rows' authentication codes (another branch).
+
+-- version 5
+-- The audit log as an RFC 6962 Merkle tree (tlog.go, docs/transparency.md).
+-- audit_tree holds the tree's stored hashes in the order and at the
+-- indexes of golang.org/x/mod/sumdb/tlog (tlog.StoredHashIndex): the leaf
+-- hash of each row, then the interior hashes that row completes. They are
+-- appended in the same transaction as the row, and the data step after
+-- this section (buildAuditTreeV5) computes them for the rows written
+-- before. Like the rows, they are only ever appended: at the next index,
+-- 32 bytes each; UPDATE and DELETE are refused. `audit verify` recomputes
+-- them from the rows.
+CREATE TABLE audit_tree (
+    idx INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL CHECK (typeof(hash) = 'blob' AND length(hash) = 32)
+);
+
+CREATE TRIGGER audit_tree_no_update BEFORE UPDATE ON audit_tree
+BEGIN
+    SELECT RAISE(ABORT, 'audit_tree is append-only: UPDATE refused');
+END;
+
+CREATE TRIGGER audit_tree_no_delete BEFORE DELETE ON audit_tree
+BEGIN
+    SELECT RAISE(ABORT, 'audit_tree is append-only: DELETE refused');
+END;
+
+CREATE TRIGGER audit_tree_append_only BEFORE INSERT ON audit_tree
+BEGIN
+    SELECT RAISE(ABORT, 'audit_tree is append-only: a new hash''s idx must be the last idx + 1')
+    WHERE NEW.idx IS NOT (SELECT coalesce(max(idx) + 1, 0) FROM audit_tree);
+END;
