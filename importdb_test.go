@@ -73,6 +73,7 @@ type debusineDB struct {
 	conninfo, serviceKey  string
 	uefi, openpgp, pkcs11 string // fingerprints
 	cert, openpgpPublic   []byte
+	tokenCert             []byte
 }
 
 func newDebusineDB(t *testing.T, dir string) *debusineDB {
@@ -99,6 +100,19 @@ func newDebusineDB(t *testing.T, dir string) *debusineDB {
 	d.uefi = strings.ReplaceAll(fpr, ":", "")
 	uefiKey, _ := os.ReadFile(keyPath)
 	d.cert, _ = os.ReadFile(certPath)
+	// The token's key: a certificate of its own, whose SHA-256 is its
+	// fingerprint.
+	tokenCert := filepath.Join(dir, "token.crt")
+	if out, err := exec.Command("openssl", "req", "-new", "-newkey", "rsa:2048", "-x509", "-subj", "/CN=On a token/",
+		"-days", "5475", "-noenc", "-sha256", "-keyout", filepath.Join(dir, "token.key"), "-out", tokenCert).CombinedOutput(); err != nil {
+		t.Fatalf("openssl req: %v: %s", err, out)
+	}
+	if out, err = exec.Command("openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", tokenCert).Output(); err != nil {
+		t.Fatal(err)
+	}
+	_, fpr, _ = strings.Cut(strings.TrimSpace(string(out)), "=")
+	d.pkcs11 = strings.ReplaceAll(fpr, ":", "")
+	d.tokenCert, _ = os.ReadFile(tokenCert)
 	// OpenPGP: a key generated and exported by gpg.
 	home := gpgHome(t)
 	gpg := func(args ...string) []byte {
@@ -116,11 +130,10 @@ func newDebusineDB(t *testing.T, dir string) *debusineDB {
 	}
 	openpgpSecret := gpg("--armor", "--export-secret-keys", d.openpgp)
 	d.openpgpPublic = gpg("--armor", "--export", d.openpgp)
-	d.pkcs11 = strings.Repeat("C", 64)
 	keys, _ := json.Marshal([]map[string]any{
 		{"purpose": "uefi", "fingerprint": d.uefi, "private": string(uefiKey), "public": string(d.cert), "description": "Debusine Secure Boot"},
 		{"purpose": "openpgp", "fingerprint": d.openpgp, "private": string(openpgpSecret), "public": string(d.openpgpPublic), "description": "Debusine Archive"},
-		{"purpose": "uefi", "fingerprint": d.pkcs11, "private": nil, "uri": "pkcs11:serial=12345678;id=%02;type=private", "public": string(d.cert), "description": "On a token"},
+		{"purpose": "uefi", "fingerprint": d.pkcs11, "private": nil, "uri": "pkcs11:serial=12345678;id=%02;type=private", "public": string(d.tokenCert), "description": "On a token"},
 	})
 	signs, _ := json.Marshal([]map[string]string{{"purpose": "uefi", "fingerprint": d.uefi}, {"purpose": "openpgp", "fingerprint": d.openpgp}})
 	os.WriteFile(d.serviceKey+".sign", signs, 0o644)
@@ -211,13 +224,13 @@ func TestImportDebusineDB(t *testing.T) {
 			t.Errorf("gpgv: %v %v", fprs, err)
 		}
 
-		// A key that differs from the one stored under its fingerprint is a
-		// conflict: reported, never overwritten.
-		if out, err := psql(t, d.conninfo, "UPDATE signing_key SET public_key = 'other' WHERE purpose = 'uefi' AND fingerprint = '"+d.uefi+"'"); err != nil {
+		// A key that differs from the one stored under its fingerprint is
+		// refused, never overwritten.
+		if out, err := psql(t, d.conninfo, "UPDATE signing_key SET public_key = (SELECT public_key FROM signing_key WHERE fingerprint = '"+d.pkcs11+"') WHERE purpose = 'uefi' AND fingerprint = '"+d.uefi+"'"); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
 		status, _, stderr := te.run(t, "import-debusine-db", d.conninfo)
-		if status != exitError || !strings.Contains(stderr, "key uefi:"+d.uefi+": conflict") {
+		if status != exitError || !strings.Contains(stderr, "key uefi:"+d.uefi+": its certificate has fingerprint "+d.pkcs11) {
 			t.Errorf("conflict: exit %d %q", status, stderr)
 		}
 		if k2 := mustKey(t, st, purposeUEFI, d.uefi); string(k2.PublicKey) != string(d.cert) {
