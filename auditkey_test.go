@@ -203,10 +203,15 @@ func TestAuditCheckpoint(t *testing.T) {
 	foreign := writeFile(t, te.dir, "foreign", []byte(other.mustRun(t, "audit", "checkpoint")))
 	altered, _ := os.ReadFile(cp)
 	altered = []byte(strings.Replace(string(altered), "\n3\n", "\n2\n", 1))
-	for _, f := range []string{foreign, writeFile(t, te.dir, "altered", altered)} {
-		if status, _, stderr := te.run(t, "audit", "verify", "--checkpoint", f); status != exitError || !strings.Contains(stderr, "checkpoint:") {
-			t.Errorf("%s: exit %d %q", f, status, stderr)
-		}
+	if status, _, stderr := te.run(t, "audit", "verify", "--checkpoint", writeFile(t, te.dir, "altered", altered)); status != exitError || !strings.Contains(stderr, "checkpoint: invalid signature") {
+		t.Errorf("altered: exit %d %q", status, stderr)
+	}
+	// Signed by another audit key: both keys named, where the note
+	// package said only "no verifiable signatures".
+	mine, theirs := vkeyName(strings.TrimSpace(te.mustRun(t, "audit", "key"))), vkeyName(strings.TrimSpace(other.mustRun(t, "audit", "key")))
+	status, _, stderr = te.run(t, "audit", "verify", "--checkpoint", foreign)
+	if status != exitError || !strings.Contains(stderr, "checkpoint signed by another audit key ("+theirs+"), not by "+mine) {
+		t.Errorf("foreign: exit %d %q", status, stderr)
 	}
 }
 

@@ -40,6 +40,9 @@ import (
 
 const pinSuffix = ".audit-verifier"
 
+// errPinMismatch is a pin that names another audit key.
+var errPinMismatch = errors.New("the audit key was replaced")
+
 func (sk *serviceKey) pinPath() string { return sk.path + pinSuffix }
 
 // readPin returns the verifier key pinned beside sk, "" when there is none.
@@ -127,7 +130,7 @@ func writePin(sk *serviceKey, vkey string) error {
 			return err
 		}
 		if pin != vkey {
-			return fmt.Errorf("service key %s pins %s (%s), not this store's audit key %s", sk.path, vkeyName(pin), sk.pinPath(), vkeyName(vkey))
+			return fmt.Errorf("%w: service key %s pins %s (%s), not this store's audit key %s", errPinMismatch, sk.path, vkeyName(pin), sk.pinPath(), vkeyName(vkey))
 		}
 		return nil
 	} else if err != nil {

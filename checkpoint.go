@@ -113,6 +113,14 @@ func OpenCheckpoint(msg []byte, vkey string) (AuditCheckpoint, error) {
 		return AuditCheckpoint{}, fmt.Errorf("checkpoint verifier key: %w", err)
 	}
 	n, err := note.Open(msg, note.VerifierList(v))
+	var unverified *note.UnverifiedNoteError
+	if errors.As(err, &unverified) {
+		var signers []string
+		for _, sig := range unverified.Note.UnverifiedSigs {
+			signers = append(signers, fmt.Sprintf("%s+%08x", sig.Name, sig.Hash))
+		}
+		return AuditCheckpoint{}, fmt.Errorf("checkpoint signed by another audit key (%s), not by %s: the audit key was replaced, or the checkpoint is another store's", strings.Join(signers, ", "), vkeyName(vkey))
+	}
 	if err != nil {
 		return AuditCheckpoint{}, fmt.Errorf("checkpoint: %w", err)
 	}

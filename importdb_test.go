@@ -261,3 +261,41 @@ func TestImportDebusineDBErrors(t *testing.T) {
 		t.Errorf("not Debusine's: exit %d %q", status, stderr)
 	}
 }
+
+// TestImportDebusineDBRefusesAll: a UEFI key whose private key is not its
+// certificate's and an OpenPGP key under a wrong fingerprint are both
+// named, and nothing at all is imported, the good audit rows and the
+// good key included.
+func TestImportDebusineDBRefusesAll(t *testing.T) {
+	engines(t, func(t *testing.T, te *testEnv) {
+		d := newDebusineDB(t, te.dir)
+		text, _ := os.ReadFile(te.configPath)
+		te.writeConfig(t, strings.Replace(string(text), `["service-key"]`, fmt.Sprintf("[%q]", d.serviceKey), 1))
+		wrong := strings.Repeat("AB", 20)
+		script := fmt.Sprintf(`UPDATE signing_key SET public_key = (SELECT public_key FROM signing_key WHERE fingerprint = '%[2]s') WHERE fingerprint = '%[1]s';
+DELETE FROM signing_key WHERE fingerprint = '%[2]s';
+UPDATE signing_key SET fingerprint = '%[2]s' WHERE fingerprint = '%[1]s';
+UPDATE signing_key SET fingerprint = '%[3]s' WHERE fingerprint = '%[4]s';
+INSERT INTO signing_key (purpose, fingerprint, private_key, public_key, created_at) VALUES ('uefi', '%[1]s', '{"storage": "pkcs11-static", "pkcs11_uri": "pkcs11:id=%%01"}', convert_to(%[5]s, 'UTF8'), now());`,
+			d.uefi, d.pkcs11, wrong, d.openpgp, sqlText(string(d.cert)))
+		if out, err := psql(t, d.conninfo, script); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		for _, args := range [][]string{{"import-debusine-db", "--dry-run", d.conninfo}, {"import-debusine-db", d.conninfo}} {
+			status, stdout, stderr := te.run(t, args...)
+			if status != exitError || !strings.Contains(stderr, "key uefi:"+d.pkcs11+": sealed private key: the private key does not match the certificate") ||
+				!strings.Contains(stderr, "key openpgp:"+wrong+": its public key has fingerprint "+d.openpgp) ||
+				!strings.Contains(stderr, "2 key(s) or audit row(s) refused (listed above); nothing was imported") ||
+				!strings.Contains(stdout, "keys: 3 read, would import 1") {
+				t.Errorf("%v: exit %d %q %q", args, status, stdout, stderr)
+			}
+		}
+		st := te.store(t)
+		if keys, err := st.Keys(); len(keys) != 0 || err != nil {
+			t.Errorf("keys after a refused import: %v %v", keys, err)
+		}
+		if rows := auditRows(t, st, AuditFilter{}); len(rows) != 0 {
+			t.Errorf("%d audit rows after a refused import", len(rows))
+		}
+	})
+}

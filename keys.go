@@ -419,8 +419,10 @@ func (s *Store) migrate() error {
 		if err != nil {
 			return err
 		}
-		if err := writePin(unpinned, vkey); err != nil {
-			s.warnings = append(s.warnings, fmt.Sprintf("the audit key is not pinned beside service key %s (%v): a wiped or downgraded database would not be noticed on this host; write the output of `debusine-signing audit key` to %s (mode 0644)", unpinned.path, err, unpinned.pinPath()))
+		if err := writePin(unpinned, vkey); errors.Is(err, errPinMismatch) {
+			return err
+		} else if err != nil {
+			s.warnings = append(s.warnings, fmt.Sprintf("the audit key is not pinned beside service key %s (%v): a wiped database would not be noticed on this host; write this line to %s (mode 0644): %s", unpinned.path, err, unpinned.pinPath(), vkey))
 		}
 	}
 	return nil
