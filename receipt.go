@@ -65,15 +65,11 @@ func (s *Store) Prove(id int64, checkpoint []byte) ([]byte, error) {
 			return nil, err
 		}
 	}
-	vkey, err := ak.verifierKey(legacyKeyName)
+	verifiers, vkey, err := s.storeVerifiers()
 	if err != nil {
 		return nil, err
 	}
-	verifiers, err := checkpointVerifiers(vkey, nil)
-	if err != nil {
-		return nil, err
-	}
-	cp, _, err := parseCheckpoint(checkpoint, verifiers)
+	cp, err := openCheckpoint(checkpoint, verifiers, vkey)
 	if err != nil {
 		return nil, err
 	}

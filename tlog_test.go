@@ -291,10 +291,10 @@ func TestAuditReceipt(t *testing.T) {
 	})
 }
 
-// TestAuditTreeMigrationV3: a log written before the tree (schema version
-// 3) gets its tree when opened; its rows, chain and authentication codes
+// TestAuditTreeMigrationV4: a log written before the tree (schema version
+// 4) gets its tree when opened; its rows, chain and authentication codes
 // are unchanged, and the tree is the one appending would have built.
-func TestAuditTreeMigrationV3(t *testing.T) {
+func TestAuditTreeMigrationV4(t *testing.T) {
 	engines(t, func(t *testing.T, te *testEnv) {
 		st, err := openStore(te.cfg.Database, "", te.cfg.ServiceKeys)
 		if err != nil {
@@ -309,9 +309,9 @@ func TestAuditTreeMigrationV3(t *testing.T) {
 		eng := st.engine
 		drop := "DROP TABLE audit_tree; "
 		if eng == postgresEngine {
-			drop += "DROP FUNCTION audit_tree_refuse; DROP FUNCTION audit_tree_check_insert; UPDATE debusine_signing_schema SET version = 3"
+			drop += "DROP FUNCTION audit_tree_refuse; DROP FUNCTION audit_tree_check_insert; UPDATE debusine_signing_schema SET version = 4"
 		} else {
-			drop += "PRAGMA user_version = 3"
+			drop += "PRAGMA user_version = 4"
 		}
 		if _, err := st.db.Exec(drop); err != nil {
 			t.Fatal(err)
