@@ -646,3 +646,44 @@ func benchmarkAuditProof1M(b *testing.B, te *testEnv) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/proof")
 }
+
+// FuzzCheckpoint: any text signed by the log's key is parsed without
+// panicking, and a checkpoint it accepts has a well-formed head and,
+// unless of the first form, the origin it is signed under.
+func FuzzCheckpoint(f *testing.F) {
+	te := newTestEnv(f)
+	st := te.store(f)
+	appendTestRows(f, st, 2)
+	ak, err := st.auditKey(nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	vkey, _ := ak.verifierKey(legacyKeyName)
+	verifiers, err := checkpointVerifiers(vkey, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	msg, err := st.Checkpoint()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(string(msg[:bytes.Index(msg, []byte("\n\n"))+1]), ak.defaultOrigin())
+	f.Add(legacyOrigin+"\n2\n"+genesisHash+"\n", legacyKeyName)
+	f.Fuzz(func(t *testing.T, text, name string) {
+		signer, err := ak.noteSigner(name)
+		if err != nil {
+			return
+		}
+		signed, err := note.Sign(&note.Note{Text: text}, signer)
+		if err != nil {
+			return
+		}
+		cp, _, err := parseCheckpoint(signed, verifiers)
+		if err != nil {
+			return
+		}
+		if len(cp.Head) != 64 || cp.Size < 0 || (!cp.Legacy && cp.Origin != name) || (cp.Legacy && name != legacyKeyName) {
+			t.Fatalf("%q signed by %q accepted as %+v", text, name, cp)
+		}
+	})
+}
