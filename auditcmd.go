@@ -103,10 +103,14 @@ func cmdAuditVerify(e *env, args []string) error {
 	if v.Rows == 0 {
 		fmt.Fprintln(e.stdout, "audit log is empty (no rows yet); schema and triggers as expected")
 	} else {
-		fmt.Fprintf(e.stdout, "audit log intact: %d rows, head %s; schema and triggers as expected\n", v.Rows, v.Head)
+		fmt.Fprintf(e.stdout, "audit log intact: %d rows, head %s, tree root %s; schema and triggers as expected\n", v.Rows, v.Head, v.Root)
 	}
 	if msg != nil {
-		fmt.Fprintf(e.stdout, "checkpoint holds: the log still contains the %d rows it covered (%d added since)\n", cp.Size, int64(v.Rows)-cp.Size)
+		proof := ""
+		if !cp.Legacy {
+			proof = "; today's tree extends its tree (consistency proof checked)"
+		}
+		fmt.Fprintf(e.stdout, "checkpoint holds: the log still contains the %d rows it covered (%d added since)%s\n", cp.Size, int64(v.Rows)-cp.Size, proof)
 	}
 	return nil
 }
