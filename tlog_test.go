@@ -687,3 +687,33 @@ func FuzzCheckpoint(f *testing.F) {
 		}
 	})
 }
+
+// TestAuditCheckpointOtherTree: a checkpoint signed with the log's key,
+// of the right size and chain head, but of another tree (what a second
+// log kept under the same key would sign) is refused by the consistency
+// proof, on both engines.
+func TestAuditCheckpointOtherTree(t *testing.T) {
+	engines(t, func(t *testing.T, te *testEnv) {
+		st := te.store(t)
+		appendTestRows(t, st, 5)
+		ak, err := st.auditKey(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var head string
+		if err := st.db.QueryRow("SELECT hash FROM audit_log WHERE id = 3").Scan(&head); err != nil {
+			t.Fatal(err)
+		}
+		signer, _ := ak.noteSigner(ak.defaultOrigin())
+		for _, root := range []tlog.Hash{tlog.RecordHash([]byte("another tree")), {}} {
+			msg, err := note.Sign(&note.Note{Text: fmt.Sprintf("%s\n3\n%s\nchain-head %s\n", ak.defaultOrigin(), root, head)}, signer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			status, _, stderr := te.run(t, "audit", "verify", "--checkpoint", writeFile(t, t.TempDir(), "cp", msg))
+			if status != exitError || !strings.Contains(stderr, "audit log forked: the tree of 5 rows is not consistent with the checkpoint's tree of 3 rows") {
+				t.Errorf("exit %d %q", status, stderr)
+			}
+		}
+	})
+}
