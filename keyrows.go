@@ -210,7 +210,7 @@ func (s *Store) VerifyKeys() ([]keyProblem, error) {
 	if err != nil {
 		return nil, err
 	}
-	vkey, err := ak.verifierKey()
+	vkey, err := s.auditKeyID(nil)
 	if err != nil {
 		return nil, err
 	}
