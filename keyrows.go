@@ -74,6 +74,9 @@ func publicKeyFingerprint(purpose string, public []byte) (string, error) {
 		if len(el) != 1 {
 			return "", fmt.Errorf("public key: %d keys, want exactly one", len(el))
 		}
+		if v := el[0].PrimaryKey.Version; v != 4 {
+			return "", fmt.Errorf("public key: version %d, only v4 keys are supported", v)
+		}
 		return openpgpFingerprint(el[0]), nil
 	}
 	return "", fmt.Errorf("unknown purpose %q", purpose)

@@ -372,3 +372,21 @@ func TestAuditKeyPinReadOnly(t *testing.T) {
 		t.Errorf("pinned: exit %d %q", status, stderr)
 	}
 }
+
+// FuzzPublicKeyFingerprint: whatever a key row's public key holds, reading
+// its fingerprint fails cleanly or gives one of the right form.
+func FuzzPublicKeyFingerprint(f *testing.F) {
+	_, certPEM := testCertificate(f, "fuzz")
+	f.Add(certPEM, true)
+	f.Add([]byte("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n-----END PGP PUBLIC KEY BLOCK-----\n"), false)
+	f.Fuzz(func(t *testing.T, public []byte, uefi bool) {
+		purpose, want := purposeOpenPGP, 40
+		if uefi {
+			purpose, want = purposeUEFI, 64
+		}
+		fpr, err := publicKeyFingerprint(purpose, public)
+		if err == nil && (len(fpr) != want || strings.ToUpper(fpr) != fpr) {
+			t.Errorf("fingerprint %q", fpr)
+		}
+	})
+}
