@@ -41,13 +41,16 @@ type Config struct {
 	Database string `toml:"database"`
 	// DatabasePasswordFile holds the PostgreSQL password (a systemd
 	// credential, for example); never in database itself.
-	DatabasePasswordFile string        `toml:"database_password_file"`
-	ServiceKeys          []string      `toml:"service_keys"`
-	TrustedCerts         []string      `toml:"trusted_certs"`
-	Worker               WorkerConfig  `toml:"worker"`
-	YubiKey              YubiKeyConfig `toml:"yubikey"`
-	PKCS11               PKCS11Config  `toml:"pkcs11"`
-	Relay                RelayConfig   `toml:"relay"`
+	DatabasePasswordFile string   `toml:"database_password_file"`
+	ServiceKeys          []string `toml:"service_keys"`
+	TrustedCerts         []string `toml:"trusted_certs"`
+	// AuditOrigin names the audit log in its checkpoints (checkpoint.go);
+	// "" for the default derived from the audit key.
+	AuditOrigin string        `toml:"audit_origin"`
+	Worker      WorkerConfig  `toml:"worker"`
+	YubiKey     YubiKeyConfig `toml:"yubikey"`
+	PKCS11      PKCS11Config  `toml:"pkcs11"`
+	Relay       RelayConfig   `toml:"relay"`
 
 	// path is the file the configuration came from, "" for the embedded
 	// default.
@@ -119,6 +122,11 @@ func loadConfig(path string) (*Config, error) {
 	}
 	if err := cfg.PKCS11.check(); err != nil {
 		return nil, fmt.Errorf("configuration %s: %w", path, err)
+	}
+	if cfg.AuditOrigin != "" {
+		if err := checkOrigin(cfg.AuditOrigin); err != nil {
+			return nil, fmt.Errorf("configuration %s: %w", path, err)
+		}
 	}
 	dir := filepath.Dir(path)
 	abs := func(p *string) {
@@ -198,6 +206,8 @@ type env struct {
 	store      *Store
 	stdout     io.Writer
 	stderr     io.Writer
+	// upgradeStore lets openStore adopt a version 1 store (upgrade-store).
+	upgradeStore bool
 }
 
 func (e *env) config() (*Config, error) {
@@ -226,12 +236,16 @@ func (e *env) openStore() (*Store, error) {
 		// connected host has no store.
 		return nil, fmt.Errorf("configuration %s: \"database\" is not set, and this command opens the key store", cfg.path)
 	}
-	st, err := openStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys)
+	st, err := openOrUpgradeStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys, e.upgradeStore)
 	if err != nil {
 		return nil, err
 	}
+	for _, w := range st.warnings {
+		fmt.Fprintf(e.stderr, "debusine-signing: warning: %s\n", w)
+	}
 	st.yubikey = cfg.YubiKey
 	st.pkcs11 = cfg.PKCS11
+	st.auditOrigin = cfg.AuditOrigin
 	e.store = st
 	return st, nil
 }
@@ -254,7 +268,8 @@ func init() {
 		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE|PUBLIC-KEY DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
-		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", cmdAudit},
+		{"upgrade-store", "", "authenticate a store written before authentication codes (schema version 1), printing the chain head it adopts", cmdUpgradeStore},
+		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key | prove [--checkpoint FILE] [-o FILE] ROW|--sha256 HEX|--file FILE | verify-receipt --key VERIFIER [--file FILE] RECEIPT", "list, verify, checkpoint or prove the audit log; check a receipt", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
 		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", cmdImportDebusineDB},
 		{"relay", "generate-key|fetch|sign|complete ...", "carry work requests to an offline host and back ([relay] table)", cmdRelay},
@@ -415,9 +430,10 @@ func cmdKeys(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	keys, err := st.Keys()
-	if err != nil {
-		return err
+	// Keys refused by their checks are named after the others are listed.
+	keys, refused := st.Keys()
+	if refused != nil && !errors.Is(refused, errKeyRefused) {
+		return refused
 	}
 	type keyInfo struct {
 		Purpose     string `json:"purpose"`
@@ -427,12 +443,10 @@ func cmdKeys(e *env, args []string) error {
 		Description string `json:"description"`
 	}
 	var infos []keyInfo
-	var bad []string
 	for _, k := range keys {
 		storage, err := k.Storage()
 		if err != nil {
-			storage = "malformed"
-			bad = append(bad, k.String())
+			return err
 		}
 		infos = append(infos, keyInfo{k.Purpose, k.Fingerprint, storage, k.CreatedAt.Format("2006-01-02T15:04:05Z"), k.Description})
 	}
@@ -453,10 +467,7 @@ func cmdKeys(e *env, args []string) error {
 		}
 		tw.Flush()
 	}
-	if len(bad) > 0 {
-		return fmt.Errorf("malformed private_key JSON in the store for %s", strings.Join(bad, ", "))
-	}
-	return nil
+	return refused
 }
 
 func checkPurpose(p string) error {
