@@ -50,6 +50,9 @@ type Config struct {
 	Worker      WorkerConfig  `toml:"worker"`
 	YubiKey     YubiKeyConfig `toml:"yubikey"`
 	Relay       RelayConfig   `toml:"relay"`
+	// AuditServe configures `audit serve`; Witnesses cosign checkpoints.
+	AuditServe AuditServeConfig `toml:"audit_serve"`
+	Witnesses  []WitnessConfig  `toml:"witness"`
 
 	// path is the file the configuration came from, "" for the embedded
 	// default.
@@ -138,7 +141,8 @@ func loadConfig(path string) (*Config, error) {
 		abs(&cfg.ServiceKeys[i])
 	}
 	for _, p := range []*string{&cfg.Worker.TokenFile, &cfg.Worker.ActivationTokenFile, &cfg.Worker.CAFile,
-		&cfg.Worker.LogFile, &cfg.Worker.CheckpointFile, &cfg.YubiKey.PINFile, &cfg.YubiKey.ManagementKeyFile} {
+		&cfg.Worker.LogFile, &cfg.Worker.CheckpointFile, &cfg.YubiKey.PINFile, &cfg.YubiKey.ManagementKeyFile,
+		&cfg.AuditServe.Socket, &cfg.AuditServe.TokenFile, &cfg.AuditServe.CheckpointFile} {
 		abs(p)
 	}
 	for _, p := range cfg.Relay.paths() {
@@ -236,6 +240,7 @@ func (e *env) openStore() (*Store, error) {
 	}
 	st.yubikey = cfg.YubiKey
 	st.auditOrigin = cfg.AuditOrigin
+	st.witnesses = cfg.Witnesses
 	e.store = st
 	return st, nil
 }
@@ -258,7 +263,7 @@ func init() {
 		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
-		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", cmdAudit},
+		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key | serve | monitor URL --checkpoint FILE --key VERIFIER", "list, verify, checkpoint, serve or monitor the audit log", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
 		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", cmdImportDebusineDB},
 		{"relay", "generate-key|fetch|sign|complete ...", "carry work requests to an offline host and back ([relay] table)", cmdRelay},

@@ -198,7 +198,7 @@ func (c *pgCluster) newDatabase(t testing.TB) string {
 		t.Fatalf("CREATE DATABASE: %v", err)
 	}
 	t.Cleanup(func() {
-		db, err := connectPostgres(c.admin+" dbname=postgres", "")
+		db, err := connectPostgres(c.admin+" dbname=postgres", "", false)
 		if err != nil {
 			return
 		}
@@ -214,7 +214,7 @@ func (c *pgCluster) adminDB(t testing.TB) *sql.DB {
 	var err error
 	// Right after a restart the server may still be starting.
 	for i := 0; i < 50; i++ {
-		if db, err = connectPostgres(c.admin+" dbname=postgres", ""); err == nil {
+		if db, err = connectPostgres(c.admin+" dbname=postgres", "", false); err == nil {
 			t.Cleanup(func() { db.Close() })
 			return db
 		}

@@ -1,0 +1,177 @@
+package main
+
+// `audit monitor URL --checkpoint FILE --key VERIFIER`: the check a third
+// party runs against a served log, with nothing but its public tiles. It
+// fetches the served checkpoint, checks its signature (and, with
+// --witness/--quorum, its cosignatures), proves from the hash tiles that
+// it extends the checkpoint kept in FILE, and only then replaces FILE with
+// it. A log that shows a checkpoint of the same size with another root, a
+// smaller one, or one that does not extend FILE's, has forked or been cut:
+// the monitor refuses, and FILE keeps the last good one as evidence.
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// checkpointTree reads the tree of a C2SP checkpoint's text: origin line,
+// size, base64 root hash, then any extension lines.
+func checkpointTree(text string) (tlog.Tree, error) {
+	lines := strings.SplitN(text, "\n", 4)
+	if len(lines) < 4 || lines[0] == "" {
+		return tlog.Tree{}, errors.New("malformed checkpoint")
+	}
+	n, err := strconv.ParseInt(lines[1], 10, 64)
+	if err != nil || n < 0 || strconv.FormatInt(n, 10) != lines[1] {
+		return tlog.Tree{}, fmt.Errorf("malformed checkpoint size %q", lines[1])
+	}
+	h, err := base64.StdEncoding.DecodeString(lines[2])
+	if err != nil || len(h) != tlog.HashSize {
+		return tlog.Tree{}, fmt.Errorf("malformed checkpoint root hash %q", lines[2])
+	}
+	t := tlog.Tree{N: n}
+	copy(t.Hash[:], h)
+	return t, nil
+}
+
+// tileClient reads a served log's tiles (C2SP tlog-tiles paths) over
+// HTTP: a tlog.TileReader for tlog.TileHashReader, which checks every
+// tile against the tree it was asked for.
+type tileClient struct {
+	ctx  context.Context
+	base string // ends in "/"
+	hc   *http.Client
+}
+
+func (c *tileClient) get(path string, limit int64) ([]byte, error) {
+	req, err := http.NewRequestWithContext(c.ctx, http.MethodGet, c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", c.base+path, resp.Status)
+	}
+	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("GET %s: %w", c.base+path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("GET %s: more than %d bytes", c.base+path, limit)
+	}
+	return data, nil
+}
+
+func (c *tileClient) Height() int { return 8 }
+
+func (c *tileClient) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
+	out := make([][]byte, len(tiles))
+	for i, t := range tiles {
+		data, err := c.get(strings.TrimPrefix(t.Path(), "tile/8/"), int64(t.W)*tlog.HashSize)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = data
+	}
+	return out, nil
+}
+
+func (c *tileClient) SaveTiles([]tlog.Tile, [][]byte) {}
+
+// monitorStep checks the served checkpoint against the kept one and
+// returns the served one, or why it does not extend the kept one.
+func monitorStep(c *tileClient, kept []byte, vkey string, policy *witnessPolicy) (served []byte, old, cur AuditCheckpoint, err error) {
+	if old, err = policy.check(kept, vkey); err != nil {
+		return nil, old, cur, fmt.Errorf("the kept checkpoint: %w", err)
+	}
+	if served, err = c.get("checkpoint", 1<<20); err != nil {
+		return nil, old, cur, err
+	}
+	if cur, err = policy.check(served, vkey); err != nil {
+		return nil, old, cur, fmt.Errorf("the served checkpoint: %w", err)
+	}
+	switch {
+	case cur.Legacy:
+		return nil, old, cur, errors.New("the served checkpoint has no tree root (the first form): the log is not served as a Merkle tree")
+	case old.Origin != cur.Origin && !old.Legacy:
+		return nil, old, cur, fmt.Errorf("the served checkpoint is of log %q, the kept one of %q", cur.Origin, old.Origin)
+	case cur.Size < old.Size:
+		return nil, old, cur, fmt.Errorf("the log shrank: the served checkpoint covers %d rows, the kept one %d (rows cut, or another log under the same key)", cur.Size, old.Size)
+	case old.Legacy:
+		// The first form has no root to prove from: it is replaced by the
+		// first tree head seen, as a new start.
+	case cur.Size == old.Size && cur.Root != old.Root:
+		return nil, old, cur, fmt.Errorf("the log forked: two checkpoints of size %d with different roots (%s served, %s kept), both signed by the log's key", cur.Size, cur.Root, old.Root)
+	case cur.Size > old.Size && old.Size > 0:
+		proof, err := tlog.ProveTree(cur.Size, old.Size, tlog.TileHashReader(cur.Tree(), c))
+		if err != nil {
+			return nil, old, cur, fmt.Errorf("reading the consistency proof from the tiles: %w", err)
+		}
+		if err := tlog.CheckTree(proof, cur.Size, cur.Root, old.Size, old.Root); err != nil {
+			return nil, old, cur, fmt.Errorf("the log forked: the served checkpoint of size %d does not extend the kept one of size %d (%v)", cur.Size, old.Size, err)
+		}
+	}
+	return served, old, cur, nil
+}
+
+func cmdAuditMonitor(e *env, args []string) error {
+	fs := flag.NewFlagSet("audit monitor", flag.ContinueOnError)
+	checkpoint := fs.String("checkpoint", "", "`file` holding the last checkpoint seen (start with one from a trusted copy); replaced by the served one when it extends it")
+	vkey := fs.String("key", "", "the log's checkpoint verifier `key` (audit key)")
+	var policy witnessPolicy
+	policy.addFlags(fs)
+	// Flags may come after the URL, as the usage line writes them.
+	var url string
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		url, args = args[0], args[1:]
+	}
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if url == "" && fs.NArg() == 1 {
+		url = fs.Arg(0)
+	} else if fs.NArg() != 0 || url == "" {
+		return usagef("audit monitor takes one URL: the address the log is served at")
+	}
+	if *checkpoint == "" || *vkey == "" {
+		return usagef("audit monitor needs --checkpoint FILE and --key VERIFIER")
+	}
+	if err := policy.parse(); err != nil {
+		return err
+	}
+	kept, err := readInput(*checkpoint, "checkpoint", maxKeyFileSize)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c := &tileClient{ctx: ctx, base: strings.TrimSuffix(url, "/") + "/", hc: &http.Client{Timeout: time.Minute}}
+	served, old, cur, err := monitorStep(c, kept, *vkey, &policy)
+	if err != nil {
+		return fmt.Errorf("audit monitor %s: %w; %s is unchanged", url, err, *checkpoint)
+	}
+	if err := writeFileAtomic(*checkpoint, func(f *os.File) error {
+		_, err := f.Write(served)
+		return err
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "log consistent: size %d extends the kept size %d (%d rows added), root %s; %s updated\n",
+		cur.Size, old.Size, cur.Size-old.Size, cur.Root, *checkpoint)
+	return nil
+}
