@@ -82,7 +82,7 @@ func (c *tileClient) Height() int { return 8 }
 func (c *tileClient) ReadTiles(tiles []tlog.Tile) ([][]byte, error) {
 	out := make([][]byte, len(tiles))
 	for i, t := range tiles {
-		data, err := c.get(strings.TrimPrefix(t.Path(), "tile/8/"), int64(t.W)*tlog.HashSize)
+		data, err := c.get("tile/"+strings.TrimPrefix(t.Path(), "tile/8/"), int64(t.W)*tlog.HashSize)
 		if err != nil {
 			return nil, err
 		}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// serveTest is a store with rows, its checkpoint file and `audit serve`
+// on two loopback servers: public (TCP: the token opens the rows) and
+// trusted (as the Unix socket: everything).
+type serveTest struct {
+	te               *testEnv
+	st               *Store
+	srv              *auditServer
+	public, trusted  *httptest.Server
+	vkey, token, cpf string
+}
+
+const serveTestToken = "0123456789abcdef0123456789abcdef"
+
+// newServeTest appends rows to te's store, writes a checkpoint and
+// configures [audit_serve] (with extra configuration lines), then starts
+// the servers on the store opened read-only.
+func newServeTest(t testing.TB, te *testEnv, rows int, extra string) *serveTest {
+	t.Helper()
+	s := &serveTest{te: te, st: te.store(t), token: serveTestToken}
+	appendTestRows(t, s.st, rows)
+	s.vkey = strings.TrimSpace(te.mustRun(t, "audit", "key"))
+	s.cpf = filepath.Join(te.dir, "checkpoint")
+	writeFile(t, te.dir, "serve-token", []byte(s.token+"\n"))
+	base, err := os.ReadFile(te.configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	te.writeConfig(t, string(base)+extra+fmt.Sprintf("[audit_serve]\ntoken_file = \"serve-token\"\ncheckpoint_file = \"checkpoint\"\naudit_public_key = %q\n", s.vkey))
+	te.mustRun(t, "audit", "checkpoint", "--output", s.cpf)
+	ro, err := openStoreReadOnly(te.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ro.Close() })
+	if s.srv, err = newAuditServer(ro, te.cfg, slog.New(slog.NewTextHandler(io.Discard, nil))); err != nil {
+		t.Fatal(err)
+	}
+	s.public = httptest.NewServer(s.srv.handler(false))
+	s.trusted = httptest.NewServer(s.srv.handler(true))
+	t.Cleanup(s.public.Close)
+	t.Cleanup(s.trusted.Close)
+	return s
+}
+
+// get fetches path from server with token ("" for none).
+func get(t testing.TB, server *httptest.Server, path, token string) (int, http.Header, []byte) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, server.URL+"/"+path, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := server.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, resp.Header, body
+}
+
+// TestAuditServeBothEngines: the tiles of a 300-row log give the
+// checkpoint's root through tlog.TileHashReader, and an inclusion proof
+// from them verifies; entry bundles hold the rows' leaves; tiles outside
+// the tree are 404; entry bundles and the page need the token (or the
+// socket); the database is opened read-only.
+func TestAuditServeBothEngines(t *testing.T) {
+	engines(t, func(t *testing.T, te *testEnv) {
+		s := newServeTest(t, te, 300, "")
+		status, h, cpText := get(t, s.public, "checkpoint", "")
+		if want, _ := os.ReadFile(s.cpf); status != 200 || !bytes.Equal(cpText, want) || h.Get("Cache-Control") != "no-cache" {
+			t.Fatalf("checkpoint: %d %q %q", status, h.Get("Cache-Control"), cpText)
+		}
+		cp, err := OpenCheckpoint(cpText, s.vkey)
+		if err != nil || cp.Size != 300 {
+			t.Fatalf("served checkpoint: %+v %v", cp, err)
+		}
+		// The tiles, read and checked by tlog's own client, give the
+		// checkpoint's root, and prove row 42 (leaf 41) is in it.
+		c := &tileClient{ctx: context.Background(), base: s.public.URL + "/", hc: s.public.Client()}
+		thr := tlog.TileHashReader(cp.Tree(), c)
+		if root, err := tlog.TreeHash(cp.Size, thr); err != nil || root != cp.Root {
+			t.Fatalf("root from the tiles %v %v, checkpoint %v", root, err, cp.Root)
+		}
+		rows := auditRows(t, s.st, AuditFilter{})
+		proof, err := tlog.ProveRecord(cp.Size, 41, thr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tlog.CheckRecord(proof, cp.Size, cp.Root, 41, tlog.RecordHash(rows[41].leafData())); err != nil {
+			t.Errorf("inclusion proof from the tiles: %v", err)
+		}
+
+		for _, tc := range []struct {
+			path   string
+			status int
+			size   int
+			cache  string
+		}{
+			{"tile/0/000", 200, 256 * 32, "immutable"},
+			{"tile/0/001.p/44", 200, 44 * 32, "no-cache"},
+			{"tile/0/001.p/10", 200, 10 * 32, "no-cache"},
+			{"tile/1/000.p/1", 200, 32, "no-cache"},
+			// Outside the tree of 300 rows.
+			{"tile/0/001.p/45", 404, -1, ""},
+			{"tile/0/001", 404, -1, ""},
+			{"tile/0/x001/000", 404, -1, ""},
+			{"tile/1/000.p/2", 404, -1, ""},
+			{"tile/1/000", 404, -1, ""},
+			{"tile/2/000.p/1", 404, -1, ""},
+			// Not tile paths.
+			{"tile/8/0/000", 404, -1, ""},
+			{"tile/data/000", 404, -1, ""},
+			{"tile/0/0", 404, -1, ""},
+			{"tile/0/000.p/256", 404, -1, ""},
+			{"tile/-1/000", 404, -1, ""},
+			{"tile/0/000.p/0", 404, -1, ""},
+			{"checkpoint/x", 404, -1, ""},
+		} {
+			status, h, body := get(t, s.public, tc.path, "")
+			if status != tc.status || (tc.size >= 0 && len(body) != tc.size) || !strings.Contains(h.Get("Cache-Control"), tc.cache) {
+				t.Errorf("%s: %d, %d bytes, Cache-Control %q; want %d, %d bytes, %q", tc.path, status, len(body), h.Get("Cache-Control"), tc.status, tc.size, tc.cache)
+			}
+		}
+
+		// Entry bundles: the rows' leaves, each after its 2-byte length.
+		for _, path := range []string{"tile/entries/000", "tile/entries/001.p/44", ""} {
+			for _, token := range []string{"", "wrong" + serveTestToken[5:], serveTestToken[:31]} {
+				if status, h, _ := get(t, s.public, path, token); status != http.StatusUnauthorized || h.Get("WWW-Authenticate") == "" {
+					t.Errorf("%q with token %q: %d, want 401", path, token, status)
+				}
+			}
+		}
+		status, h, bundle := get(t, s.public, "tile/entries/001.p/44", s.token)
+		if status != 200 || h.Get("Cache-Control") != "no-cache" {
+			t.Fatalf("entry bundle with the token: %d", status)
+		}
+		for i := 256; i < 300; i++ {
+			n := int(binary.BigEndian.Uint16(bundle))
+			leaf := bundle[2 : 2+n]
+			bundle = bundle[2+n:]
+			r, err := parseLeafData(leaf)
+			if err != nil || r.ID != int64(i+1) || !bytes.Equal(leaf, rows[i].leafData()) {
+				t.Fatalf("entry %d: row %d %v", i, r.ID, err)
+			}
+		}
+		if len(bundle) != 0 {
+			t.Errorf("%d bytes after the last entry", len(bundle))
+		}
+		if status, _, full := get(t, s.trusted, "tile/entries/000", ""); status != 200 || bytes.Count(full, []byte(`"data_sha256"`)) != 256 {
+			t.Errorf("entry bundle on the socket: %d", status)
+		}
+		for _, path := range []string{"tile/entries/001.p/45", "tile/entries/001", "tile/entries/002.p/1"} {
+			if status, _, _ := get(t, s.trusted, path, ""); status != 404 {
+				t.Errorf("%s: %d, want 404", path, status)
+			}
+		}
+		if status, _, page := get(t, s.public, "", s.token); status != 200 || !strings.Contains(string(page), "The log verifies") {
+			t.Errorf("page with the token: %d\n%s", status, page)
+		}
+		resp, err := s.public.Client().Post(s.public.URL+"/checkpoint", "text/plain", strings.NewReader("x"))
+		if err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("POST: %v %v", resp.Status, err)
+		}
+
+		// Read-only: the server's connection cannot write.
+		if _, err := s.srv.st.db.Exec("CREATE TABLE intruder (x INTEGER)"); err == nil || !strings.Contains(strings.ToLower(err.Error()), "read") {
+			t.Errorf("the server's connection wrote: %v", err)
+		}
+	})
+}
+
+// TestAuditServePrefix: under a prefix, the log is there and nowhere else.
+func TestAuditServePrefix(t *testing.T) {
+	s := newServeTest(t, newTestEnv(t), 3, "")
+	s.te.cfg.AuditServe.Prefix = "/log/"
+	srv, err := newAuditServer(s.srv.st, s.te.cfg, s.srv.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(srv.handler(false))
+	defer ts.Close()
+	if status, _, _ := get(t, ts, "log/checkpoint", ""); status != 200 {
+		t.Errorf("log/checkpoint: %d", status)
+	}
+	if status, _, _ := get(t, ts, "checkpoint", ""); status != 404 {
+		t.Errorf("checkpoint outside the prefix: %d", status)
+	}
+	s.te.cfg.AuditServe.Prefix = "log"
+	if _, err := newAuditServer(s.srv.st, s.te.cfg, s.srv.log); err == nil {
+		t.Error("prefix without slashes accepted")
+	}
+}
