@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// forkEnv copies te's SQLite store as it is now (VACUUM INTO: a
+// consistent copy) into a store of its own with the same service key, so
+// the same audit key: a second log under the same key, which can then
+// grow apart from the first.
+func forkEnv(t *testing.T, te *testEnv, st *Store, extra string) *testEnv {
+	t.Helper()
+	fe := &testEnv{dir: t.TempDir()}
+	fe.configPath = filepath.Join(fe.dir, "signing.toml")
+	if _, err := st.db.Exec("VACUUM INTO $1", filepath.Join(fe.dir, "signing.sqlite3")); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, fe.dir, "service-key", mustRead(t, filepath.Join(te.dir, "service-key")))
+	fe.writeConfig(t, "database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n"+extra)
+	return fe
+}
+
+// TestAuditMonitor: the monitor follows the served log from its tiles
+// and updates its checkpoint; shown a second log under the same key (same
+// size and another root, or a larger one that does not extend it), or a
+// smaller one, it refuses and keeps its checkpoint.
+func TestAuditMonitor(t *testing.T) {
+	te := newTestEnv(t)
+	s := newServeTest(t, te, 5, "")
+	first := mustRead(t, s.cpf)
+	kept := writeFile(t, t.TempDir(), "kept", first)
+	fork := forkEnv(t, te, s.st, "")
+	monitor := func(url string) (int, string, string) {
+		return te.run(t, "audit", "monitor", url, "--checkpoint", kept, "--key", s.vkey)
+	}
+	if status, out, errOut := monitor(s.public.URL); status != 0 || !strings.Contains(out, "size 5 extends the kept size 5") {
+		t.Fatalf("unchanged log: %d %s %s", status, out, errOut)
+	}
+	appendTestRows(t, s.st, 300)
+	te.mustRun(t, "audit", "checkpoint", "--output", s.cpf)
+	if status, out, errOut := monitor(s.public.URL); status != 0 || !strings.Contains(out, "size 305 extends the kept size 5 (300 rows added)") {
+		t.Fatalf("grown log: %d %s %s", status, out, errOut)
+	}
+	if !bytes.Equal(mustRead(t, kept), mustRead(t, s.cpf)) {
+		t.Fatal("the kept checkpoint was not replaced by the served one")
+	}
+
+	// The fork grows to the same size with other rows.
+	fs := newServeTest(t, fork, 300, "")
+	for _, tc := range []struct {
+		grow int
+		want string
+	}{
+		{0, "the log forked: two checkpoints of size 305 with different roots"},
+		{1, "the log forked: the served checkpoint of size 306 does not extend the kept one of size 305"},
+	} {
+		appendTestRows(t, fs.st, tc.grow)
+		fork.mustRun(t, "audit", "checkpoint", "--output", fs.cpf)
+		before := mustRead(t, kept)
+		if status, _, errOut := monitor(fs.public.URL); status == 0 || !strings.Contains(errOut, tc.want) || !strings.Contains(errOut, "is unchanged") {
+			t.Errorf("fork: %d %s, want %q", status, errOut, tc.want)
+		}
+		if !bytes.Equal(before, mustRead(t, kept)) {
+			t.Error("the monitor replaced its checkpoint with a fork's")
+		}
+	}
+	// The server shows an earlier checkpoint of the log: cut back.
+	os.WriteFile(s.cpf, first, 0o600)
+	if status, _, errOut := monitor(s.public.URL); status == 0 || !strings.Contains(errOut, "the log shrank: the served checkpoint covers 5 rows, the kept one 305") {
+		t.Errorf("cut log: %d %s", status, errOut)
+	}
+	// Another key's checkpoint is refused before anything else.
+	other := newServeTest(t, newTestEnv(t), 1, "")
+	if status, _, errOut := monitor(other.public.URL); status == 0 || !strings.Contains(errOut, "the served checkpoint") {
+		t.Errorf("another log's checkpoint: %d %s", status, errOut)
+	}
+}
+
+// TestAuditWitnessEndToEnd: the log's own checkpoints, from `audit
+// checkpoint`, go to litewitness with their consistency proofs and come
+// back cosigned; `audit verify` and `audit monitor` take them under
+// --witness --quorum 1. A second log under the same key is refused by the
+// witness, so its checkpoints fail the policy.
+func TestAuditWitnessEndToEnd(t *testing.T) {
+	w := startLitewitness(t)
+	te := newTestEnv(t)
+	st := te.store(t)
+	vkey := strings.TrimSpace(te.mustRun(t, "audit", "key"))
+	origin, _, _ := strings.Cut(vkey, "+")
+	w.addLog(t, origin, vkey)
+	witnessConfig := fmt.Sprintf("[[witness]]\nurl = %q\nkey = %q\n", w.url, w.vkey)
+	appendTestRows(t, st, 2)
+	fork := forkEnv(t, te, st, witnessConfig)
+
+	s := newServeTest(t, te, 3, witnessConfig)
+	if !strings.Contains(string(mustRead(t, s.cpf)), "— witness.test/w1 ") {
+		t.Fatalf("not cosigned:\n%s", mustRead(t, s.cpf))
+	}
+	policy := []string{"--witness", w.vkey, "--quorum", "1"}
+	if out := te.mustRun(t, append([]string{"audit", "verify", "--checkpoint", s.cpf}, policy...)...); !strings.Contains(out, "cosigned by at least 1 of the 1 witnesses") {
+		t.Errorf("audit verify: %s", out)
+	}
+	kept := writeFile(t, t.TempDir(), "kept", mustRead(t, s.cpf))
+	// The log grows; the witness checks the proof from 5 and cosigns 9.
+	appendTestRows(t, s.st, 4)
+	te.mustRun(t, "audit", "checkpoint", "--output", s.cpf)
+	monitor := func(url string) (int, string, string) {
+		return te.run(t, append([]string{"audit", "monitor", url, "--checkpoint", kept, "--key", vkey}, policy...)...)
+	}
+	if status, out, errOut := monitor(s.public.URL); status != 0 || !strings.Contains(out, "size 9 extends the kept size 5") {
+		t.Fatalf("monitor: %d %s %s", status, out, errOut)
+	}
+
+	// The second log, grown apart to 9 rows, is refused by the witness.
+	appendTestRows(t, fork.store(t), 7)
+	forkCP := filepath.Join(fork.dir, "checkpoint")
+	status, _, errOut := fork.run(t, "audit", "checkpoint", "--output", forkCP)
+	if status != 0 || !strings.Contains(errOut, "warning: not cosigned") || !strings.Contains(errOut, "422") {
+		t.Errorf("fork submitted: %d %s", status, errOut)
+	}
+	if strings.Contains(string(mustRead(t, forkCP)), "witness.test/w1") {
+		t.Fatal("litewitness cosigned the fork")
+	}
+	status, _, errOut = fork.run(t, append([]string{"audit", "verify", "--checkpoint", forkCP}, policy...)...)
+	if status == 0 || !strings.Contains(errOut, "cosigned by 0 of the 1 witnesses") {
+		t.Errorf("fork's checkpoint under the policy: %d %s", status, errOut)
+	}
+	fs := newServeTest(t, fork, 0, witnessConfig)
+	if status, _, errOut := monitor(fs.public.URL); status == 0 || !strings.Contains(errOut, "cosigned by 0 of the 1 witnesses") {
+		t.Errorf("monitor of the fork: %d %s", status, errOut)
+	}
+}
