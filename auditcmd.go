@@ -18,6 +18,10 @@ func cmdAudit(e *env, args []string) error {
 			return cmdAuditCheckpoint(e, args[1:])
 		case "key":
 			return cmdAuditKey(e, args[1:])
+		case "prove":
+			return cmdAuditProve(e, args[1:])
+		case "verify-receipt":
+			return cmdAuditVerifyReceipt(e, args[1:])
 		case "serve":
 			return cmdAuditServe(e, args[1:])
 		case "monitor":
@@ -32,7 +36,7 @@ func cmdAudit(e *env, args []string) error {
 		return err
 	}
 	if fs.NArg() != 0 {
-		return usagef("audit takes no positional arguments (did you mean \"audit verify\", \"audit checkpoint\" or \"audit key\"?)")
+		return usagef("audit takes no positional arguments (did you mean \"audit verify\", \"audit checkpoint\", \"audit key\", \"audit prove\" or \"audit verify-receipt\"?)")
 	}
 	var f AuditFilter
 	f.Fingerprint = *fpr

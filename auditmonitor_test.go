@@ -105,6 +105,11 @@ func TestAuditWitnessEndToEnd(t *testing.T) {
 	if out := te.mustRun(t, append([]string{"audit", "verify", "--checkpoint", s.cpf}, policy...)...); !strings.Contains(out, "cosigned by at least 1 of the 1 witnesses") {
 		t.Errorf("audit verify: %s", out)
 	}
+	// The server's receipts carry the cosignatures.
+	_, _, rc := get(t, s.public, "receipt/5", s.token)
+	if out := te.mustRun(t, append([]string{"audit", "verify-receipt", "--key", vkey, writeFile(t, t.TempDir(), "receipt", rc)}, policy...)...); !strings.Contains(out, "cosigned by at least 1 of the 1 witnesses") {
+		t.Errorf("audit verify-receipt: %s", out)
+	}
 	kept := writeFile(t, t.TempDir(), "kept", mustRead(t, s.cpf))
 	// The log grows; the witness checks the proof from 5 and cosigns 9.
 	appendTestRows(t, s.st, 4)

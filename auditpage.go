@@ -9,7 +9,9 @@ package main
 // no external asset: the page works in any browser, and with none.
 
 import (
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html/template"
 	"net/http"
@@ -71,6 +73,44 @@ func (s *auditServer) servePage(w http.ResponseWriter, r *http.Request) {
 	if err := pageTemplate.Execute(w, map[string]any{"Filter": f, "Status": status, "Rows": rows, "Plot": plot, "Prefix": s.prefix}); err != nil {
 		s.log.Error("page", "error", err)
 	}
+}
+
+// serveReceipt answers receipt/ROW with the row's receipt (receipt.go)
+// under the served checkpoint, cosignatures included: what `audit prove
+// --checkpoint` writes, made without the audit key.
+func (s *auditServer) serveReceipt(w http.ResponseWriter, row string) {
+	id, err := strconv.ParseInt(row, 10, 64)
+	if err != nil || id < 1 || strconv.FormatInt(id, 10) != row {
+		http.Error(w, "receipt/ROW: ROW is a row number", http.StatusNotFound)
+		return
+	}
+	r, err := scanAuditRow(s.st.db.QueryRow("SELECT "+auditColumns+" FROM audit_log WHERE id = $1", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		http.Error(w, fmt.Sprintf("no row %d", id), http.StatusNotFound)
+		return
+	}
+	if err != nil {
+		s.fail(w, "receipt", err)
+		return
+	}
+	if r.computeHash() != r.Hash {
+		http.Error(w, fmt.Sprintf("row %d does not match its hash: the log does not verify", id), http.StatusConflict)
+		return
+	}
+	cp, err := os.ReadFile(s.checkpointFile)
+	if err != nil {
+		s.fail(w, "receipt", err)
+		return
+	}
+	rc, err := s.st.proveRow(r, cp, s.verifiers)
+	if err != nil {
+		http.Error(w, fmt.Sprintf("no receipt of row %d: %v", id, err), http.StatusConflict)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=receipt-%d.json", id))
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Write(rc)
 }
 
 // logStatus checks the served checkpoint: its signature, cosignatures,

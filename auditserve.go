@@ -195,6 +195,8 @@ func (s *auditServer) handler(trusted bool) http.Handler {
 			s.serveTile(w, path)
 		case path == "":
 			s.servePage(w, r)
+		case strings.HasPrefix(path, "receipt/"):
+			s.serveReceipt(w, strings.TrimPrefix(path, "receipt/"))
 		default:
 			http.NotFound(w, r)
 		}

@@ -179,6 +179,23 @@ func TestAuditServeBothEngines(t *testing.T) {
 		if status, _, page := get(t, s.public, "", s.token); status != 200 || !strings.Contains(string(page), "The log verifies") {
 			t.Errorf("page with the token: %d\n%s", status, page)
 		}
+		// Receipts of covered rows, as audit verify-receipt checks them.
+		status, _, rc := get(t, s.public, "receipt/42", s.token)
+		if status != 200 {
+			t.Fatalf("receipt/42: %d %s", status, rc)
+		}
+		if out := te.mustRun(t, "audit", "verify-receipt", "--key", s.vkey, writeFile(t, t.TempDir(), "receipt", rc)); !strings.Contains(out, "row 42 is in the audit log") {
+			t.Errorf("verify-receipt: %s", out)
+		}
+		for path, want := range map[string]int{"receipt/42": 401, "receipt/301": 404, "receipt/0": 404, "receipt/042": 404, "receipt/x": 404} {
+			token := s.token
+			if want == 401 {
+				token = ""
+			}
+			if status, _, body := get(t, s.public, path, token); status != want {
+				t.Errorf("%s: %d %s, want %d", path, status, body, want)
+			}
+		}
 		resp, err := s.public.Client().Post(s.public.URL+"/checkpoint", "text/plain", strings.NewReader("x"))
 		if err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
 			t.Errorf("POST: %v %v", resp.Status, err)

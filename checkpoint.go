@@ -52,7 +52,11 @@ func checkOrigin(origin string) error {
 	if len(origin) > maxOriginSize {
 		return fmt.Errorf("audit origin %q: longer than %d bytes", origin, maxOriginSize)
 	}
-	if _, err := note.NewEd25519VerifierKey(origin, make([]byte, ed25519.PublicKeySize)); err != nil || origin == legacyKeyName {
+	vkey, err := note.NewEd25519VerifierKey(origin, make([]byte, ed25519.PublicKeySize))
+	if err == nil {
+		_, err = note.NewVerifier(vkey)
+	}
+	if err != nil || origin == legacyKeyName {
 		return fmt.Errorf("audit origin %q: must be a schema-less URL such as signing.example.org/audit, without spaces or \"+\"", origin)
 	}
 	return nil

@@ -263,7 +263,7 @@ func init() {
 		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
-		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key | serve | monitor URL --checkpoint FILE --key VERIFIER", "list, verify, checkpoint, serve or monitor the audit log", cmdAudit},
+		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] [--witness KEY --quorum N] | checkpoint [--output FILE] | key | prove [--checkpoint FILE] [-o FILE] ROW|--sha256 HEX|--file FILE | verify-receipt --key VERIFIER [--file FILE] [--witness KEY --quorum N] RECEIPT | serve | monitor URL --checkpoint FILE --key VERIFIER", "list, verify, checkpoint, prove, serve or monitor the audit log; check a receipt", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
 		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", cmdImportDebusineDB},
 		{"relay", "generate-key|fetch|sign|complete ...", "carry work requests to an offline host and back ([relay] table)", cmdRelay},
