@@ -30,6 +30,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -116,7 +117,7 @@ type auditServer struct {
 	verifiers      note.Verifiers // the log's key and the witnesses'
 	log            *slog.Logger
 
-	// tiles caches full tiles and entry bundles, which never change, by
+	// tiles caches hash tiles and entry bundles, which never change, by
 	// their path: most requests are answered without the database.
 	mu    sync.RWMutex
 	tiles map[string][]byte
@@ -254,17 +255,17 @@ func (s *auditServer) serveTile(w http.ResponseWriter, path string) {
 		http.Error(w, err.Error(), http.StatusNotFound)
 		return
 	}
+	// A tile's path names its contents for good, partial ones included
+	// (the width is in the path): once read, it is answered from memory.
 	full := t.W == 1<<t.H
-	if full {
-		s.mu.RLock()
-		data, ok := s.tiles[path]
-		s.mu.RUnlock()
-		if ok {
-			writeTile(w, data, true)
-			return
-		}
+	s.mu.RLock()
+	data, ok := s.tiles[path]
+	s.mu.RUnlock()
+	if ok {
+		writeTile(w, data, full)
+		return
 	}
-	data, err := s.readTile(t)
+	data, err = s.readTile(t)
 	var outside *outsideTreeError
 	switch {
 	case errors.As(err, &outside):
@@ -274,19 +275,18 @@ func (s *auditServer) serveTile(w http.ResponseWriter, path string) {
 		s.fail(w, "tile", err)
 		return
 	}
-	if full {
-		s.mu.Lock()
-		if len(s.tiles) >= maxCachedTiles {
-			clear(s.tiles)
-		}
-		s.tiles[path] = data
-		s.mu.Unlock()
+	s.mu.Lock()
+	if len(s.tiles) >= maxCachedTiles {
+		clear(s.tiles)
 	}
+	s.tiles[path] = data
+	s.mu.Unlock()
 	writeTile(w, data, full)
 }
 
 func writeTile(w http.ResponseWriter, data []byte, full bool) {
 	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	if full {
 		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	} else {

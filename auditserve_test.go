@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -227,5 +228,56 @@ func TestAuditServePrefix(t *testing.T) {
 	s.te.cfg.AuditServe.Prefix = "log"
 	if _, err := newAuditServer(s.srv.st, s.te.cfg, s.srv.log); err == nil {
 		t.Error("prefix without slashes accepted")
+	}
+}
+
+// BenchmarkServeTile measures audit serve answering tile requests over
+// loopback HTTP, in parallel, client included: full tiles and the partial
+// tiles at the tree's edge, answered from memory once read, and (database)
+// partial tiles read from the database every time, on a SQLite store of
+// 1,100 rows. bench/serve-tiles.sh measures the server alone with wrk.
+func BenchmarkServeTile(b *testing.B) {
+	s := newServeTest(b, newTestEnv(b), 1100, "")
+	for _, bc := range []struct {
+		name  string
+		paths []string
+	}{
+		{"full", []string{"tile/0/000", "tile/0/001", "tile/0/002", "tile/0/003"}},
+		{"partial", []string{"tile/0/004.p/76", "tile/1/000.p/4"}},
+		{"database", nil},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			tr := &http.Transport{MaxIdleConnsPerHost: 64}
+			defer tr.CloseIdleConnections()
+			client := &http.Client{Transport: tr}
+			var n atomic.Int64
+			b.SetParallelism(4)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					var path string
+					if i := n.Add(1); bc.paths != nil {
+						path = bc.paths[i%int64(len(bc.paths))]
+					} else {
+						s.srv.mu.Lock()
+						clear(s.srv.tiles)
+						s.srv.mu.Unlock()
+						path = fmt.Sprintf("tile/0/%03d.p/%d", i%4, 1+i%255)
+					}
+					resp, err := client.Get(s.public.URL + "/" + path)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						b.Errorf("%s: %s", path, resp.Status)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "requests/s")
+		})
 	}
 }
