@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -280,4 +281,71 @@ func BenchmarkServeTile(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "requests/s")
 		})
 	}
+}
+
+// unitDirectives reads a systemd unit's Key=Value lines, repeated keys
+// joined by newlines.
+func unitDirectives(t *testing.T, path string) map[string]string {
+	t.Helper()
+	d := map[string]string{}
+	for _, line := range strings.Split(string(mustRead(t, path)), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			if d[k] != "" {
+				v = d[k] + "\n" + v
+			}
+			d[k] = v
+		}
+	}
+	return d
+}
+
+// TestAuditServeUnit: debusine-signing-audit.service is hardened as the
+// worker's unit is, runs audit serve with the database read-only, and
+// systemd-analyze verify accepts it.
+func TestAuditServeUnit(t *testing.T) {
+	worker := unitDirectives(t, "debusine-signing.service")
+	audit := unitDirectives(t, "debusine-signing-audit.service")
+	for k, v := range worker {
+		switch k {
+		case "Description", "After", "ExecStart", "TimeoutStopSec", "LoadCredential", "StateDirectory", "StateDirectoryMode":
+			continue
+		}
+		if audit[k] != v {
+			t.Errorf("%s=%q in the worker's unit, %q in the audit server's", k, v, audit[k])
+		}
+	}
+	if !strings.HasSuffix(audit["ExecStart"], " audit serve") || audit["ReadOnlyPaths"] != "/var/lib/debusine-signing" || audit["LoadCredential"] != "" {
+		t.Errorf("ExecStart %q, ReadOnlyPaths %q, LoadCredential %q", audit["ExecStart"], audit["ReadOnlyPaths"], audit["LoadCredential"])
+	}
+	requireTool(t, "systemd-analyze")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := writeFile(t, t.TempDir(), "debusine-signing-audit.service",
+		[]byte(strings.ReplaceAll(string(mustRead(t, "debusine-signing-audit.service")), "/usr/bin/debusine-signing", self)))
+	if out, err := exec.Command("systemd-analyze", "verify", "--man=no", unit).CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// FuzzParseServedTilePath: any path either parses to a tile whose path is
+// the input, or is refused.
+func FuzzParseServedTilePath(f *testing.F) {
+	for _, p := range []string{"tile/0/000", "tile/1/x001/234.p/5", "tile/entries/000.p/1", "tile/data/000", "tile/8/0/000", "tile/0/000.p/0", "tile//"} {
+		f.Add(p)
+	}
+	f.Fuzz(func(t *testing.T, path string) {
+		tile, err := parseServedTilePath(path)
+		if err != nil {
+			return
+		}
+		again := "tile/" + strings.TrimPrefix(tile.Path(), "tile/8/")
+		if tile.L < 0 {
+			again = "tile/entries/" + strings.TrimPrefix(tile.Path(), "tile/8/data/")
+		}
+		if again != path || tile.H != 8 || tile.W < 1 || tile.W > 256 || tile.N < 0 {
+			t.Errorf("%q parsed as %+v (%q)", path, tile, again)
+		}
+	})
 }
