@@ -205,15 +205,34 @@ type AuditVerification struct {
 // someone without the audit key; then recomputes the Merkle tree from the
 // rows and compares it with the stored one (verifyTree). Removing the newest rows leaves a valid
 // shorter log: only a checkpoint kept elsewhere shows that (VerifyCheckpoint).
+//
+// It also checks every key row (VerifyKeys): a key row swapped, edited or
+// deleted is named as well.
 func (s *Store) VerifyAudit() (AuditVerification, error) {
 	v, err := s.verifyRows()
-	if schemaErr := s.checkSchema(); schemaErr != nil {
-		if err != nil {
-			return v, fmt.Errorf("%w; and %v", err, schemaErr)
-		}
-		return v, schemaErr
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
 	}
-	return v, err
+	if schemaErr := s.checkSchema(); schemaErr != nil {
+		errs = append(errs, schemaErr)
+	}
+	if problems, keysErr := s.VerifyKeys(); keysErr != nil {
+		errs = append(errs, keysErr)
+	} else if err := keyProblemsError(problems); err != nil {
+		errs = append(errs, err)
+	}
+	switch len(errs) {
+	case 0:
+		return v, nil
+	case 1:
+		return v, errs[0]
+	}
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return v, fmt.Errorf("%w; and %s", errs[0], strings.Join(msgs[1:], "; and "))
 }
 
 func (s *Store) verifyRows() (AuditVerification, error) {

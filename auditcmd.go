@@ -121,10 +121,14 @@ func cmdAuditVerify(e *env, args []string) error {
 	if v.Rows == 0 {
 		fmt.Fprintln(e.stdout, "audit log is empty (no rows yet); schema and triggers as expected")
 	} else {
-		fmt.Fprintf(e.stdout, "audit log intact: %d rows, head %s; schema and triggers as expected\n", v.Rows, v.Head)
+		fmt.Fprintf(e.stdout, "audit log intact: %d rows, head %s, tree root %s; schema and triggers as expected\n", v.Rows, v.Head, v.Root)
 	}
 	if msg != nil {
-		fmt.Fprintf(e.stdout, "checkpoint holds: the log still contains the %d rows it covered (%d added since)\n", cp.Size, int64(v.Rows)-cp.Size)
+		proof := ""
+		if !cp.Legacy {
+			proof = "; today's tree extends its tree (consistency proof checked)"
+		}
+		fmt.Fprintf(e.stdout, "checkpoint holds: the log still contains the %d rows it covered (%d added since)%s\n", cp.Size, int64(v.Rows)-cp.Size, proof)
 		if len(policy.witnesses) > 0 {
 			fmt.Fprintf(e.stdout, "checkpoint cosigned by at least %d of the %d witnesses given\n", policy.quorum, len(policy.witnesses))
 		}
@@ -178,5 +182,32 @@ func cmdAuditKey(e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintln(e.stdout, vkey)
+	return nil
+}
+
+// cmdUpgradeStore adopts a store at schema version 1, whose audit log has
+// no authentication codes: its rows are verified as version 1 verified
+// them, authenticated with a new audit key, and an audit row records the
+// head adopted. Ordinary commands refuse such a store, so that a store
+// rewritten as version 1 is never adopted without an administrator
+// looking at the head it prints.
+func cmdUpgradeStore(e *env, args []string) error {
+	if len(args) != 0 {
+		return usagef("upgrade-store takes no arguments")
+	}
+	e.upgradeStore = true
+	st, err := e.openStore()
+	if err != nil {
+		return err
+	}
+	vkey, err := st.CheckpointVerifierKey()
+	if err != nil {
+		return err
+	}
+	if st.adopted == nil {
+		fmt.Fprintf(e.stdout, "the store already has authentication codes; nothing to adopt (audit key %s)\n", vkey)
+		return nil
+	}
+	fmt.Fprintf(e.stdout, "adopted the audit log: %d rows, head %s\naudit key %s\n", st.adopted.Rows, st.adopted.Head, vkey)
 	return nil
 }

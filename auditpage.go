@@ -102,7 +102,7 @@ func (s *auditServer) serveReceipt(w http.ResponseWriter, row string) {
 		s.fail(w, "receipt", err)
 		return
 	}
-	rc, err := s.st.proveRow(r, cp, s.verifiers)
+	rc, err := s.st.proveRow(r, cp, s.verifiers, s.vkey)
 	if err != nil {
 		http.Error(w, fmt.Sprintf("no receipt of row %d: %v", id, err), http.StatusConflict)
 		return

@@ -115,6 +115,7 @@ type auditServer struct {
 	token          []byte // nil: no token opens the private endpoints
 	checkpointFile string
 	verifiers      note.Verifiers // the log's key and the witnesses'
+	vkey           string         // the log's
 	log            *slog.Logger
 
 	// tiles caches hash tiles and entry bundles, which never change, by
@@ -163,6 +164,7 @@ func newAuditServer(st *Store, cfg *Config, log *slog.Logger) (*auditServer, err
 		return nil, errors.New("[audit_serve] audit_public_key is not set: the server checks the checkpoint it serves with it (audit key prints it)")
 	}
 	var err error
+	s.vkey = sc.AuditPublicKey
 	if s.verifiers, err = checkpointVerifiers(sc.AuditPublicKey, note.VerifierList(witnesses...)); err != nil {
 		return nil, fmt.Errorf("[audit_serve] audit_public_key: %w", err)
 	}

@@ -105,19 +105,26 @@ func (ak *auditKey) noteSigner(name string) (*noteSigner, error) {
 	return &noteSigner{key: ak.signingKey(), name: name, hash: v.KeyHash()}, nil
 }
 
-// checkpointVerifierKey returns the note verifier key of the audit key
-// under the log's origin, read through tx (or the database when nil).
-func (s *Store) checkpointVerifierKey(tx *sql.Tx) (string, error) {
+// auditKeyID names the audit key where the name must not change with the
+// configured origin (pins beside the service keys, audit rows about the
+// key): its verifier key under the default origin.
+func (s *Store) auditKeyID(tx *sql.Tx) (string, error) {
 	ak, err := s.auditKey(tx)
+	if err != nil {
+		return "", fmt.Errorf("audit log: %w", err)
+	}
+	return ak.verifierKey(ak.defaultOrigin())
+}
+
+// CheckpointVerifierKey returns the note verifier key that checks this
+// store's checkpoints ("ORIGIN+HASH+KEY").
+func (s *Store) CheckpointVerifierKey() (string, error) {
+	ak, err := s.auditKey(nil)
 	if err != nil {
 		return "", fmt.Errorf("audit log: %w", err)
 	}
 	return ak.verifierKey(s.origin(ak))
 }
-
-// CheckpointVerifierKey returns the note verifier key that checks this
-// store's checkpoints ("ORIGIN+HASH+KEY").
-func (s *Store) CheckpointVerifierKey() (string, error) { return s.checkpointVerifierKey(nil) }
 
 // Checkpoint returns a signed checkpoint of the audit log as it is now.
 func (s *Store) Checkpoint() ([]byte, error) { return s.signedCheckpoint(s.db) }
@@ -188,9 +195,10 @@ func (cp AuditCheckpoint) Tree() tlog.Tree { return tlog.Tree{N: cp.Size, Hash: 
 // legacy verifier key accepts any name), and any other verifiers, such as
 // witnesses', in others.
 type auditVerifiers struct {
-	name   string
-	pub    ed25519.PublicKey
-	others note.Verifiers
+	name    string
+	anyName bool
+	pub     ed25519.PublicKey
+	others  note.Verifiers
 }
 
 func (a *auditVerifiers) Verifier(name string, hash uint32) (note.Verifier, error) {
@@ -199,7 +207,7 @@ func (a *auditVerifiers) Verifier(name string, hash uint32) (note.Verifier, erro
 			return v, nil
 		}
 	}
-	if name != a.name && name != legacyKeyName && a.name != legacyKeyName {
+	if name != a.name && name != legacyKeyName && !a.anyName {
 		return nil, &note.UnknownVerifierError{Name: name, KeyHash: hash}
 	}
 	vkey, err := note.NewEd25519VerifierKey(name, a.pub)
@@ -225,7 +233,7 @@ func checkpointVerifiers(vkey string, others note.Verifiers) (note.Verifiers, er
 	if err != nil || len(key) != 1+ed25519.PublicKeySize || key[0] != 1 {
 		return nil, errors.New("checkpoint verifier key: not an Ed25519 key")
 	}
-	return &auditVerifiers{name: parts[0], pub: ed25519.PublicKey(key[1:]), others: others}, nil
+	return &auditVerifiers{name: parts[0], anyName: parts[0] == legacyKeyName, pub: ed25519.PublicKey(key[1:]), others: others}, nil
 }
 
 // parseCheckpoint opens a signed checkpoint with verifiers (from
@@ -310,8 +318,39 @@ func OpenCheckpoint(msg []byte, vkey string) (AuditCheckpoint, error) {
 	if err != nil {
 		return AuditCheckpoint{}, err
 	}
+	return openCheckpoint(msg, verifiers, vkey)
+}
+
+// openCheckpoint is parseCheckpoint, naming both keys when the checkpoint
+// is signed by another key than vkey's, where the note package would say
+// only "no verifiable signatures".
+func openCheckpoint(msg []byte, verifiers note.Verifiers, vkey string) (AuditCheckpoint, error) {
 	cp, _, err := parseCheckpoint(msg, verifiers)
+	var unverified *note.UnverifiedNoteError
+	if errors.As(err, &unverified) {
+		var signers []string
+		for _, sig := range unverified.Note.UnverifiedSigs {
+			signers = append(signers, fmt.Sprintf("%s+%08x", sig.Name, sig.Hash))
+		}
+		return cp, fmt.Errorf("checkpoint signed by another audit key (%s), not by %s: the audit key was replaced, or the checkpoint is another store's", strings.Join(signers, ", "), vkeyName(vkey))
+	}
 	return cp, err
+}
+
+// storeVerifiers verifies this store's checkpoints under any name: the
+// log's origin may have been configured since one was signed. vkey is the
+// verifier key under the origin, which errors name.
+func (s *Store) storeVerifiers() (note.Verifiers, string, error) {
+	vkey, err := s.CheckpointVerifierKey()
+	if err != nil {
+		return nil, "", err
+	}
+	v, err := checkpointVerifiers(vkey, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	v.(*auditVerifiers).anyName = true
+	return v, vkey, nil
 }
 
 // VerifyCheckpoint verifies the whole audit log (VerifyAudit), then the
@@ -326,16 +365,11 @@ func (s *Store) VerifyCheckpoint(msg []byte) (AuditVerification, AuditCheckpoint
 	if err != nil {
 		return v, AuditCheckpoint{}, err
 	}
-	ak, err := s.auditKey(nil)
-	if err != nil {
-		return v, AuditCheckpoint{}, fmt.Errorf("audit log: %w", err)
-	}
-	// Any name: the log's origin may have been configured since.
-	vkey, err := ak.verifierKey(legacyKeyName)
+	verifiers, vkey, err := s.storeVerifiers()
 	if err != nil {
 		return v, AuditCheckpoint{}, err
 	}
-	cp, err := OpenCheckpoint(msg, vkey)
+	cp, err := openCheckpoint(msg, verifiers, vkey)
 	if err != nil {
 		return v, cp, err
 	}

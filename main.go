@@ -206,6 +206,8 @@ type env struct {
 	store      *Store
 	stdout     io.Writer
 	stderr     io.Writer
+	// upgradeStore lets openStore adopt a version 1 store (upgrade-store).
+	upgradeStore bool
 }
 
 func (e *env) config() (*Config, error) {
@@ -234,9 +236,12 @@ func (e *env) openStore() (*Store, error) {
 		// connected host has no store.
 		return nil, fmt.Errorf("configuration %s: \"database\" is not set, and this command opens the key store", cfg.path)
 	}
-	st, err := openStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys)
+	st, err := openOrUpgradeStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys, e.upgradeStore)
 	if err != nil {
 		return nil, err
+	}
+	for _, w := range st.warnings {
+		fmt.Fprintf(e.stderr, "debusine-signing: warning: %s\n", w)
 	}
 	st.yubikey = cfg.YubiKey
 	st.auditOrigin = cfg.AuditOrigin
@@ -263,6 +268,7 @@ func init() {
 		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
+		{"upgrade-store", "", "authenticate a store written before authentication codes (schema version 1), printing the chain head it adopts", cmdUpgradeStore},
 		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] [--witness KEY --quorum N] | checkpoint [--output FILE] | key | prove [--checkpoint FILE] [-o FILE] ROW|--sha256 HEX|--file FILE | verify-receipt --key VERIFIER [--file FILE] [--witness KEY --quorum N] RECEIPT | serve | monitor URL --checkpoint FILE --key VERIFIER", "list, verify, checkpoint, prove, serve or monitor the audit log; check a receipt", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
 		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", cmdImportDebusineDB},
@@ -424,9 +430,10 @@ func cmdKeys(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	keys, err := st.Keys()
-	if err != nil {
-		return err
+	// Keys refused by their checks are named after the others are listed.
+	keys, refused := st.Keys()
+	if refused != nil && !errors.Is(refused, errKeyRefused) {
+		return refused
 	}
 	type keyInfo struct {
 		Purpose     string `json:"purpose"`
@@ -436,12 +443,10 @@ func cmdKeys(e *env, args []string) error {
 		Description string `json:"description"`
 	}
 	var infos []keyInfo
-	var bad []string
 	for _, k := range keys {
 		storage, err := k.Storage()
 		if err != nil {
-			storage = "malformed"
-			bad = append(bad, k.String())
+			return err
 		}
 		infos = append(infos, keyInfo{k.Purpose, k.Fingerprint, storage, k.CreatedAt.Format("2006-01-02T15:04:05Z"), k.Description})
 	}
@@ -462,10 +467,7 @@ func cmdKeys(e *env, args []string) error {
 		}
 		tw.Flush()
 	}
-	if len(bad) > 0 {
-		return fmt.Errorf("malformed private_key JSON in the store for %s", strings.Join(bad, ", "))
-	}
-	return nil
+	return refused
 }
 
 func checkPurpose(p string) error {

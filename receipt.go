@@ -65,24 +65,20 @@ func (s *Store) Prove(id int64, checkpoint []byte) ([]byte, error) {
 			return nil, err
 		}
 	}
-	vkey, err := ak.verifierKey(legacyKeyName)
+	verifiers, vkey, err := s.storeVerifiers()
 	if err != nil {
 		return nil, err
 	}
-	verifiers, err := checkpointVerifiers(vkey, nil)
-	if err != nil {
-		return nil, err
-	}
-	return s.proveRow(r, checkpoint, verifiers)
+	return s.proveRow(r, checkpoint, verifiers, vkey)
 }
 
 // proveRow writes the receipt of row r, read by the caller, with
-// checkpoint, which must open with verifiers and be of this log's tree:
-// Prove, and audit serve, which has the verifier key but not the audit
-// key.
-func (s *Store) proveRow(r AuditRow, checkpoint []byte, verifiers note.Verifiers) ([]byte, error) {
+// checkpoint, which must open with verifiers (vkey names the log's key in
+// errors) and be of this log's tree: Prove, and audit serve, which has the
+// verifier key but not the audit key.
+func (s *Store) proveRow(r AuditRow, checkpoint []byte, verifiers note.Verifiers, vkey string) ([]byte, error) {
 	id := r.ID
-	cp, _, err := parseCheckpoint(checkpoint, verifiers)
+	cp, err := openCheckpoint(checkpoint, verifiers, vkey)
 	if err != nil {
 		return nil, err
 	}

@@ -34,7 +34,7 @@ const (
 	bundleFormat   = "debusine-signing relay bundle 2"
 	bundleFormatV1 = "debusine-signing relay bundle 1"
 	resultFormat   = "debusine-signing relay result 2"
-	manifestName = "MANIFEST"
+	manifestName   = "MANIFEST"
 	// checkpointName is the result member holding the offline host's
 	// signed audit checkpoint.
 	checkpointName = "CHECKPOINT"

@@ -59,11 +59,7 @@ func (s *Store) relayBases(m *bundleManifest, stateDir string) ([]AuditCheckpoin
 	if err != nil {
 		return nil, err
 	}
-	ak, err := s.auditKey(nil)
-	if err != nil {
-		return nil, fmt.Errorf("audit log: %w", err)
-	}
-	vkey, err := ak.verifierKey(legacyKeyName)
+	verifiers, vkey, err := s.storeVerifiers()
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +75,7 @@ func (s *Store) relayBases(m *bundleManifest, stateDir string) ([]AuditCheckpoin
 		if len(b.msg) == 0 {
 			continue
 		}
-		cp, err := OpenCheckpoint(b.msg, vkey)
+		cp, err := openCheckpoint(b.msg, verifiers, vkey)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", b.what, err)
 		}

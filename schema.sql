@@ -136,7 +136,28 @@ BEGIN
 END;
 
 -- version 4
--- Reserved for the key rows' authentication codes (another branch).
+-- Authenticated key rows (keyrows.go). "mac" is an HMAC, under a key
+-- derived from the audit key, of every column of the row but id: a row
+-- given another key's private key, public key or certificate, or edited,
+-- no longer verifies, and every use of a key checks it, with the
+-- fingerprint against the public key. The rows written before get theirs
+-- in the data step right after this section (macKeyRowsV4, same
+-- transaction), once their fingerprint is checked against their public
+-- key and their sealed private key against both; a row that fails keeps
+-- no mac and is refused. A new or updated row must carry a mac.
+ALTER TABLE keys ADD COLUMN mac TEXT;
+
+CREATE TRIGGER keys_insert_needs_mac BEFORE INSERT ON keys
+WHEN NEW.mac IS NULL
+BEGIN
+    SELECT RAISE(ABORT, 'keys: a row needs a mac');
+END;
+
+CREATE TRIGGER keys_update_needs_mac BEFORE UPDATE ON keys
+WHEN NEW.mac IS NULL
+BEGIN
+    SELECT RAISE(ABORT, 'keys: a row needs a mac');
+END;
 
 -- version 5
 -- The audit log as an RFC 6962 Merkle tree (tlog.go, docs/transparency.md).

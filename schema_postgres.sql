@@ -150,7 +150,23 @@ CREATE TRIGGER audit_key_once BEFORE INSERT ON audit_key
     FOR EACH ROW EXECUTE FUNCTION audit_key_guard();
 
 -- version 4
--- Reserved for the key rows' authentication codes (another branch).
+-- Authenticated key rows, as in schema.sql: "mac" is an HMAC, under a key
+-- derived from the audit key, of every column of the row but id, filled in
+-- for the rows written before by macKeyRowsV4 in the same transaction. A
+-- new or updated row must carry a mac.
+ALTER TABLE keys ADD COLUMN mac TEXT;
+
+CREATE FUNCTION keys_check_mac() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.mac IS NULL THEN
+        RAISE EXCEPTION 'keys: a row needs a mac';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER keys_needs_mac BEFORE INSERT OR UPDATE ON keys
+    FOR EACH ROW EXECUTE FUNCTION keys_check_mac();
 
 -- version 5
 -- The audit log as an RFC 6962 Merkle tree, as in schema.sql: the tree's

@@ -291,10 +291,10 @@ func TestAuditReceipt(t *testing.T) {
 	})
 }
 
-// TestAuditTreeMigrationV3: a log written before the tree (schema version
-// 3) gets its tree when opened; its rows, chain and authentication codes
+// TestAuditTreeMigrationV4: a log written before the tree (schema version
+// 4) gets its tree when opened; its rows, chain and authentication codes
 // are unchanged, and the tree is the one appending would have built.
-func TestAuditTreeMigrationV3(t *testing.T) {
+func TestAuditTreeMigrationV4(t *testing.T) {
 	engines(t, func(t *testing.T, te *testEnv) {
 		st, err := openStore(te.cfg.Database, "", te.cfg.ServiceKeys)
 		if err != nil {
@@ -309,9 +309,9 @@ func TestAuditTreeMigrationV3(t *testing.T) {
 		eng := st.engine
 		drop := "DROP TABLE audit_tree; "
 		if eng == postgresEngine {
-			drop += "DROP FUNCTION audit_tree_refuse; DROP FUNCTION audit_tree_check_insert; UPDATE debusine_signing_schema SET version = 3"
+			drop += "DROP FUNCTION audit_tree_refuse; DROP FUNCTION audit_tree_check_insert; UPDATE debusine_signing_schema SET version = 4"
 		} else {
-			drop += "PRAGMA user_version = 3"
+			drop += "PRAGMA user_version = 4"
 		}
 		if _, err := st.db.Exec(drop); err != nil {
 			t.Fatal(err)
@@ -586,6 +586,104 @@ func FuzzReceipt(f *testing.F) {
 		r, _, err := verifyReceipt(data, verifiers)
 		if err == nil && !bytes.Equal(r.leafData(), good.leafData()) {
 			t.Fatalf("a receipt for a row the log does not hold verifies: %+v", r)
+		}
+	})
+}
+
+// BenchmarkAuditProof1M: an inclusion proof, and the root it is checked
+// against, read from a store whose tree has a million leaves. The tree's
+// hashes are put in audit_tree directly (the rows themselves play no part
+// in a proof); each op proves a different leaf and checks the proof.
+func BenchmarkAuditProof1M(b *testing.B) {
+	benchmarkAuditProof1M(b, newTestEnv(b))
+}
+
+// BenchmarkAuditProof1MPostgres is BenchmarkAuditProof1M on PostgreSQL.
+func BenchmarkAuditProof1MPostgres(b *testing.B) {
+	benchmarkAuditProof1M(b, newPostgresTestEnv(b))
+}
+
+func benchmarkAuditProof1M(b *testing.B, te *testEnv) {
+	const n = 1 << 20
+	st := te.store(b)
+	var tree memoryTree
+	for i := int64(0); i < n; i++ {
+		hashes, err := tlog.StoredHashes(i, []byte(fmt.Sprint(i)), &tree)
+		if err != nil {
+			b.Fatal(err)
+		}
+		tree = append(tree, hashes...)
+	}
+	tx, err := st.begin()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := insertTreeHashes(tx, 0, tree); err != nil {
+		b.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		b.Fatal(err)
+	}
+	want, err := tlog.TreeHash(n, &tree)
+	if err != nil {
+		b.Fatal(err)
+	}
+	reader := treeHashReader(st.db)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		leaf := int64(i*7919) % n
+		root, err := tlog.TreeHash(n, reader)
+		if err != nil || root != want {
+			b.Fatalf("root %v %v", root, err)
+		}
+		p, err := tlog.ProveRecord(n, leaf, reader)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := tlog.CheckRecord(p, n, root, leaf, tlog.RecordHash([]byte(fmt.Sprint(leaf)))); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N)/1000, "ms/proof")
+}
+
+// FuzzCheckpoint: any text signed by the log's key is parsed without
+// panicking, and a checkpoint it accepts has a well-formed head and,
+// unless of the first form, the origin it is signed under.
+func FuzzCheckpoint(f *testing.F) {
+	te := newTestEnv(f)
+	st := te.store(f)
+	appendTestRows(f, st, 2)
+	ak, err := st.auditKey(nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	vkey, _ := ak.verifierKey(legacyKeyName)
+	verifiers, err := checkpointVerifiers(vkey, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	msg, err := st.Checkpoint()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(string(msg[:bytes.Index(msg, []byte("\n\n"))+1]), ak.defaultOrigin())
+	f.Add(legacyOrigin+"\n2\n"+genesisHash+"\n", legacyKeyName)
+	f.Fuzz(func(t *testing.T, text, name string) {
+		signer, err := ak.noteSigner(name)
+		if err != nil {
+			return
+		}
+		signed, err := note.Sign(&note.Note{Text: text}, signer)
+		if err != nil {
+			return
+		}
+		cp, _, err := parseCheckpoint(signed, verifiers)
+		if err != nil {
+			return
+		}
+		if len(cp.Head) != 64 || cp.Size < 0 || (!cp.Legacy && cp.Origin != name) || (cp.Legacy && name != legacyKeyName) {
+			t.Fatalf("%q signed by %q accepted as %+v", text, name, cp)
 		}
 	})
 }

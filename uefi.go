@@ -402,6 +402,9 @@ func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
 		}
+		if err := checkCertificateFingerprint(k, cert); err != nil {
+			return nil, nil, err
+		}
 		return signer, cert, nil
 	case storagePKCS11:
 		uri, err := k.PKCS11URI()
@@ -414,6 +417,9 @@ func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
 		}
+		if err := checkCertificateFingerprint(k, cert); err != nil {
+			return nil, nil, err
+		}
 		signer, err := tokenSigner(st.yubikey, uri)
 		if err != nil {
 			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
@@ -425,6 +431,16 @@ func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
 	default:
 		return nil, nil, fmt.Errorf("key %s: unsupported storage %q", k.Fingerprint, storage)
 	}
+}
+
+// checkCertificateFingerprint checks, as the signer uses the certificate,
+// that it is the one the key's fingerprint names (Store.Key has checked
+// the row; this holds whatever the Key came from).
+func checkCertificateFingerprint(k *Key, cert *x509.Certificate) error {
+	if got := certificateFingerprint(cert); got != k.Fingerprint {
+		return fmt.Errorf("%w: %s: its certificate has fingerprint %s", errKeyRefused, k, got)
+	}
+	return nil
 }
 
 // signUEFIFile signs the PE image in and writes the result for mode to out.

@@ -568,7 +568,10 @@ func (w *worker) flushPendingCompletion(ctx context.Context) error {
 // usableKeys lists purpose:fingerprint of the keys this worker can use.
 func (w *worker) usableKeys() ([]string, error) {
 	keys, err := w.st.Keys()
-	if err != nil {
+	if errors.Is(err, errKeyRefused) {
+		// Rows that fail their checks are not offered; the others are.
+		w.log.Error("key rows refused by their checks are not offered", "error", err)
+	} else if err != nil {
 		return nil, err
 	}
 	out := []string{}
