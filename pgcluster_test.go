@@ -44,11 +44,15 @@ var testPG struct {
 	dbs     atomic.Int64
 }
 
-// TestMain stops the throw-away cluster, if a test started one.
+// TestMain stops the throw-away cluster, if a test started one, and
+// removes litewitness's build, if a test made one.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if testPG.cleanup != nil {
 		testPG.cleanup()
+	}
+	if litewitnessBuild.dir != "" {
+		os.RemoveAll(litewitnessBuild.dir)
 	}
 	os.Exit(code)
 }
