@@ -82,6 +82,12 @@ func openStoreReadOnly(cfg *Config) (*Store, error) {
 		if err == nil {
 			err = checkDatabase(s.db)
 		}
+		// A reader of a database in WAL mode needs its -wal and -shm
+		// files: without write access to the directory it cannot create
+		// them, and they exist while a writer (the worker) has it open.
+		if err != nil && strings.Contains(err.Error(), "readonly database") {
+			err = fmt.Errorf("%w: its -wal and -shm files are missing and the directory is read-only; they exist while the worker runs, so start it first", err)
+		}
 	}
 	if err == nil {
 		err = s.checkVersion()
