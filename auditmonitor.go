@@ -11,39 +11,17 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
 )
-
-// checkpointTree reads the tree of a C2SP checkpoint's text: origin line,
-// size, base64 root hash, then any extension lines.
-func checkpointTree(text string) (tlog.Tree, error) {
-	lines := strings.SplitN(text, "\n", 4)
-	if len(lines) < 4 || lines[0] == "" {
-		return tlog.Tree{}, errors.New("malformed checkpoint")
-	}
-	n, err := strconv.ParseInt(lines[1], 10, 64)
-	if err != nil || n < 0 || strconv.FormatInt(n, 10) != lines[1] {
-		return tlog.Tree{}, fmt.Errorf("malformed checkpoint size %q", lines[1])
-	}
-	h, err := base64.StdEncoding.DecodeString(lines[2])
-	if err != nil || len(h) != tlog.HashSize {
-		return tlog.Tree{}, fmt.Errorf("malformed checkpoint root hash %q", lines[2])
-	}
-	t := tlog.Tree{N: n}
-	copy(t.Hash[:], h)
-	return t, nil
-}
 
 // tileClient reads a served log's tiles (C2SP tlog-tiles paths) over
 // HTTP: a tlog.TileReader for tlog.TileHashReader, which checks every
