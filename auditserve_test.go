@@ -4,17 +4,22 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/mod/sumdb/tlog"
 )
@@ -348,4 +353,63 @@ func FuzzParseServedTilePath(f *testing.F) {
 			t.Errorf("%q parsed as %+v (%q)", path, tile, again)
 		}
 	})
+}
+
+// TestAuditServeProcess runs `audit serve` as a process (this test binary,
+// re-executed) with a Unix socket and a TCP address: through the socket
+// the rows need no token, over TCP they do; SIGTERM stops it with status
+// 0 and removes the socket.
+func TestAuditServeProcess(t *testing.T) {
+	s := newServeTest(t, newTestEnv(t), 3, "")
+	sock := filepath.Join(s.te.dir, "audit.sock")
+	base, _ := os.ReadFile(s.te.configPath)
+	s.te.writeConfig(t, strings.Replace(string(base), "[audit_serve]\n", fmt.Sprintf("[audit_serve]\nsocket = %q\nlisten = \"127.0.0.1:0\"\n", sock), 1))
+	cmd := exec.Command(os.Args[0], "-test.run=^TestAuditServeProcessHelper$")
+	cmd.Env = append(os.Environ(), "DEBUSINE_SIGNING_SERVE_HELPER=--config="+s.te.configPath)
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	var resp *http.Response
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		var err error
+		if resp, err = client.Get("http://socket/tile/entries/000.p/3"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("audit serve did not start: %v\n%s", err, logs.String())
+		}
+	}
+	bundle, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || bytes.Count(bundle, []byte(`"data_sha256"`)) != 3 {
+		t.Errorf("entry bundle on the socket: %s %q", resp.Status, bundle)
+	}
+	addr := regexp.MustCompile(`address=(127\.0\.0\.1:\d+)`).FindStringSubmatch(logs.String())
+	if addr == nil {
+		t.Fatalf("no TCP address in the log:\n%s", logs.String())
+	}
+	if resp, err := http.Get("http://" + addr[1] + "/tile/entries/000.p/3"); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("entry bundle over TCP without the token: %v %v", resp.Status, err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("after SIGTERM: %v\n%s", err, logs.String())
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the socket is left behind: %v", err)
+	}
+}
+
+func TestAuditServeProcessHelper(t *testing.T) {
+	arg := os.Getenv("DEBUSINE_SIGNING_SERVE_HELPER")
+	if arg == "" {
+		return // only run as TestAuditServeProcess's subprocess
+	}
+	os.Exit(run([]string{arg, "audit", "serve"}, os.Stdout, os.Stderr))
 }
