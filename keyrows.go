@@ -197,23 +197,35 @@ type keyProblem struct {
 
 func (p keyProblem) String() string { return p.Key + ": " + p.Problem }
 
-// VerifyKeys checks every key row without signing: its authentication
-// code, its fingerprint against its public key, and, for the software
-// keys a configured service key opens, its private key against both. It
-// also names every key that a generate or register row of the audit log
+// VerifyKeys checks, without signing, the audit key against its pins
+// (auditpin.go: a pin naming another key, or no pin beside any configured
+// service key, is a problem) and every key row: its authentication code,
+// its fingerprint against its public key, and, for the software keys a
+// configured service key opens, its private key against both. It also
+// names every key that a generate or register row of the audit log
 // recorded and that the table no longer holds (imported Debusine history
-// is left out: it may name keys that were never imported). The audit key
-// is unsealed, and checked against its pins, when the store is opened.
+// is left out: it may name keys that were never imported).
 func (s *Store) VerifyKeys() ([]keyProblem, error) {
 	ak, err := s.auditKey(nil)
 	if err != nil {
 		return nil, err
 	}
-	keys, err := s.keyRows(s.db)
+	vkey, err := s.auditKeyID(nil)
 	if err != nil {
 		return nil, err
 	}
 	var problems []keyProblem
+	if unpinned, err := s.checkPins(vkey); err != nil {
+		problems = append(problems, keyProblem{"audit key", err.Error()})
+	} else if unpinned != nil {
+		if _, pin, err := s.pinned(); err != nil || pin == "" {
+			problems = append(problems, keyProblem{"audit key", fmt.Sprintf("not pinned beside any configured service key; write this line to %s: %s", unpinned.pinPath(), vkey)})
+		}
+	}
+	keys, err := s.keyRows(s.db)
+	if err != nil {
+		return nil, err
+	}
 	have := map[string]bool{}
 	for _, k := range keys {
 		have[k.String()] = true

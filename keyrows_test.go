@@ -359,6 +359,9 @@ func TestAuditKeyPinReadOnly(t *testing.T) {
 	if status != exitOK || !strings.Contains(stderr, "warning: the audit key is not pinned") || !strings.Contains(stderr, "service-key"+pinSuffix) {
 		t.Fatalf("exit %d %q", status, stderr)
 	}
+	if status, _, stderr := te.run(t, "audit", "verify"); status != exitError || !strings.Contains(stderr, "audit key: not pinned beside any configured service key") {
+		t.Errorf("audit verify unpinned: exit %d %q", status, stderr)
+	}
 	os.Chmod(keys, 0o700)
 	writeFile(t, keys, "service-key"+pinSuffix, []byte("debusine-signing-audit+00000000+AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"))
 	if status, _, stderr := te.run(t, "keys"); status != exitError || !strings.Contains(stderr, "the audit key was replaced") {

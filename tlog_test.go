@@ -687,3 +687,89 @@ func FuzzCheckpoint(f *testing.F) {
 		}
 	})
 }
+
+// TestAuditCheckpointOtherTree: a checkpoint signed with the log's key,
+// of the right size and chain head, but of another tree (what a second
+// log kept under the same key would sign) is refused by the consistency
+// proof, on both engines.
+func TestAuditCheckpointOtherTree(t *testing.T) {
+	engines(t, func(t *testing.T, te *testEnv) {
+		st := te.store(t)
+		appendTestRows(t, st, 5)
+		ak, err := st.auditKey(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var head string
+		if err := st.db.QueryRow("SELECT hash FROM audit_log WHERE id = 3").Scan(&head); err != nil {
+			t.Fatal(err)
+		}
+		signer, _ := ak.noteSigner(ak.defaultOrigin())
+		for _, root := range []tlog.Hash{tlog.RecordHash([]byte("another tree")), {}} {
+			msg, err := note.Sign(&note.Note{Text: fmt.Sprintf("%s\n3\n%s\nchain-head %s\n", ak.defaultOrigin(), root, head)}, signer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			status, _, stderr := te.run(t, "audit", "verify", "--checkpoint", writeFile(t, t.TempDir(), "cp", msg))
+			if status != exitError || !strings.Contains(stderr, "audit log forked: the tree of 5 rows is not consistent with the checkpoint's tree of 3 rows") {
+				t.Errorf("exit %d %q", status, stderr)
+			}
+		}
+	})
+}
+
+// TestAuditCheckpointCosigned: a checkpoint carrying another signature
+// (a witness's) still verifies with the log's key alone, and with the
+// witness's verifier among the others it is listed in Cosigners; a
+// receipt carries such a checkpoint as given.
+func TestAuditCheckpointCosigned(t *testing.T) {
+	te := newTestEnv(t)
+	st := te.store(t)
+	appendTestRows(t, st, 3)
+	msg, err := st.Checkpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	skey, wkey, err := note.GenerateKey(nil, "witness.example.org/w1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wsigner, _ := note.NewSigner(skey)
+	wverifier, _ := note.NewVerifier(wkey)
+	n, err := note.Open(msg, mustVerifiers(t, st, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cosig, err := note.Sign(&note.Note{Text: n.Text}, wsigner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cosigned := append(bytes.Clone(msg), cosig[bytes.Index(cosig, []byte("\n\n"))+2:]...)
+	if cp, _, err := parseCheckpoint(cosigned, mustVerifiers(t, st, nil)); err != nil || len(cp.Cosigners) != 0 {
+		t.Errorf("log key alone: %+v %v", cp, err)
+	}
+	if cp, _, err := parseCheckpoint(cosigned, mustVerifiers(t, st, note.VerifierList(wverifier))); err != nil || len(cp.Cosigners) != 1 || cp.Cosigners[0] != "witness.example.org/w1" {
+		t.Errorf("with the witness: %+v %v", cp, err)
+	}
+	rc, err := st.Prove(2, cosigned)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parsed receipt
+	if err := json.Unmarshal(rc, &parsed); err != nil || parsed.Checkpoint != string(cosigned) {
+		t.Errorf("the receipt's checkpoint %q, want %q (%v)", parsed.Checkpoint, cosigned, err)
+	}
+}
+
+func mustVerifiers(t *testing.T, st *Store, others note.Verifiers) note.Verifiers {
+	t.Helper()
+	vkey, err := st.CheckpointVerifierKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := checkpointVerifiers(vkey, others)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
