@@ -39,7 +39,8 @@ type pageRow struct {
 
 // logStatus is what the page says of the log as a whole.
 type logStatus struct {
-	Size       int64  // the checkpoint's
+	Origin     string // the checkpoint's
+	Size       int64
 	Rows       int64  // the database's
 	Root       string // the checkpoint's, base64
 	Signed     string // "verified" or the error
@@ -138,7 +139,7 @@ func (s *auditServer) logStatus() logStatus {
 		return fail("the checkpoint has no tree root (the first form): run audit checkpoint")
 	}
 	tree := cp.Tree()
-	st.Size, st.Root = tree.N, tree.Hash.String()
+	st.Origin, st.Size, st.Root = cp.Origin, tree.N, tree.Hash.String()
 	if tree.N > st.Rows {
 		return fail("the checkpoint covers %d rows, the database has %d: rows removed", tree.N, st.Rows)
 	}
@@ -367,6 +368,7 @@ svg text { font-family: sans-serif; font-size: 11px; }
 <h1>debusine-signing audit log</h1>
 <section id="status">
 {{with .Status}}
+{{with .Origin}}<p>Log <code>{{.}}</code></p>{{end}}
 <p class="{{if .OK}}ok{{else}}bad{{end}}" id="verdict">{{if .OK}}The log verifies{{else}}The log does not verify{{end}}:
 checkpoint of {{.Size}} rows (the database has {{.Rows}}), root <code>{{.Root}}</code>;
 signature {{.Signed}};

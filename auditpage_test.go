@@ -30,9 +30,13 @@ func pageTestRows(t *testing.T, s *serveTest) {
 
 // TestAuditPage: the page lists the rows, filtered by key, purpose, work
 // request and user, escapes what the rows hold, plots signatures per day
-// and key, and says whether the log verifies.
-func TestAuditPage(t *testing.T) {
-	s := newServeTest(t, newTestEnv(t), 2, "")
+// and key, and says whether the log verifies, on both engines.
+func TestAuditPageBothEngines(t *testing.T) {
+	engines(t, testAuditPage)
+}
+
+func testAuditPage(t *testing.T, te *testEnv) {
+	s := newServeTest(t, te, 2, "")
 	pageTestRows(t, s)
 	page := func(query string) string {
 		t.Helper()
