@@ -231,6 +231,10 @@ func TestAuditServePrefix(t *testing.T) {
 	if status, _, _ := get(t, ts, "checkpoint", ""); status != 404 {
 		t.Errorf("checkpoint outside the prefix: %d", status)
 	}
+	os.Remove(s.cpf)
+	if status, _, body := get(t, ts, "log/checkpoint", ""); status != http.StatusServiceUnavailable {
+		t.Errorf("no checkpoint file: %d %s", status, body)
+	}
 	s.te.cfg.AuditServe.Prefix = "log"
 	if _, err := newAuditServer(s.srv.st, s.te.cfg, s.srv.log); err == nil {
 		t.Error("prefix without slashes accepted")
