@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,15 +28,19 @@ import (
 // HTTP: a tlog.TileReader for tlog.TileHashReader, which checks every
 // tile against the tree it was asked for.
 type tileClient struct {
-	ctx  context.Context
-	base string // ends in "/"
-	hc   *http.Client
+	ctx   context.Context
+	base  string // ends in "/"
+	hc    *http.Client
+	token string // for the entry bundles, "" for none
 }
 
 func (c *tileClient) get(path string, limit int64) ([]byte, error) {
 	req, err := http.NewRequestWithContext(c.ctx, http.MethodGet, c.base+path, nil)
 	if err != nil {
 		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -109,10 +114,60 @@ func monitorStep(c *tileClient, kept []byte, vkey string, policy *witnessPolicy)
 	return served, old, cur, nil
 }
 
+// newRows reads rows from+1 to tree.N from the entry bundles, and checks
+// each one's leaf against the tree's (read from the tiles, which are
+// checked against tree): the rows the served checkpoint added.
+func newRows(c *tileClient, from int64, tree tlog.Tree) ([]AuditRow, error) {
+	if from >= tree.N {
+		return nil, nil
+	}
+	indexes := make([]int64, 0, tree.N-from)
+	for i := from; i < tree.N; i++ {
+		indexes = append(indexes, tlog.StoredHashIndex(0, i))
+	}
+	leaves, err := tlog.TileHashReader(tree, c).ReadHashes(indexes)
+	if err != nil {
+		return nil, fmt.Errorf("reading the leaf hashes from the tiles: %w", err)
+	}
+	var rows []AuditRow
+	for n := from / 256; n*256 < tree.N; n++ {
+		t := tlog.Tile{H: 8, L: -1, N: n, W: int(min(256, tree.N-n*256))}
+		path := "tile/entries/" + strings.TrimPrefix(t.Path(), "tile/8/data/")
+		bundle, err := c.get(path, int64(t.W)*(2+0xffff))
+		if err != nil {
+			return nil, err
+		}
+		for i := n * 256; i < n*256+int64(t.W); i++ {
+			if len(bundle) < 2 || len(bundle)-2 < int(binary.BigEndian.Uint16(bundle)) {
+				return nil, fmt.Errorf("%s: truncated at row %d", path, i+1)
+			}
+			size := int(binary.BigEndian.Uint16(bundle))
+			leaf := bundle[2 : 2+size]
+			bundle = bundle[2+size:]
+			if i < from {
+				continue
+			}
+			if tlog.RecordHash(leaf) != leaves[i-from] {
+				return nil, fmt.Errorf("%s: row %d is not the tree's leaf %d", path, i+1, i)
+			}
+			r, err := parseLeafData(leaf)
+			if err != nil || r.ID != i+1 {
+				return nil, fmt.Errorf("%s: leaf %d is not row %d (%v)", path, i, i+1, err)
+			}
+			rows = append(rows, r)
+		}
+		if len(bundle) != 0 {
+			return nil, fmt.Errorf("%s: %d bytes after its %d entries", path, len(bundle), t.W)
+		}
+	}
+	return rows, nil
+}
+
 func cmdAuditMonitor(e *env, args []string) error {
 	fs := flag.NewFlagSet("audit monitor", flag.ContinueOnError)
 	checkpoint := fs.String("checkpoint", "", "`file` holding the last checkpoint seen (start with one from a trusted copy); replaced by the served one when it extends it")
 	vkey := fs.String("key", "", "the log's checkpoint verifier `key` (audit key)")
+	tokenFile := fs.String("token-file", "", "`file` holding the server's token: also read the rows added, check each against the tree and list them")
 	var policy witnessPolicy
 	policy.addFlags(fs)
 	// Flags may come after the URL, as the usage line writes them.
@@ -141,9 +196,27 @@ func cmdAuditMonitor(e *env, args []string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	c := &tileClient{ctx: ctx, base: strings.TrimSuffix(url, "/") + "/", hc: &http.Client{Timeout: time.Minute}}
+	if *tokenFile != "" {
+		if c.token, err = readSecret(*tokenFile); err != nil {
+			return err
+		}
+	}
 	served, old, cur, err := monitorStep(c, kept, *vkey, &policy)
 	if err != nil {
 		return fmt.Errorf("audit monitor %s: %w; %s is unchanged", url, err, *checkpoint)
+	}
+	if c.token != "" {
+		from := old.Size
+		if old.Legacy {
+			from = 0
+		}
+		rows, err := newRows(c, from, cur.Tree())
+		if err != nil {
+			return fmt.Errorf("audit monitor %s: %w; %s is unchanged", url, err, *checkpoint)
+		}
+		for _, r := range rows {
+			fmt.Fprintln(e.stdout, r.String())
+		}
 	}
 	if err := writeFileAtomic(*checkpoint, func(f *os.File) error {
 		_, err := f.Write(served)

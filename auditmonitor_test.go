@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,11 +45,46 @@ func TestAuditMonitor(t *testing.T) {
 	}
 	appendTestRows(t, s.st, 300)
 	te.mustRun(t, "audit", "checkpoint", "--output", s.cpf)
-	if status, out, errOut := monitor(s.public.URL); status != 0 || !strings.Contains(out, "size 305 extends the kept size 5 (300 rows added)") {
+	// With a wrong token, the rows cannot be read: nothing is updated.
+	wrong := writeFile(t, t.TempDir(), "token", []byte("not-the-token-at-all"))
+	if status, _, errOut := te.run(t, "audit", "monitor", s.public.URL, "--checkpoint", kept, "--key", s.vkey, "--token-file", wrong); status == 0 || !strings.Contains(errOut, "401") {
+		t.Errorf("wrong token: %d %s", status, errOut)
+	}
+	// With the token, the monitor lists the rows added, each checked
+	// against the tree.
+	status, out, errOut := te.run(t, "audit", "monitor", s.public.URL, "--checkpoint", kept, "--key", s.vkey, "--token-file", filepath.Join(te.dir, "serve-token"))
+	if status != 0 || !strings.Contains(out, "size 305 extends the kept size 5 (300 rows added)") {
 		t.Fatalf("grown log: %d %s %s", status, out, errOut)
+	}
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 301 || !strings.HasPrefix(lines[0], "6\t") || !strings.HasPrefix(lines[299], "305\t") {
+		t.Errorf("rows listed: %d lines, first %q", len(lines), lines[0])
 	}
 	if !bytes.Equal(mustRead(t, kept), mustRead(t, s.cpf)) {
 		t.Fatal("the kept checkpoint was not replaced by the served one")
+	}
+	// A server whose entry bundles do not match its tiles: a row changed.
+	tampered := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec := httptest.NewRecorder()
+		s.srv.handler(false).ServeHTTP(rec, r)
+		body := rec.Body.Bytes()
+		if strings.HasPrefix(r.URL.Path, "/tile/entries/") && len(body) > 0 {
+			body[len(body)-1] ^= 1
+		}
+		w.WriteHeader(rec.Code)
+		w.Write(body)
+	}))
+	defer tampered.Close()
+	appendTestRows(t, s.st, 1)
+	te.mustRun(t, "audit", "checkpoint", "--output", s.cpf)
+	before := mustRead(t, kept)
+	if status, _, errOut := te.run(t, "audit", "monitor", tampered.URL, "--checkpoint", kept, "--key", s.vkey, "--token-file", filepath.Join(te.dir, "serve-token")); status == 0 || !strings.Contains(errOut, "row 306 is not the tree's leaf 305") {
+		t.Errorf("tampered entry bundle: %d %s", status, errOut)
+	}
+	if !bytes.Equal(before, mustRead(t, kept)) {
+		t.Error("the monitor took a checkpoint whose rows do not match")
+	}
+	if status, _, errOut := monitor(s.public.URL); status != 0 {
+		t.Fatalf("grown by one: %s", errOut)
 	}
 
 	// The fork grows to the same size with other rows.
@@ -56,8 +93,8 @@ func TestAuditMonitor(t *testing.T) {
 		grow int
 		want string
 	}{
-		{0, "the log forked: two checkpoints of size 305 with different roots"},
-		{1, "the log forked: the served checkpoint of size 306 does not extend the kept one of size 305"},
+		{1, "the log forked: two checkpoints of size 306 with different roots"},
+		{1, "the log forked: the served checkpoint of size 307 does not extend the kept one of size 306"},
 	} {
 		appendTestRows(t, fs.st, tc.grow)
 		fork.mustRun(t, "audit", "checkpoint", "--output", fs.cpf)
@@ -71,7 +108,7 @@ func TestAuditMonitor(t *testing.T) {
 	}
 	// The server shows an earlier checkpoint of the log: cut back.
 	os.WriteFile(s.cpf, first, 0o600)
-	if status, _, errOut := monitor(s.public.URL); status == 0 || !strings.Contains(errOut, "the log shrank: the served checkpoint covers 5 rows, the kept one 305") {
+	if status, _, errOut := monitor(s.public.URL); status == 0 || !strings.Contains(errOut, "the log shrank: the served checkpoint covers 5 rows, the kept one 306") {
 		t.Errorf("cut log: %d %s", status, errOut)
 	}
 	// Another key's checkpoint is refused before anything else.
