@@ -137,13 +137,12 @@ func newRows(c *tileClient, from int64, tree tlog.Tree) ([]AuditRow, error) {
 		if err != nil {
 			return nil, err
 		}
-		for i := n * 256; i < n*256+int64(t.W); i++ {
-			if len(bundle) < 2 || len(bundle)-2 < int(binary.BigEndian.Uint16(bundle)) {
-				return nil, fmt.Errorf("%s: truncated at row %d", path, i+1)
-			}
-			size := int(binary.BigEndian.Uint16(bundle))
-			leaf := bundle[2 : 2+size]
-			bundle = bundle[2+size:]
+		entries, err := parseEntryBundle(bundle, t.W)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		for k, leaf := range entries {
+			i := n*256 + int64(k)
 			if i < from {
 				continue
 			}
@@ -156,11 +155,26 @@ func newRows(c *tileClient, from int64, tree tlog.Tree) ([]AuditRow, error) {
 			}
 			rows = append(rows, r)
 		}
-		if len(bundle) != 0 {
-			return nil, fmt.Errorf("%s: %d bytes after its %d entries", path, len(bundle), t.W)
-		}
 	}
 	return rows, nil
+}
+
+// parseEntryBundle splits a C2SP tlog-tiles entry bundle into its w
+// entries, each after its length as 2 bytes, big-endian.
+func parseEntryBundle(bundle []byte, w int) ([][]byte, error) {
+	entries := make([][]byte, 0, w)
+	for len(bundle) > 0 && len(entries) < w {
+		if len(bundle) < 2 || len(bundle)-2 < int(binary.BigEndian.Uint16(bundle)) {
+			return nil, fmt.Errorf("entry %d is truncated", len(entries))
+		}
+		size := int(binary.BigEndian.Uint16(bundle))
+		entries = append(entries, bundle[2:2+size])
+		bundle = bundle[2+size:]
+	}
+	if len(entries) != w || len(bundle) != 0 {
+		return nil, fmt.Errorf("%d entries and %d bytes more, want %d entries", len(entries), len(bundle), w)
+	}
+	return entries, nil
 }
 
 func cmdAuditMonitor(e *env, args []string) error {

@@ -404,7 +404,7 @@ func cmdAuditServe(e *env, args []string) error {
 	var servers []*http.Server
 	errc := make(chan error, 2)
 	start := func(l net.Listener, trusted bool) {
-		hs := &http.Server{Handler: srv.handler(trusted), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+		hs := &http.Server{Handler: srv.handler(trusted), ReadHeaderTimeout: 10 * time.Second, WriteTimeout: time.Minute, IdleTimeout: time.Minute}
 		servers = append(servers, hs)
 		log.Info("serving the audit log", "address", l.Addr().String(), "prefix", srv.prefix, "rows", trusted || srv.token != nil)
 		go func() { errc <- hs.Serve(l) }()

@@ -163,17 +163,15 @@ func TestAuditServeBothEngines(t *testing.T) {
 		if status != 200 || h.Get("Cache-Control") != "no-cache" {
 			t.Fatalf("entry bundle with the token: %d", status)
 		}
-		for i := 256; i < 300; i++ {
-			n := int(binary.BigEndian.Uint16(bundle))
-			leaf := bundle[2 : 2+n]
-			bundle = bundle[2+n:]
-			r, err := parseLeafData(leaf)
-			if err != nil || r.ID != int64(i+1) || !bytes.Equal(leaf, rows[i].leafData()) {
-				t.Fatalf("entry %d: row %d %v", i, r.ID, err)
-			}
+		entries, err := parseEntryBundle(bundle, 44)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if len(bundle) != 0 {
-			t.Errorf("%d bytes after the last entry", len(bundle))
+		for k, leaf := range entries {
+			r, err := parseLeafData(leaf)
+			if err != nil || r.ID != int64(257+k) || !bytes.Equal(leaf, rows[256+k].leafData()) {
+				t.Fatalf("entry %d: row %d %v", k, r.ID, err)
+			}
 		}
 		if status, _, full := get(t, s.trusted, "tile/entries/000", ""); status != 200 || bytes.Count(full, []byte(`"data_sha256"`)) != 256 {
 			t.Errorf("entry bundle on the socket: %d", status)
@@ -416,4 +414,29 @@ func TestAuditServeProcessHelper(t *testing.T) {
 		return // only run as TestAuditServeProcess's subprocess
 	}
 	os.Exit(run([]string{arg, "audit", "serve"}, os.Stdout, os.Stderr))
+}
+
+// FuzzParseEntryBundle: a bundle parses into entries that encode back to
+// exactly it, or is refused.
+func FuzzParseEntryBundle(f *testing.F) {
+	f.Add([]byte("\x00\x01a\x00\x00"), 2)
+	f.Add([]byte("\x00\x05abc"), 1)
+	f.Add([]byte{}, 1)
+	f.Fuzz(func(t *testing.T, bundle []byte, w int) {
+		if w < 1 || w > 256 {
+			return
+		}
+		entries, err := parseEntryBundle(bundle, w)
+		if err != nil {
+			return
+		}
+		var again []byte
+		for _, e := range entries {
+			again = binary.BigEndian.AppendUint16(again, uint16(len(e)))
+			again = append(again, e...)
+		}
+		if len(entries) != w || !bytes.Equal(again, bundle) {
+			t.Errorf("%q (%d) parsed as %q", bundle, w, entries)
+		}
+	})
 }
