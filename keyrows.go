@@ -74,6 +74,9 @@ func publicKeyFingerprint(purpose string, public []byte) (string, error) {
 		if len(el) != 1 {
 			return "", fmt.Errorf("public key: %d keys, want exactly one", len(el))
 		}
+		if v := el[0].PrimaryKey.Version; v != 4 {
+			return "", fmt.Errorf("public key: version %d, only v4 keys are supported", v)
+		}
 		return openpgpFingerprint(el[0]), nil
 	}
 	return "", fmt.Errorf("unknown purpose %q", purpose)
@@ -162,6 +165,9 @@ func (s *Store) checkKeyRow(ak *auditKey, k *Key) error {
 	}
 	if !hmac.Equal([]byte(ak.keyRowMAC(k)), []byte(k.mac)) {
 		return fmt.Errorf("%w: %s: its authentication code does not match (the row was changed without the audit key: another key's private key or certificate, or an edited field)", errKeyRefused, k)
+	}
+	if k.CreatedAt.IsZero() || k.UpdatedAt.IsZero() {
+		return fmt.Errorf("%w: %s: bad created_at or updated_at", errKeyRefused, k)
 	}
 	if err := checkKeyPublic(k); err != nil {
 		return fmt.Errorf("%w: %s: %v", errKeyRefused, k, err)

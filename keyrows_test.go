@@ -132,12 +132,12 @@ func TestKeyRowSwapWithFingerprint(t *testing.T) {
 // TestKeyRowEdited: an edited description or created_at is refused and
 // reported.
 func TestKeyRowEdited(t *testing.T) {
-	for _, edit := range []string{"description = 'production key'", "created_at = '2020-01-01T00:00:00.000000Z'"} {
+	for _, edit := range []string{"description = 'production key'", "created_at = '2020-01-01T00:00:00.000000Z'", "updated_at = 'yesterday'"} {
 		t.Run(strings.Fields(edit)[0], func(t *testing.T) {
 			engines(t, func(t *testing.T, te *testEnv) {
 				a, _ := twoKeys(t, te)
 				dbSession(t, te, "UPDATE keys SET "+edit+" WHERE fingerprint = '"+a+"'")
-				for _, args := range [][]string{{"export-public-key", "--purpose", "uefi", "--key", a}, {"audit", "verify"}} {
+				for _, args := range [][]string{{"export-public-key", "--purpose", "uefi", "--key", a}, {"keys"}, {"audit", "verify"}} {
 					status, _, stderr := te.run(t, args...)
 					if status != exitError || !strings.Contains(stderr, "uefi:"+a) || !strings.Contains(stderr, "authentication code does not match") {
 						t.Errorf("%v: exit %d %q", args, status, stderr)
@@ -371,4 +371,22 @@ func TestAuditKeyPinReadOnly(t *testing.T) {
 	if status, _, stderr := te.run(t, "keys"); status != exitOK || strings.Contains(stderr, "warning") {
 		t.Errorf("pinned: exit %d %q", status, stderr)
 	}
+}
+
+// FuzzPublicKeyFingerprint: whatever a key row's public key holds, reading
+// its fingerprint fails cleanly or gives one of the right form.
+func FuzzPublicKeyFingerprint(f *testing.F) {
+	_, certPEM := testCertificate(f, "fuzz")
+	f.Add(certPEM, true)
+	f.Add([]byte("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n-----END PGP PUBLIC KEY BLOCK-----\n"), false)
+	f.Fuzz(func(t *testing.T, public []byte, uefi bool) {
+		purpose, want := purposeOpenPGP, 40
+		if uefi {
+			purpose, want = purposeUEFI, 64
+		}
+		fpr, err := publicKeyFingerprint(purpose, public)
+		if err == nil && (len(fpr) != want || strings.ToUpper(fpr) != fpr) {
+			t.Errorf("fingerprint %q", fpr)
+		}
+	})
 }

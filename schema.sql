@@ -13,8 +13,9 @@
 -- ever appended (the triggers of version 3: no UPDATE or DELETE, and an
 -- INSERT must carry id = last id + 1, prev_hash = the last row's hash, a
 -- hash no row has, a program_version and a mac); the audit key row is
--- never deleted or replaced, only re-sealed. Each row's hash and mac are
--- computed in Go (audit.go, auditkey.go), not by the database. What else
+-- never deleted or replaced, only re-sealed. Each row's hash and mac, and
+-- each key row's mac (version 4), are computed in Go (audit.go,
+-- auditkey.go, keyrows.go), not by the database. What else
 -- differs between the engines (schema version, write lock, the catalogue
 -- checkSchema compares) is in db.go.
 
