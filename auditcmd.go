@@ -22,6 +22,10 @@ func cmdAudit(e *env, args []string) error {
 			return cmdAuditProve(e, args[1:])
 		case "verify-receipt":
 			return cmdAuditVerifyReceipt(e, args[1:])
+		case "serve":
+			return cmdAuditServe(e, args[1:])
+		case "monitor":
+			return cmdAuditMonitor(e, args[1:])
 		}
 	}
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
@@ -73,11 +77,19 @@ func cmdAudit(e *env, args []string) error {
 func cmdAuditVerify(e *env, args []string) error {
 	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
 	checkpoint := fs.String("checkpoint", "", "signed checkpoint `file` (from audit checkpoint) the log must still hold")
+	var policy witnessPolicy
+	policy.addFlags(fs)
 	if err := parseFlags(fs, e, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return usagef("audit verify takes no positional arguments")
+	}
+	if err := policy.parse(); err != nil {
+		return err
+	}
+	if len(policy.witnesses) > 0 && *checkpoint == "" {
+		return usagef("--witness applies to the checkpoint of --checkpoint FILE")
 	}
 	var msg []byte
 	if *checkpoint != "" {
@@ -94,6 +106,12 @@ func cmdAuditVerify(e *env, args []string) error {
 	var cp AuditCheckpoint
 	if msg != nil {
 		v, cp, err = st.VerifyCheckpoint(msg)
+		if err == nil && len(policy.witnesses) > 0 {
+			var vkey string
+			if vkey, err = st.CheckpointVerifierKey(); err == nil {
+				_, err = policy.check(msg, vkey)
+			}
+		}
 	} else {
 		v, err = st.VerifyAudit()
 	}
@@ -111,22 +129,40 @@ func cmdAuditVerify(e *env, args []string) error {
 			proof = "; today's tree extends its tree (consistency proof checked)"
 		}
 		fmt.Fprintf(e.stdout, "checkpoint holds: the log still contains the %d rows it covered (%d added since)%s\n", cp.Size, int64(v.Rows)-cp.Size, proof)
+		if len(policy.witnesses) > 0 {
+			fmt.Fprintf(e.stdout, "checkpoint cosigned by at least %d of the %d witnesses given\n", policy.quorum, len(policy.witnesses))
+		}
 	}
 	return nil
 }
 
-// cmdAuditCheckpoint prints a signed checkpoint of the log.
+// cmdAuditCheckpoint prints a signed checkpoint of the log, or replaces
+// --output FILE with it, cosigned by the configured witnesses.
 func cmdAuditCheckpoint(e *env, args []string) error {
-	if len(args) != 0 {
-		return usagef("audit checkpoint takes no arguments")
+	fs := flag.NewFlagSet("audit checkpoint", flag.ContinueOnError)
+	output := fs.String("output", "", "replace `file` with the checkpoint (the witnesses then start from its previous size)")
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("audit checkpoint takes no positional arguments")
 	}
 	st, err := e.openStore()
 	if err != nil {
 		return err
 	}
-	cp, err := st.Checkpoint()
+	var cp []byte
+	var witnessErrs []error
+	if *output != "" {
+		witnessErrs, err = writeCheckpointFile(st, *output)
+	} else {
+		cp, witnessErrs, err = st.witnessedCheckpoint(nil)
+	}
 	if err != nil {
 		return err
+	}
+	for _, err := range witnessErrs {
+		fmt.Fprintf(e.stderr, "debusine-signing: warning: not cosigned: %v\n", err)
 	}
 	_, err = e.stdout.Write(cp)
 	return err

@@ -398,17 +398,20 @@ func (s *Store) VerifyCheckpoint(msg []byte) (AuditVerification, AuditCheckpoint
 	return v, cp, nil
 }
 
-// writeCheckpointFile replaces path (if not "") with a new checkpoint, so
-// that whatever ships it off the host always finds a whole one.
-func writeCheckpointFile(st *Store, path string) error {
+// writeCheckpointFile replaces path (if not "") with a new checkpoint,
+// cosigned by the configured witnesses, so that whatever ships it off the
+// host always finds a whole one. A witness that does not cosign is among
+// witnessErrs, to be logged: the checkpoint is written all the same.
+func writeCheckpointFile(st *Store, path string) (witnessErrs []error, err error) {
 	if path == "" {
-		return nil
+		return nil, nil
 	}
-	cp, err := st.Checkpoint()
+	prev, _ := os.ReadFile(path)
+	cp, witnessErrs, err := st.witnessedCheckpoint(prev)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return writeFileAtomic(path, func(f *os.File) error {
+	return witnessErrs, writeFileAtomic(path, func(f *os.File) error {
 		_, err := f.Write(cp)
 		return err
 	})

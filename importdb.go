@@ -286,7 +286,7 @@ func cmdImportDebusineDB(e *env, args []string) error {
 	if !isPostgres(args[0]) {
 		return usagef("import-debusine-db: %q is not a PostgreSQL connection string (postgresql://... or key=value conninfo)", args[0])
 	}
-	src, err := connectPostgres(args[0], *passwordFile)
+	src, err := connectPostgres(args[0], *passwordFile, false)
 	if err != nil {
 		return fmt.Errorf("reading Debusine's database %s: %w", databaseName(args[0]), err)
 	}

@@ -56,6 +56,8 @@ type Store struct {
 	// auditOrigin is the audit log's origin (audit_origin), "" for the
 	// default derived from the audit key (checkpoint.go); set by main.
 	auditOrigin string
+	// witnesses cosign its checkpoints ([[witness]], witness.go).
+	witnesses []WitnessConfig
 
 	auditKeyMu    sync.Mutex
 	auditKeyCache *auditKey // unsealed on first use (auditkey.go)

@@ -51,6 +51,9 @@ type Config struct {
 	YubiKey     YubiKeyConfig `toml:"yubikey"`
 	PKCS11      PKCS11Config  `toml:"pkcs11"`
 	Relay       RelayConfig   `toml:"relay"`
+	// AuditServe configures `audit serve`; Witnesses cosign checkpoints.
+	AuditServe AuditServeConfig `toml:"audit_serve"`
+	Witnesses  []WitnessConfig  `toml:"witness"`
 
 	// path is the file the configuration came from, "" for the embedded
 	// default.
@@ -142,7 +145,8 @@ func loadConfig(path string) (*Config, error) {
 		abs(&cfg.ServiceKeys[i])
 	}
 	for _, p := range []*string{&cfg.Worker.TokenFile, &cfg.Worker.ActivationTokenFile, &cfg.Worker.CAFile,
-		&cfg.Worker.LogFile, &cfg.Worker.CheckpointFile, &cfg.YubiKey.PINFile, &cfg.YubiKey.ManagementKeyFile} {
+		&cfg.Worker.LogFile, &cfg.Worker.CheckpointFile, &cfg.YubiKey.PINFile, &cfg.YubiKey.ManagementKeyFile,
+		&cfg.AuditServe.Socket, &cfg.AuditServe.TokenFile, &cfg.AuditServe.CheckpointFile} {
 		abs(p)
 	}
 	for _, p := range cfg.Relay.paths() {
@@ -246,6 +250,7 @@ func (e *env) openStore() (*Store, error) {
 	st.yubikey = cfg.YubiKey
 	st.pkcs11 = cfg.PKCS11
 	st.auditOrigin = cfg.AuditOrigin
+	st.witnesses = cfg.Witnesses
 	e.store = st
 	return st, nil
 }
@@ -269,7 +274,7 @@ func init() {
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
 		{"upgrade-store", "", "authenticate a store written before authentication codes (schema version 1), printing the chain head it adopts", cmdUpgradeStore},
-		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key | prove [--checkpoint FILE] [-o FILE] ROW|--sha256 HEX|--file FILE | verify-receipt --key VERIFIER [--file FILE] RECEIPT", "list, verify, checkpoint or prove the audit log; check a receipt", cmdAudit},
+		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] [--witness KEY --quorum N] | checkpoint [--output FILE] | key | prove [--checkpoint FILE] [-o FILE] ROW|--sha256 HEX|--file FILE | verify-receipt --key VERIFIER [--file FILE] [--witness KEY --quorum N] RECEIPT | serve | monitor URL --checkpoint FILE --key VERIFIER", "list, verify, checkpoint, prove, serve or monitor the audit log; check a receipt", cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
 		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", cmdImportDebusineDB},
 		{"relay", "generate-key|fetch|sign|complete ...", "carry work requests to an offline host and back ([relay] table)", cmdRelay},

@@ -69,6 +69,15 @@ func (s *Store) Prove(id int64, checkpoint []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return s.proveRow(r, checkpoint, verifiers, vkey)
+}
+
+// proveRow writes the receipt of row r, read by the caller, with
+// checkpoint, which must open with verifiers (vkey names the log's key in
+// errors) and be of this log's tree: Prove, and audit serve, which has the
+// verifier key but not the audit key.
+func (s *Store) proveRow(r AuditRow, checkpoint []byte, verifiers note.Verifiers, vkey string) ([]byte, error) {
+	id := r.ID
 	cp, err := openCheckpoint(checkpoint, verifiers, vkey)
 	if err != nil {
 		return nil, err
@@ -253,12 +262,17 @@ func cmdAuditVerifyReceipt(e *env, args []string) error {
 	fs := flag.NewFlagSet("audit verify-receipt", flag.ContinueOnError)
 	key := fs.String("key", "", "the log's verifier `key` (audit key on the signing host), or a file holding it")
 	file := fs.String("file", "", "check that the receipt is for a signature over this `file`")
+	var policy witnessPolicy
+	policy.addFlags(fs)
 	pos, err := parseInterspersed(fs, e, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 || *key == "" {
 		return usagef("audit verify-receipt takes --key VERIFIER and one RECEIPT file")
+	}
+	if err := policy.parse(); err != nil {
+		return err
 	}
 	vkey, err := verifierKeyArg(*key)
 	if err != nil {
@@ -276,6 +290,13 @@ func cmdAuditVerifyReceipt(e *env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", pos[0], err)
 	}
+	if len(policy.witnesses) > 0 {
+		var rc receipt
+		json.Unmarshal(data, &rc)
+		if _, err := policy.check([]byte(rc.Checkpoint), vkey); err != nil {
+			return fmt.Errorf("%s: %w", pos[0], err)
+		}
+	}
 	if *file != "" {
 		h, err := fileSHA256(*file)
 		if err != nil {
@@ -286,6 +307,9 @@ func cmdAuditVerifyReceipt(e *env, args []string) error {
 		}
 	}
 	fmt.Fprintf(e.stdout, "receipt verifies: row %d is in the audit log %s of %d rows\n", r.ID, cp.Origin, cp.Size)
+	if len(policy.witnesses) > 0 {
+		fmt.Fprintf(e.stdout, "its checkpoint is cosigned by at least %d of the %d witnesses given\n", policy.quorum, len(policy.witnesses))
+	}
 	fmt.Fprintln(e.stdout, r.String())
 	if *file != "" {
 		fmt.Fprintf(e.stdout, "%s: its SHA-256 is the row's data_sha256\n", *file)

@@ -211,7 +211,7 @@ func TestStoreMigrationInPlaceBothEngines(t *testing.T) {
 func rawDB(t *testing.T, database string) *sql.DB {
 	t.Helper()
 	if isPostgres(database) {
-		db, err := connectPostgres(database, "")
+		db, err := connectPostgres(database, "", false)
 		if err != nil {
 			t.Fatal(err)
 		}

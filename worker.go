@@ -167,8 +167,12 @@ func (w *worker) drain(ctx context.Context) error {
 		if err := w.execute(ctx, wr); err != nil {
 			return err
 		}
-		if err := writeCheckpointFile(w.st, w.checkpointFile); err != nil {
+		witnessErrs, err := writeCheckpointFile(w.st, w.checkpointFile)
+		if err != nil {
 			w.log.Error("cannot write the audit checkpoint", "file", w.checkpointFile, "error", err)
+		}
+		for _, err := range witnessErrs {
+			w.log.Warn("the audit checkpoint was not cosigned", "error", err)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
