@@ -162,7 +162,7 @@ func (c *checker) database() {
 	var err error
 	if isPostgres(database) {
 		st.engine = postgresEngine
-		db, err = connectPostgres(database, c.cfg.DatabasePasswordFile)
+		db, err = connectPostgres(database, c.cfg.DatabasePasswordFile, false)
 	} else {
 		st.engine = sqliteEngine
 		if _, err := os.Stat(database); errors.Is(err, fs.ErrNotExist) {

@@ -67,8 +67,8 @@ func TestManPageCommands(t *testing.T) {
 			continue
 		}
 		for _, f := range commandFlags(t, c) {
-			if !strings.Contains(body, "**--"+f+"**") {
-				t.Errorf("%s lacks the option --%s of %q: add **--%s** to the section \"## %s\"", manCommands, f, c.name, f, c.name)
+			if name := flagName(f); !strings.Contains(body, "**"+name+"**") {
+				t.Errorf("%s lacks the option %s of %q: add **%s** to the section \"## %s\"", manCommands, name, c.name, name, c.name)
 			}
 		}
 	}

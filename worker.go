@@ -167,8 +167,12 @@ func (w *worker) drain(ctx context.Context) error {
 		if err := w.execute(ctx, wr); err != nil {
 			return err
 		}
-		if err := writeCheckpointFile(w.st, w.checkpointFile); err != nil {
+		witnessErrs, err := writeCheckpointFile(w.st, w.checkpointFile)
+		if err != nil {
 			w.log.Error("cannot write the audit checkpoint", "file", w.checkpointFile, "error", err)
+		}
+		for _, err := range witnessErrs {
+			w.log.Warn("the audit checkpoint was not cosigned", "error", err)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -613,7 +617,10 @@ func (w *worker) flushPendingCompletion(ctx context.Context) error {
 // usableKeys lists purpose:fingerprint of the keys this worker can use.
 func (w *worker) usableKeys() ([]string, error) {
 	keys, err := w.st.Keys()
-	if err != nil {
+	if errors.Is(err, errKeyRefused) {
+		// Rows that fail their checks are not offered; the others are.
+		w.log.Error("key rows refused by their checks are not offered", "error", err)
+	} else if err != nil {
 		return nil, err
 	}
 	out := []string{}
@@ -640,7 +647,7 @@ func (w *worker) keyUsable(k *Key) error {
 		if err != nil {
 			return err
 		}
-		if err := tokenKeyAvailable(w.st.yubikey, uri); err != nil {
+		if err := keyAvailable(w.st, uri); err != nil {
 			return fmt.Errorf("key %s cannot be used on this worker: %w", k, err)
 		}
 		return nil
