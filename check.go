@@ -223,8 +223,10 @@ func (c *checker) database() {
 	if version == 0 {
 		return
 	}
+	// Keys verifies each key row against the audit key (its
+	// authentication code, fingerprint and sealed key).
 	if c.keys, err = st.Keys(); err != nil {
-		c.fail(what, err)
+		c.fail("stored keys", err)
 	}
 }
 

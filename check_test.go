@@ -161,8 +161,7 @@ func TestCheckWrongServiceKey(t *testing.T) {
 			t.Fatal(err)
 		}
 		status, out := r.check(t)
-		wantFail(t, status, out, "key openpgp:"+r.fpr+": key openpgp:"+r.fpr+" is sealed to service public key")
-		wantFail(t, status, out, "audit log: the audit key is sealed to service public key")
+		wantFail(t, status, out, "stored keys: the audit key is sealed to service public key")
 	})
 }
 
