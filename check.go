@@ -40,6 +40,8 @@ type checker struct {
 	// there yet or cannot be opened; keys are its keys.
 	store *Store
 	keys  []*Key
+	// schema is the store's schema version, 0 before it is created.
+	schema int
 }
 
 // checks run in order; each prints one or more lines. Checks that need the
@@ -47,6 +49,7 @@ type checker struct {
 var checks = []func(c *checker){
 	(*checker).serviceKeys,
 	(*checker).database,
+	(*checker).keyRows,
 	(*checker).storedKeys,
 	(*checker).auditLog,
 	(*checker).workerFiles,
@@ -196,7 +199,7 @@ func (c *checker) database() {
 		c.fail(what, sqliteError(err))
 		return
 	}
-	c.store = st
+	c.store, c.schema = st, version
 	for _, p := range c.cfg.ServiceKeys {
 		// The service keys' own check has said what is wrong with one.
 		if k, err := loadServiceKey(p); err == nil {
@@ -265,6 +268,25 @@ func checkWritableDir(dir string) error {
 		return fmt.Errorf("directory %s: %w", dir, err)
 	}
 	return nil
+}
+
+// keyRows runs the store's own check of the audit key's pin and of every
+// key row (Store.VerifyKeys), one line per problem.
+func (c *checker) keyRows() {
+	if c.store == nil || c.schema == 0 {
+		return
+	}
+	problems, err := c.store.VerifyKeys()
+	if err != nil {
+		c.fail("key rows", err)
+		return
+	}
+	for _, p := range problems {
+		c.fail("key row "+p.Key, errors.New(p.Problem))
+	}
+	if len(problems) == 0 {
+		c.ok("key rows verified; the audit key is pinned beside the service key")
+	}
 }
 
 // storedKeys unseals every software key with the service keys (and

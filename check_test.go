@@ -432,3 +432,18 @@ func TestCheckEmptyDatabase(t *testing.T) {
 		}
 	})
 }
+
+// TestCheckAuditKeyUnpinned: the audit key's pin missing beside the
+// service key fails, with the line to pin; check does not write it.
+func TestCheckAuditKeyUnpinned(t *testing.T) {
+	r := newCheckRig(t, newTestEnv(t))
+	pin := filepath.Join(r.te.dir, "service-key"+pinSuffix)
+	if err := os.Remove(pin); err != nil {
+		t.Fatal(err)
+	}
+	status, out := r.check(t)
+	wantFail(t, status, out, "key row audit key: not pinned beside any configured service key; write this line to "+pin)
+	if _, err := os.Stat(pin); err == nil {
+		t.Error("check wrote the pin")
+	}
+}
