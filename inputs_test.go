@@ -12,10 +12,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestCLIChild runs the command line in CLI_CHILD_ARGS (JSON) in its own
-// process, prints how long it took on the last line of standard error and
+// process, prints whether the process was left dumpable, its core size
+// limits, and on the last line of standard error how long it took, and
 // exits with its status: the tests' way to time a command that might hang,
 // or to kill one.
 func TestCLIChild(t *testing.T) {
@@ -29,7 +32,11 @@ func TestCLIChild(t *testing.T) {
 	}
 	start := time.Now()
 	status := run(args, os.Stdout, os.Stderr)
-	fmt.Fprintf(os.Stderr, "\nelapsed %d ms\n", time.Since(start).Milliseconds())
+	elapsed := time.Since(start)
+	dumpable, _ := unix.PrctlRetInt(unix.PR_GET_DUMPABLE, 0, 0, 0, 0)
+	var core unix.Rlimit
+	unix.Getrlimit(unix.RLIMIT_CORE, &core)
+	fmt.Fprintf(os.Stderr, "\ndumpable %d core %d %d\nelapsed %d ms\n", dumpable, core.Cur, core.Max, elapsed.Milliseconds())
 	os.Exit(status)
 }
 

@@ -231,8 +231,14 @@ func (e *env) openStore() (*Store, error) {
 	return st, nil
 }
 
+// command is one entry of the command table. secrets says whether the
+// command may read or make a secret (a service, bundle or result key, a
+// token, a password, a PIN, a private key): run hardens the process
+// (harden) before such a command parses its first argument. The table's
+// entries are positional, so a new command cannot leave it unsaid.
 type command struct {
 	name, args, summary string
+	secrets             bool
 	run                 func(e *env, args []string) error
 }
 
@@ -240,20 +246,20 @@ var commands []command
 
 func init() {
 	commands = []command{
-		{"generate-service-key", "PATH", "create a service key file (mode 0600)", cmdGenerateServiceKey},
-		{"reencrypt-keys", "", "re-seal every stored key to the first service key", cmdReencryptKeys},
-		{"keys", "[--json]", "list the stored keys", cmdKeys},
-		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c]", "generate a key, print its fingerprint", cmdGenerateKey},
-		{"import-key", "--purpose P --private-key FILE ...", "import an existing private key", cmdImportKey},
-		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] [--type T] [--replace] FILE...", "sign files", cmdSign},
-		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
-		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
-		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
-		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", cmdAudit},
-		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", cmdWorker},
-		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", cmdImportDebusineDB},
-		{"relay", "generate-key|fetch|sign|complete ...", "carry work requests to an offline host and back ([relay] table)", cmdRelay},
-		{"version", "", "print the version, VCS revision and build settings", cmdVersion},
+		{"generate-service-key", "PATH", "create a service key file (mode 0600)", true, cmdGenerateServiceKey},
+		{"reencrypt-keys", "", "re-seal every stored key to the first service key", true, cmdReencryptKeys},
+		{"keys", "[--json]", "list the stored keys", true, cmdKeys},
+		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c]", "generate a key, print its fingerprint", true, cmdGenerateKey},
+		{"import-key", "--purpose P --private-key FILE ...", "import an existing private key", true, cmdImportKey},
+		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] [--type T] [--replace] FILE...", "sign files", true, cmdSign},
+		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", true, cmdRegisterPKCS11},
+		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", true, cmdRegisterYubiKey},
+		{"export-public-key", "--purpose P --key FPR", "print a key's public key", true, cmdExportPublicKey},
+		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", true, cmdAudit},
+		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", true, cmdWorker},
+		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", true, cmdImportDebusineDB},
+		{"relay", "generate-key|fetch|sign|complete ...", "carry work requests to an offline host and back ([relay] table)", true, cmdRelay},
+		{"version", "", "print the version, VCS revision and build settings", false, cmdVersion},
 	}
 }
 
@@ -305,6 +311,9 @@ func run(args []string, stdout, stderr io.Writer) (status int) {
 	}
 	for _, c := range commands {
 		if c.name == name {
+			if c.secrets {
+				harden()
+			}
 			return report(stderr, c.run(e, fs.Args()[1:]))
 		}
 	}
