@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -356,23 +355,7 @@ func readSecretFile(source, what string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s file: %w", what, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%s file: %w", what, err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s file %s: permissions %04o are too open (readable by group or others); run chmod 600 %s", what, path, fi.Mode().Perm(), path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, 4096))
-	if err != nil {
-		return nil, fmt.Errorf("%s file %s: %w", what, path, err)
-	}
-	return data, nil
+	return readSecretInput(path, what+" file", maxSecretSize)
 }
 
 // readManagementKey reads the management key file: the key in hex, as
