@@ -275,8 +275,11 @@ func readArchive(p, what string, open func([]byte) (string, error), dir string, 
 	if err != nil {
 		return nil, fmt.Errorf("%s: not a %s (unreadable tar: %v)", p, what, err)
 	}
-	if hdr.Name != manifestName || hdr.Typeflag != tar.TypeReg || sparse(hdr) || hdr.Size > maxManifest {
+	if hdr.Name != manifestName || hdr.Typeflag != tar.TypeReg || sparse(hdr) {
 		return nil, fmt.Errorf("%s: not a %s (its first member is %q, not %s)", p, what, hdr.Name, manifestName)
+	}
+	if hdr.Size > maxManifest {
+		return nil, fmt.Errorf("%s: the %s's %s is too large (%d bytes, more than the %d this accepts): refused", p, what, manifestName, hdr.Size, maxManifest)
 	}
 	raw, err := io.ReadAll(tr)
 	if err != nil {
