@@ -21,18 +21,18 @@ func shortTokenTimeouts(t *testing.T, reader, op time.Duration) {
 
 // within runs fn, failing the test if it has not returned after limit (the
 // goroutine is then left to the hook that ends it).
-func within(t *testing.T, limit time.Duration, what string, fn func() error) (error, time.Duration) {
+func within(t *testing.T, limit time.Duration, what string, fn func() error) (time.Duration, error) {
 	t.Helper()
 	start := time.Now()
 	ch := make(chan error, 1)
 	go func() { ch <- fn() }()
 	select {
 	case err := <-ch:
-		return err, time.Since(start)
+		return time.Since(start), err
 	case <-time.After(limit):
 		t.Fatalf("%s: still running after %s", what, limit)
 	}
-	return nil, 0
+	return 0, nil
 }
 
 // TestPCSCGetResponseBounded: a card answering every APDU of a signature
@@ -59,7 +59,7 @@ func TestPCSCGetResponseBounded(t *testing.T) {
 		return &fakeAnswer{data: []byte{0x61, 0x10}}
 	}
 	d.mu.Unlock()
-	err, _ = within(t, time.Minute, "endless GET RESPONSE", func() error { _, _, err := signDigest(t, signer, "x"); return err })
+	_, err = within(t, time.Minute, "endless GET RESPONSE", func() error { _, _, err := signDigest(t, signer, "x"); return err })
 	oneLine(t, "endless GET RESPONSE", err, fmt.Sprintf("YubiKey %d", testTokenSerial), "still announced more data after 65 chunks")
 	if got := n.Load(); got > pivMaxChunks+1 {
 		t.Errorf("%d APDUs sent, want at most %d", got, pivMaxChunks+1)
@@ -105,7 +105,7 @@ func TestPCSCStalledReaders(t *testing.T) {
 			}
 			d.mu.Unlock()
 			var signer crypto.Signer
-			err, took := within(t, 30*time.Second, tc.name, func() (err error) {
+			took, err := within(t, 30*time.Second, tc.name, func() (err error) {
 				signer, err = tokenSigner(YubiKeyConfig{}, uri)
 				return err
 			})
@@ -135,7 +135,7 @@ func TestPCSCOperationCapped(t *testing.T) {
 	d.mu.Lock()
 	d.onCommand = stall
 	d.mu.Unlock()
-	err, took := within(t, time.Minute, "16 stalled readers", func() error {
+	took, err := within(t, time.Minute, "16 stalled readers", func() error {
 		_, err := tokenSigner(YubiKeyConfig{}, uri)
 		return err
 	})
@@ -155,7 +155,7 @@ func TestPCSCOperationCapped(t *testing.T) {
 	d.mu.Lock()
 	d.onCommand = func(cmd uint32, reader string) (pcscError, bool) { return 0, cmd == pcscTransmit && reader == token }
 	d.mu.Unlock()
-	err, took = within(t, time.Minute, "stalled signature", func() error { _, _, err := signDigest(t, signer, "x"); return err })
+	took, err = within(t, time.Minute, "stalled signature", func() error { _, _, err := signDigest(t, signer, "x"); return err })
 	oneLine(t, "stalled signature", err, fmt.Sprintf("YubiKey %d in reader %q", testTokenSerial, token), "no answer in time")
 	if took > 10*time.Second {
 		t.Errorf("a stalled signature took %s, with %s for one operation", took, tokenOpTimeout)
