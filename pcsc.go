@@ -270,15 +270,15 @@ func (c *pcscContext) call(cmd uint32, body []byte, answer int) ([]byte, error) 
 }
 
 func (c *pcscContext) send(cmd uint32, body []byte, extra ...[]byte) error {
+	if c.broken != nil {
+		return c.broken
+	}
 	msg := make([]byte, 8, 8+len(body))
 	binary.NativeEndian.PutUint32(msg[0:], uint32(len(body)))
 	binary.NativeEndian.PutUint32(msg[4:], cmd)
 	msg = append(msg, body...)
 	for _, e := range extra {
 		msg = append(msg, e...)
-	}
-	if c.broken != nil {
-		return c.broken
 	}
 	c.conn.SetDeadline(c.until())
 	if _, err := c.conn.Write(msg); err != nil {

@@ -64,6 +64,8 @@ type token struct {
 
 func (t *token) close() {
 	if t.card != nil {
+		// Its own bound: the operation's may have run out.
+		t.card.ctx.SetDeadline(time.Now().Add(readerTimeout))
 		t.card.close()
 		t.card.ctx.Close()
 		t.card = nil
