@@ -1,16 +1,15 @@
 package main
 
 // The HTTP side of the worker <-> server protocol (docs/protocol.md §1–§4): one
-// client, every call retried on connection errors and 5xx (with exponential
-// backoff, for [worker] retry_for), a few calls in flight at a time, RFC
-// 7807 errors turned into Go errors, resumable uploads and hash-checked
-// downloads.
+// client (httpclient.go), every call retried on connection errors, stalls
+// and 5xx (with exponential backoff, for [worker] retry_for), a few calls in
+// flight at a time, RFC 7807 errors turned into Go errors, resumable uploads
+// and hash-checked downloads.
 
 import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
@@ -50,11 +49,15 @@ const defaultRetryFor = 10 * time.Minute
 const maxInFlight = 4
 
 type apiClient struct {
-	base  string // api_url without a trailing slash
-	host  string // scheme://host of api_url: the only origin that gets the token
-	token string // the worker's secret; empty before registration
-	hc    *http.Client
-	log   *slog.Logger
+	base   string // api_url without a trailing slash
+	origin string // origin() of api_url: the only one that gets the token
+	token  string // the worker's secret; empty before registration
+	hc     *http.Client
+	log    *slog.Logger
+
+	// idle and header are the stall deadlines of every request
+	// (idleTimeout, headerTimeout; tests make them short).
+	idle, header time.Duration
 
 	// retryFor is how long a call is retried when the connection fails or
 	// the server answers 5xx, from its first failure; delay is the pause
@@ -91,15 +94,13 @@ func newAPIClient(apiURL, caFile string, log *slog.Logger) (*apiClient, error) {
 			return nil, fmt.Errorf("ca_file %s: no PEM certificate in it", caFile)
 		}
 	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-	tr.ResponseHeaderTimeout = 5 * time.Minute
-	tr.MaxIdleConnsPerHost = maxInFlight
 	return &apiClient{
 		base:      strings.TrimRight(apiURL, "/"),
-		host:      u.Scheme + "://" + u.Host,
-		hc:        &http.Client{Transport: tr},
+		origin:    origin(u),
+		hc:        newHTTPClient(pool, origin(u)),
 		log:       log,
+		idle:      idleTimeout,
+		header:    headerTimeout,
 		retryFor:  defaultRetryFor,
 		delay:     backoffDelay,
 		chunkSize: maxChunk,
@@ -214,7 +215,8 @@ func retryable(ctx context.Context, err error) bool {
 	if errors.As(err, &ae) {
 		return ae.Status >= 500
 	}
-	return true
+	var re *redirectError
+	return !errors.As(err, &re)
 }
 
 // request is one API call, re-sendable on retry because the body is bytes.
@@ -223,10 +225,13 @@ type request struct {
 	url    string // absolute
 	body   []byte
 	header http.Header
-	noAuth bool  // registration sends the activation token or nothing
-	ok     []int // success statuses; anything else is an apiError
-	limit  int64 // response body bytes to keep (maxJSONBody when 0)
-	sink   func(*http.Response) error
+	noAuth bool // registration sends the activation token or nothing
+	// unslotted calls do not wait for a slot: the watch's small status
+	// reads must not queue behind stalled transfers (watch.go).
+	unslotted bool
+	ok        []int // success statuses; anything else is an apiError
+	limit     int64 // response body bytes to keep (maxJSONBody when 0)
+	sink      func(*http.Response) error
 }
 
 // response is a successful answer with its (bounded) body.
@@ -236,64 +241,9 @@ type response struct {
 	body   []byte
 }
 
-// once performs one attempt of r.
-func (c *apiClient) once(ctx context.Context, r *request) (*response, error) {
-	var body io.Reader
-	if r.body != nil {
-		body = bytes.NewReader(r.body)
-	}
-	req, err := http.NewRequestWithContext(ctx, r.method, r.url, body)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", r.method, r.url, err)
-	}
-	for k, v := range r.header {
-		req.Header[k] = v
-	}
-	if r.body != nil && req.Header.Get("Content-Type") == "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if !r.noAuth && c.token != "" {
-		req.Header.Set("Token", c.token)
-	}
-	select {
-	case c.slots <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	defer func() { <-c.slots }()
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	good := false
-	for _, s := range r.ok {
-		good = good || resp.StatusCode == s
-	}
-	if good && r.sink != nil {
-		if err := r.sink(resp); err != nil {
-			return nil, err
-		}
-		return &response{status: resp.StatusCode, header: resp.Header}, nil
-	}
-	limit := r.limit
-	if limit == 0 {
-		limit = maxJSONBody
-	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: reading the answer: %w", r.method, r.url, err)
-	}
-	if !good {
-		return nil, newAPIError(r.method, r.url, resp, data[:min(int64(len(data)), limit)])
-	}
-	if int64(len(data)) > limit {
-		// Not retried (it is an apiError with a status under 500): the
-		// same answer would come back.
-		return nil, &apiError{Method: r.method, URL: r.url, Status: resp.StatusCode,
-			Body: fmt.Sprintf("the answer is larger than %s, the most this worker reads from the API", sizeString(limit))}
-	}
-	return &response{status: resp.StatusCode, header: resp.Header, body: data}, nil
+// tooLarge says that an answer is over limit.
+func tooLarge(limit int64) string {
+	return fmt.Sprintf("the answer is larger than %s, the most this worker reads from the API", sizeString(limit))
 }
 
 // sizeString says n bytes in MiB when it is a whole number of them.
@@ -383,21 +333,88 @@ type workRequest struct {
 	Worker *int64 `json:"worker"`
 }
 
-// getNext asks for work; nil, nil means none (204).
+// getNext asks for work; nil, nil means none (204). A work request that
+// cannot be read is an unreadableWorkRequest error.
 func (c *apiClient) getNext(ctx context.Context) (*workRequest, error) {
-	var wr workRequest
-	r := &request{method: http.MethodGet, url: c.base + "/1.0/work-request/get-next-for-worker/", ok: []int{200, 204}}
+	var data []byte
+	r := &request{method: http.MethodGet, url: c.base + "/1.0/work-request/get-next-for-worker/", ok: []int{200, 204},
+		sink: func(resp *http.Response) error {
+			if resp.StatusCode == http.StatusNoContent {
+				return nil
+			}
+			var err error
+			data, err = io.ReadAll(io.LimitReader(resp.Body, maxJSONBody+1))
+			if err != nil {
+				return fmt.Errorf("GET %s: reading the answer: %w", resp.Request.URL.Redacted(), err)
+			}
+			return nil
+		}}
 	resp, err := c.send(ctx, r, false)
 	if err != nil {
 		return nil, err
 	}
-	if resp.status == 204 {
+	if resp.status == http.StatusNoContent {
 		return nil, nil
 	}
-	if err := json.Unmarshal(resp.body, &wr); err != nil {
-		return nil, fmt.Errorf("get-next-for-worker: unreadable work request: %w", err)
+	if len(data) > maxJSONBody {
+		return nil, &unreadableWorkRequest{id: leadingID(data), reason: tooLarge(maxJSONBody)}
+	}
+	var wr workRequest
+	switch err := json.Unmarshal(data, &wr); {
+	case err != nil:
+		return nil, &unreadableWorkRequest{id: leadingID(data), reason: err.Error()}
+	case wr.ID <= 0:
+		return nil, &unreadableWorkRequest{reason: "it has no id"}
 	}
 	return &wr, nil
+}
+
+// unreadableWorkRequest is a get-next answer the worker cannot use, with
+// the id of its work request when that much could be read (else 0).
+type unreadableWorkRequest struct {
+	id     int64
+	reason string
+}
+
+func (e *unreadableWorkRequest) Error() string {
+	if e.id == 0 {
+		return "get-next-for-worker: unreadable work request (no readable id): " + e.reason
+	}
+	return fmt.Sprintf("get-next-for-worker: work request %d is unreadable: %s", e.id, e.reason)
+}
+
+// leadingID reads the "id" of a work request from the start of its JSON,
+// which may be cut short or broken further on: Debusine serializes the id
+// first, so it can be read from an answer too large to keep. It returns 0
+// when the id does not come before the first value that cannot be read.
+func leadingID(data []byte) int64 {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return 0
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			return 0
+		}
+		if key == "id" {
+			var id int64
+			if dec.Decode(&id) != nil || id <= 0 {
+				return 0
+			}
+			// The number must be whole: "12" cut from "1234" is not it.
+			rest := bytes.TrimLeft(data[dec.InputOffset():], " \t\r\n")
+			if len(rest) == 0 || (rest[0] != ',' && rest[0] != '}') {
+				return 0
+			}
+			return id
+		}
+		var skip json.RawMessage
+		if dec.Decode(&skip) != nil {
+			return 0
+		}
+	}
+	return 0
 }
 
 // workRequestState is what the server says of a work request: its status
@@ -413,9 +430,14 @@ type workRequestState struct {
 // request). The server never tells a worker that a work request it runs
 // was aborted: this is how the worker finds out.
 func (c *apiClient) workRequestState(ctx context.Context, id int64) (*workRequestState, error) {
-	var st workRequestState
-	if _, err := c.call(ctx, http.MethodGet, fmt.Sprintf("work-request/%d/", id), nil, &st, 200); err != nil {
+	r := &request{method: http.MethodGet, url: fmt.Sprintf("%s/1.0/work-request/%d/", c.base, id), ok: []int{200}, unslotted: true}
+	resp, err := c.send(ctx, r, false)
+	if err != nil {
 		return nil, err
+	}
+	var st workRequestState
+	if err := json.Unmarshal(resp.body, &st); err != nil {
+		return nil, fmt.Errorf("GET %s: HTTP 200 with an unreadable body: %w", r.url, err)
 	}
 	return &st, nil
 }
@@ -475,9 +497,10 @@ func (c *apiClient) download(ctx context.Context, root *os.Root, name string, fi
 	if err := checkName(name); err != nil {
 		return err
 	}
-	if !strings.HasPrefix(fi.URL, c.host+"/") {
-		// The token goes only to the server named by api_url.
-		return fmt.Errorf("artifact file %s: URL %q is not on %s", name, fi.URL, c.host)
+	if u, err := url.Parse(fi.URL); err != nil || origin(u) != c.origin || u.User != nil {
+		// Files come from the server named by api_url; where it
+		// redirects them, checkRedirect decides.
+		return fmt.Errorf("artifact file %s: URL %q is not on %s", name, fi.URL, c.origin)
 	}
 	want := strings.ToLower(fi.Checksums["sha256"])
 	if len(want) != 64 {

@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/sha256"
 	"database/sql"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/mod/sumdb/tlog"
 )
 
 // AuditEntry is one event to append to the audit log.
@@ -64,26 +65,14 @@ type AuditRow struct {
 
 var genesisHash = strings.Repeat("0", 64)
 
-// hash commits to every field of the row and to the previous row's hash.
-// Fields are length-prefixed so that no two different rows encode alike.
-// Rows of schema version 1 had no program version and are hashed without
+// computeHash is the row's link in the hash chain: the SHA-256 of its leaf
+// data (tlog.go), which commits to every field of the row and to the
+// previous row's hash, and which the row's authentication code covers.
+// Rows of schema version 1 had no program version and are encoded without
 // it, so that their hashes, and the chain through them, stay valid.
 func (r *AuditRow) computeHash() string {
-	h := sha256.New()
-	wr := ""
-	if r.WorkRequest != nil {
-		wr = strconv.FormatInt(*r.WorkRequest, 10)
-	}
-	fields := []string{strconv.FormatInt(r.ID, 10), r.Event, r.Purpose, r.Fingerprint, string(r.Data), r.CreatedAt, wr, r.PrevHash}
-	if r.ProgramVersion != "" {
-		fields = append(fields, r.ProgramVersion)
-	}
-	for _, f := range fields {
-		var n [binary.MaxVarintLen64]byte
-		h.Write(n[:binary.PutUvarint(n[:], uint64(len(f)))])
-		h.Write([]byte(f))
-	}
-	return hex.EncodeToString(h.Sum(nil))
+	h := sha256.Sum256(r.leafData())
+	return hex.EncodeToString(h[:])
 }
 
 // Audit appends one row to the audit log, durably (SQLite's synchronous=FULL,
@@ -111,9 +100,10 @@ func (s *Store) auditAll(entries []AuditEntry) error {
 	return nil
 }
 
-// appendAudit adds a hash-chained, authenticated row inside tx, which must
-// hold the store's write lock (Store.begin) so that no other process can
-// append between reading the chain's head and inserting.
+// appendAudit adds a hash-chained, authenticated row, and its hashes in
+// the Merkle tree (appendTree), inside tx, which must hold the store's
+// write lock (Store.begin) so that no other process can append between
+// reading the chain's head and inserting.
 func (s *Store) appendAudit(tx *sql.Tx, e AuditEntry) error {
 	ak, err := s.auditKey(tx)
 	if err != nil {
@@ -143,7 +133,7 @@ func (s *Store) appendAudit(tx *sql.Tx, e AuditEntry) error {
 		r.ID, r.Event, r.Purpose, r.Fingerprint, string(r.Data), r.CreatedAt, r.WorkRequest, r.ProgramVersion, r.PrevHash, r.Hash, r.MAC); err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
-	return nil
+	return appendTree(tx, &r)
 }
 
 // AuditFilter selects audit rows; zero values select everything.
@@ -204,24 +194,45 @@ func queryAuditRows(db interface {
 // AuditVerification is the outcome of verifying the audit log.
 type AuditVerification struct {
 	Rows int
-	Head string // hash of the last row: a checkpoint signs it with the size
+	Head string    // hash of the last row: a checkpoint signs it with the size
+	Root tlog.Hash // of the Merkle tree over the rows (tlog.go)
 }
 
 // VerifyAudit checks the schema and triggers, recomputes the hash chain
 // from the first row and checks every row's authentication code, and
 // reports the first row that does not match: edited, deleted (the next
 // row's prev_hash then names a hash no row has), reordered, or written by
-// someone without the audit key. Removing the newest rows leaves a valid
+// someone without the audit key; then recomputes the Merkle tree from the
+// rows and compares it with the stored one (verifyTree). Removing the newest rows leaves a valid
 // shorter log: only a checkpoint kept elsewhere shows that (VerifyCheckpoint).
+//
+// It also checks every key row (VerifyKeys): a key row swapped, edited or
+// deleted is named as well.
 func (s *Store) VerifyAudit() (AuditVerification, error) {
 	v, err := s.verifyRows()
-	if schemaErr := s.checkSchema(); schemaErr != nil {
-		if err != nil {
-			return v, fmt.Errorf("%w; and %v", err, schemaErr)
-		}
-		return v, schemaErr
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
 	}
-	return v, err
+	if schemaErr := s.checkSchema(); schemaErr != nil {
+		errs = append(errs, schemaErr)
+	}
+	if problems, keysErr := s.VerifyKeys(); keysErr != nil {
+		errs = append(errs, keysErr)
+	} else if err := keyProblemsError(problems); err != nil {
+		errs = append(errs, err)
+	}
+	switch len(errs) {
+	case 0:
+		return v, nil
+	case 1:
+		return v, errs[0]
+	}
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return v, fmt.Errorf("%w; and %s", errs[0], strings.Join(msgs[1:], "; and "))
 }
 
 func (s *Store) verifyRows() (AuditVerification, error) {
@@ -245,6 +256,10 @@ func (s *Store) verifyRows() (AuditVerification, error) {
 			return v, fmt.Errorf("audit log broken at row %d: its authentication code does not match (row written or rewritten without the audit key)", r.ID)
 		}
 	}
+	if err != nil {
+		return v, err
+	}
+	v.Root, err = verifyTree(s.db, rows)
 	return v, err
 }
 

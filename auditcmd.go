@@ -18,6 +18,14 @@ func cmdAudit(e *env, args []string) error {
 			return cmdAuditCheckpoint(e, args[1:])
 		case "key":
 			return cmdAuditKey(e, args[1:])
+		case "prove":
+			return cmdAuditProve(e, args[1:])
+		case "verify-receipt":
+			return cmdAuditVerifyReceipt(e, args[1:])
+		case "serve":
+			return cmdAuditServe(e, args[1:])
+		case "monitor":
+			return cmdAuditMonitor(e, args[1:])
 		}
 	}
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
@@ -28,7 +36,7 @@ func cmdAudit(e *env, args []string) error {
 		return err
 	}
 	if fs.NArg() != 0 {
-		return usagef("audit takes no positional arguments (did you mean \"audit verify\", \"audit checkpoint\" or \"audit key\"?)")
+		return usagef("audit takes no positional arguments (did you mean \"audit verify\", \"audit checkpoint\", \"audit key\", \"audit prove\" or \"audit verify-receipt\"?)")
 	}
 	var f AuditFilter
 	f.Fingerprint = *fpr
@@ -69,11 +77,19 @@ func cmdAudit(e *env, args []string) error {
 func cmdAuditVerify(e *env, args []string) error {
 	fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
 	checkpoint := fs.String("checkpoint", "", "signed checkpoint `file` (from audit checkpoint) the log must still hold")
+	var policy witnessPolicy
+	policy.addFlags(fs)
 	if err := parseFlags(fs, e, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
 		return usagef("audit verify takes no positional arguments")
+	}
+	if err := policy.parse(); err != nil {
+		return err
+	}
+	if len(policy.witnesses) > 0 && *checkpoint == "" {
+		return usagef("--witness applies to the checkpoint of --checkpoint FILE")
 	}
 	var msg []byte
 	if *checkpoint != "" {
@@ -90,6 +106,12 @@ func cmdAuditVerify(e *env, args []string) error {
 	var cp AuditCheckpoint
 	if msg != nil {
 		v, cp, err = st.VerifyCheckpoint(msg)
+		if err == nil && len(policy.witnesses) > 0 {
+			var vkey string
+			if vkey, err = st.CheckpointVerifierKey(); err == nil {
+				_, err = policy.check(msg, vkey)
+			}
+		}
 	} else {
 		v, err = st.VerifyAudit()
 	}
@@ -99,26 +121,48 @@ func cmdAuditVerify(e *env, args []string) error {
 	if v.Rows == 0 {
 		fmt.Fprintln(e.stdout, "audit log is empty (no rows yet); schema and triggers as expected")
 	} else {
-		fmt.Fprintf(e.stdout, "audit log intact: %d rows, head %s; schema and triggers as expected\n", v.Rows, v.Head)
+		fmt.Fprintf(e.stdout, "audit log intact: %d rows, head %s, tree root %s; schema and triggers as expected\n", v.Rows, v.Head, v.Root)
 	}
 	if msg != nil {
-		fmt.Fprintf(e.stdout, "checkpoint holds: the log still contains the %d rows it covered (%d added since)\n", cp.Size, int64(v.Rows)-cp.Size)
+		proof := ""
+		if !cp.Legacy {
+			proof = "; today's tree extends its tree (consistency proof checked)"
+		}
+		fmt.Fprintf(e.stdout, "checkpoint holds: the log still contains the %d rows it covered (%d added since)%s\n", cp.Size, int64(v.Rows)-cp.Size, proof)
+		if len(policy.witnesses) > 0 {
+			fmt.Fprintf(e.stdout, "checkpoint cosigned by at least %d of the %d witnesses given\n", policy.quorum, len(policy.witnesses))
+		}
 	}
 	return nil
 }
 
-// cmdAuditCheckpoint prints a signed checkpoint of the log.
+// cmdAuditCheckpoint prints a signed checkpoint of the log, or replaces
+// --output FILE with it, cosigned by the configured witnesses.
 func cmdAuditCheckpoint(e *env, args []string) error {
-	if len(args) != 0 {
-		return usagef("audit checkpoint takes no arguments")
+	fs := flag.NewFlagSet("audit checkpoint", flag.ContinueOnError)
+	output := fs.String("output", "", "replace `file` with the checkpoint (the witnesses then start from its previous size)")
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("audit checkpoint takes no positional arguments")
 	}
 	st, err := e.openStore()
 	if err != nil {
 		return err
 	}
-	cp, err := st.Checkpoint()
+	var cp []byte
+	var witnessErrs []error
+	if *output != "" {
+		witnessErrs, err = writeCheckpointFile(st, *output)
+	} else {
+		cp, witnessErrs, err = st.witnessedCheckpoint(nil)
+	}
 	if err != nil {
 		return err
+	}
+	for _, err := range witnessErrs {
+		fmt.Fprintf(e.stderr, "debusine-signing: warning: not cosigned: %v\n", err)
 	}
 	_, err = e.stdout.Write(cp)
 	return err
@@ -138,5 +182,32 @@ func cmdAuditKey(e *env, args []string) error {
 		return err
 	}
 	fmt.Fprintln(e.stdout, vkey)
+	return nil
+}
+
+// cmdUpgradeStore adopts a store at schema version 1, whose audit log has
+// no authentication codes: its rows are verified as version 1 verified
+// them, authenticated with a new audit key, and an audit row records the
+// head adopted. Ordinary commands refuse such a store, so that a store
+// rewritten as version 1 is never adopted without an administrator
+// looking at the head it prints.
+func cmdUpgradeStore(e *env, args []string) error {
+	if len(args) != 0 {
+		return usagef("upgrade-store takes no arguments")
+	}
+	e.upgradeStore = true
+	st, err := e.openStore()
+	if err != nil {
+		return err
+	}
+	vkey, err := st.CheckpointVerifierKey()
+	if err != nil {
+		return err
+	}
+	if st.adopted == nil {
+		fmt.Fprintf(e.stdout, "the store already has authentication codes; nothing to adopt (audit key %s)\n", vkey)
+		return nil
+	}
+	fmt.Fprintf(e.stdout, "adopted the audit log: %d rows, head %s\naudit key %s\n", st.adopted.Rows, st.adopted.Head, vkey)
 	return nil
 }

@@ -39,6 +39,7 @@ const storageNaClBox = "nacl-box"
 // auditKey is the unsealed audit secret's derived keys.
 type auditKey struct {
 	mac      []byte
+	keys     []byte // authenticates key rows (keyrows.go)
 	signSeed []byte // of the checkpoint signing key, made on first use
 	signOnce sync.Once
 	sign     ed25519.PrivateKey
@@ -52,6 +53,7 @@ func deriveAuditKey(secret []byte) *auditKey {
 	}
 	return &auditKey{
 		mac:      derive("debusine-signing audit row authentication"),
+		keys:     derive("debusine-signing key row authentication"),
 		signSeed: derive("debusine-signing audit checkpoint signing"),
 	}
 }
@@ -156,32 +158,23 @@ func (s *Store) auditKey(tx *sql.Tx) (*auditKey, error) {
 	return s.auditKeyCache, nil
 }
 
-// ensureAuditKey creates the audit key inside tx if the database has none
-// and a service key is configured. It reports whether there is one.
-func (s *Store) ensureAuditKey(tx *sql.Tx) (bool, error) {
-	var n int
-	if err := tx.QueryRow("SELECT count(*) FROM audit_key").Scan(&n); err != nil {
-		return false, sqliteError(err)
-	}
-	if n > 0 {
-		return true, nil
-	}
-	if len(s.serviceKeys) == 0 {
-		return false, nil
-	}
+// createAuditKey makes the audit key and stores it inside tx, sealed to
+// the first service key. Only a store that holds nothing yet, or the
+// explicit upgrade of a version 1 store, gets one (auditpin.go).
+func (s *Store) createAuditKey(tx *sql.Tx) error {
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
-		return false, err
+		return err
 	}
 	defer clear(secret)
 	sealed, err := s.sealAuditSecret(secret)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if _, err := tx.Exec("INSERT INTO audit_key (id, sealed, created_at) VALUES (1, $1, $2)", string(sealed), nowUTC()); err != nil {
-		return false, fmt.Errorf("storing the audit key: %w", err)
+		return fmt.Errorf("storing the audit key: %w", err)
 	}
-	return true, nil
+	return nil
 }
 
 // reencryptAuditKey re-seals the audit key to the first service key inside
@@ -216,7 +209,8 @@ func (s *Store) reencryptAuditKey(tx *sql.Tx) (bool, error) {
 	if _, err := tx.Exec("UPDATE audit_key SET sealed = $1 WHERE id = 1", string(resealed)); err != nil {
 		return false, fmt.Errorf("re-encrypting the audit key: %w", err)
 	}
-	vkey, err := s.checkpointVerifierKey(tx)
+	// The row names the audit key as pins do, whatever the origin.
+	vkey, err := s.auditKeyID(tx)
 	if err != nil {
 		return false, err
 	}
@@ -226,27 +220,29 @@ func (s *Store) reencryptAuditKey(tx *sql.Tx) (bool, error) {
 	}})
 }
 
-// sealAuditRowsV2 is the data step of schema version 2: the rows written
-// before it are verified as version 1 verified them, then authenticated
-// with the audit key (created here), so that nothing is lost and every row
-// is checked the same way afterwards.
+// sealAuditRowsV2 is the data step of schema version 2. For a version 1
+// store, which only upgrade-store migrates, the rows written before are
+// verified as version 1 verified them, then authenticated with a new audit
+// key, so that nothing is lost and every row is checked the same way
+// afterwards; the head they reach is what the upgrade adopts. A new store
+// gets its audit key at the end of the migration (checkAuditKey).
 func (s *Store) sealAuditRowsV2(tx *sql.Tx) error {
+	if s.migratingFrom != 1 {
+		return nil
+	}
 	rows, err := queryAuditRows(tx, AuditFilter{})
 	if err != nil {
 		return err
 	}
-	if _, err := verifyChain(rows); err != nil {
+	v, err := verifyChain(rows)
+	if err != nil {
 		return fmt.Errorf("the existing audit log does not verify, so it is not sealed into the authenticated log: %w", err)
 	}
-	ok, err := s.ensureAuditKey(tx)
-	if err != nil {
-		return err
-	}
-	if len(rows) == 0 {
-		return nil
-	}
-	if !ok {
+	if len(s.serviceKeys) == 0 {
 		return fmt.Errorf("%d audit rows must be authenticated with a new audit key, which needs a service key (service_keys in the configuration)", len(rows))
+	}
+	if err := s.createAuditKey(tx); err != nil {
+		return err
 	}
 	ak, err := s.auditKey(tx)
 	if err != nil {
@@ -257,5 +253,6 @@ func (s *Store) sealAuditRowsV2(tx *sql.Tx) error {
 			return err
 		}
 	}
+	s.adopted = &v
 	return nil
 }

@@ -186,8 +186,10 @@ func TestAuditCheckpoint(t *testing.T) {
 	}
 	cp5 := writeFile(t, te.dir, "checkpoint5", []byte(te.mustRun(t, "audit", "checkpoint")))
 
-	const restore = "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log\nBEGIN\n    SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused');\nEND;"
-	if out, err := sqlite3(t, te.cfg.Database, "DROP TRIGGER audit_log_no_delete; DELETE FROM audit_log WHERE id > 3; "+restore); err != nil {
+	// The rows and their tree hashes cut (tlog.StoredHashCount(3) = 4).
+	const restore = "CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log\nBEGIN\n    SELECT RAISE(ABORT, 'audit_log is append-only: DELETE refused');\nEND;\n" +
+		"CREATE TRIGGER audit_tree_no_delete BEFORE DELETE ON audit_tree\nBEGIN\n    SELECT RAISE(ABORT, 'audit_tree is append-only: DELETE refused');\nEND;"
+	if out, err := sqlite3(t, te.cfg.Database, "DROP TRIGGER audit_log_no_delete; DROP TRIGGER audit_tree_no_delete; DELETE FROM audit_log WHERE id > 3; DELETE FROM audit_tree WHERE idx >= 4; "+restore); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
 	if out := te.mustRun(t, "audit", "verify"); !strings.Contains(out, "3 rows") {
@@ -203,10 +205,15 @@ func TestAuditCheckpoint(t *testing.T) {
 	foreign := writeFile(t, te.dir, "foreign", []byte(other.mustRun(t, "audit", "checkpoint")))
 	altered, _ := os.ReadFile(cp)
 	altered = []byte(strings.Replace(string(altered), "\n3\n", "\n2\n", 1))
-	for _, f := range []string{foreign, writeFile(t, te.dir, "altered", altered)} {
-		if status, _, stderr := te.run(t, "audit", "verify", "--checkpoint", f); status != exitError || !strings.Contains(stderr, "checkpoint:") {
-			t.Errorf("%s: exit %d %q", f, status, stderr)
-		}
+	if status, _, stderr := te.run(t, "audit", "verify", "--checkpoint", writeFile(t, te.dir, "altered", altered)); status != exitError || !strings.Contains(stderr, "checkpoint: invalid signature") {
+		t.Errorf("altered: exit %d %q", status, stderr)
+	}
+	// Signed by another audit key: both keys named, where the note
+	// package said only "no verifiable signatures".
+	mine, theirs := vkeyName(strings.TrimSpace(te.mustRun(t, "audit", "key"))), vkeyName(strings.TrimSpace(other.mustRun(t, "audit", "key")))
+	status, _, stderr = te.run(t, "audit", "verify", "--checkpoint", foreign)
+	if status != exitError || !strings.Contains(stderr, "checkpoint signed by another audit key ("+theirs+"), not by "+mine) {
+		t.Errorf("foreign: exit %d %q", status, stderr)
 	}
 }
 
@@ -282,48 +289,70 @@ func TestAuditReencryptCarriesAuditKey(t *testing.T) {
 	}
 }
 
-// TestAuditMigrationV1 opens a database written by the version before the
-// authenticated log (testdata/audit-v1: a UEFI key generated, a file
-// signed, an OpenPGP key generated): its rows verify as before, are
-// sealed, and the log goes on from them.
-func TestAuditMigrationV1(t *testing.T) {
-	dir := t.TempDir()
+// v1Fixture copies testdata/audit-v1, a database written by the version
+// before the authenticated log (a UEFI key generated, a file signed, an
+// OpenPGP key generated) and its service key, into a test environment.
+func v1Fixture(t *testing.T) *testEnv {
+	t.Helper()
+	te := newTestEnv(t)
 	for _, name := range []string{"signing.sqlite3", "service-key"} {
 		data, err := os.ReadFile(filepath.Join("testdata", "audit-v1", name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		writeFile(t, dir, name, data)
-		os.Chmod(filepath.Join(dir, name), 0o600)
+		writeFile(t, te.dir, name, data)
 	}
-	db, sk := filepath.Join(dir, "signing.sqlite3"), filepath.Join(dir, "service-key")
-	const v1Head = "4bcc7364f0baa98d23740691d12b9851d89210c409f87044739cf79d8f5f4f13"
+	return te
+}
+
+const v1Head = "4bcc7364f0baa98d23740691d12b9851d89210c409f87044739cf79d8f5f4f13"
+
+// TestAuditMigrationV1: a version 1 store is refused by ordinary commands,
+// which name its head and upgrade-store; upgrade-store verifies its rows as
+// before, authenticates them and its keys, prints the head it adopts and
+// audits that; the log and the keys then go on as usual.
+func TestAuditMigrationV1(t *testing.T) {
+	te := v1Fixture(t)
+	db, sk := te.cfg.Database, te.cfg.ServiceKeys
+	status, _, stderr := te.run(t, "keys")
+	if status != exitError || !strings.Contains(stderr, "schema version 1") || !strings.Contains(stderr, "3 rows, head "+v1Head) || !strings.Contains(stderr, "upgrade-store") {
+		t.Errorf("keys on a version 1 store: exit %d %q", status, stderr)
+	}
 	// Without a service key the rows cannot be sealed: refused, unchanged.
-	if _, err := openStore(db, "", nil); err == nil || !strings.Contains(err.Error(), "3 audit rows must be authenticated") {
-		t.Fatalf("migration without a service key: %v", err)
+	if _, err := openOrUpgradeStore(db, "", nil, true); err == nil || !strings.Contains(err.Error(), "3 audit rows must be authenticated") {
+		t.Fatalf("upgrade without a service key: %v", err)
 	}
 	if out, _ := sqlite3(t, db, "PRAGMA user_version;"); strings.TrimSpace(out) != "1" {
-		t.Fatalf("user_version %q after a failed migration", out)
+		t.Fatalf("user_version %q after a refused migration", out)
 	}
-	st, err := openStore(db, "", []string{sk})
+	out := te.mustRun(t, "upgrade-store")
+	vkey := strings.TrimSpace(te.mustRun(t, "audit", "key"))
+	if !strings.Contains(out, "adopted the audit log: 3 rows, head "+v1Head) || !strings.Contains(out, vkeyName(vkey)) {
+		t.Errorf("upgrade-store: %q", out)
+	}
+	if out := te.mustRun(t, "upgrade-store"); !strings.Contains(out, "nothing to adopt") {
+		t.Errorf("second upgrade-store: %q", out)
+	}
+	st, err := openStore(db, "", sk)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	v, err := st.VerifyAudit()
-	if err != nil || v.Rows != 3 || v.Head != v1Head {
-		t.Fatalf("migrated log: %+v %v", v, err)
-	}
 	rows := auditRows(t, st, AuditFilter{})
-	if rows[0].Event != "generate" || rows[1].Event != "sign" || rows[2].Event != "generate" || rows[0].ProgramVersion != "" || rows[0].MAC == "" {
-		t.Errorf("migrated rows: %+v", rows)
+	if len(rows) != 4 || rows[0].Event != "generate" || rows[1].Event != "sign" || rows[2].Event != "generate" || rows[0].ProgramVersion != "" || rows[0].MAC == "" {
+		t.Fatalf("migrated rows: %+v", rows)
+	}
+	if r := rows[3]; r.Event != "register" || r.Purpose != "audit" || r.Fingerprint != vkey || r.PrevHash != v1Head ||
+		!strings.Contains(string(r.Data), `"adopted_head":"`+v1Head+`"`) || !strings.Contains(string(r.Data), `"adopted_rows":3`) {
+		t.Errorf("upgrade row: %+v %s", r, r.Data)
+	}
+	// The keys were checked and authenticated: they list and sign.
+	keys, err := st.Keys()
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("keys after the upgrade: %v %v", keys, err)
 	}
 	appendTestRows(t, st, 1)
-	rows = auditRows(t, st, AuditFilter{})
-	if rows[3].PrevHash != v1Head || rows[3].ProgramVersion != programVersion() {
-		t.Errorf("new row: %+v", rows[3])
-	}
-	if v, err := st.VerifyAudit(); err != nil || v.Rows != 4 {
+	if v, err := st.VerifyAudit(); err != nil || v.Rows != 5 {
 		t.Errorf("after appending: %+v %v", v, err)
 	}
 }
@@ -359,14 +388,15 @@ func TestConcurrentFirstOpen(t *testing.T) {
 	}
 	const procs, rounds = 8, 20
 	dir := t.TempDir()
-	sk := filepath.Join(dir, "service-key")
-	if err := generateServiceKey(sk); err != nil {
-		t.Fatal(err)
-	}
 	failures := 0
 	for round := range rounds {
+		// A service key per store: the first store pins its own.
 		db := filepath.Join(dir, strconv.Itoa(round), "signing.sqlite3")
 		os.Mkdir(filepath.Dir(db), 0o700)
+		sk := filepath.Join(filepath.Dir(db), "service-key")
+		if err := generateServiceKey(sk); err != nil {
+			t.Fatal(err)
+		}
 		var wg sync.WaitGroup
 		errs := make(chan error, procs)
 		for range procs {

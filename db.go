@@ -223,7 +223,7 @@ func readPasswordFile(path string) (string, error) {
 // migrates its schema.
 func (s *Store) openPostgres(conninfo, passwordFile string) (*Store, error) {
 	s.path, s.engine = databaseName(conninfo), postgresEngine
-	db, err := connectPostgres(conninfo, passwordFile)
+	db, err := connectPostgres(conninfo, passwordFile, false)
 	if err != nil {
 		return nil, fmt.Errorf("database %s: %w", s.path, err)
 	}
@@ -238,8 +238,9 @@ func (s *Store) openPostgres(conninfo, passwordFile string) (*Store, error) {
 // connectPostgres connects to a PostgreSQL database through pgx's
 // database/sql driver. The password comes from passwordFile, else from where
 // libpq would find it (PGPASSWORD, PGPASSFILE or ~/.pgpass), never from
-// conninfo.
-func connectPostgres(conninfo, passwordFile string) (*sql.DB, error) {
+// conninfo. A readOnly connection makes every transaction read-only
+// (default_transaction_read_only), for audit serve.
+func connectPostgres(conninfo, passwordFile string, readOnly bool) (*sql.DB, error) {
 	if err := checkNoPassword(conninfo); err != nil {
 		return nil, err
 	}
@@ -251,6 +252,9 @@ func connectPostgres(conninfo, passwordFile string) (*sql.DB, error) {
 		if cfg.Password, err = readPasswordFile(passwordFile); err != nil {
 			return nil, err
 		}
+	}
+	if readOnly {
+		cfg.RuntimeParams["default_transaction_read_only"] = "on"
 	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 30 * time.Second

@@ -117,8 +117,12 @@ type importReport struct {
 // importDebusine copies keys and audit rows into s in one transaction:
 // Debusine's audit rows first, in their order, as imported history, then
 // each new key with a "register" row. Rows and keys already copied are
-// skipped; a key present here with other content is a conflict, reported and
-// left alone. dryRun rolls the transaction back.
+// skipped. Each key is checked as import-key checks one (checkNewKey: its
+// fingerprint against its public key or certificate, its sealed private
+// key against both). Anything refused (a malformed row, a key that fails
+// its checks, a key present here with other content) is listed, and
+// nothing at all is committed: the import is all or nothing. dryRun rolls
+// the transaction back too.
 func (s *Store) importDebusine(keys []debusineKey, audit []debusineAudit, dryRun bool) (*importReport, error) {
 	tx, err := s.begin()
 	if err != nil {
@@ -129,13 +133,17 @@ func (s *Store) importDebusine(keys []debusineKey, audit []debusineAudit, dryRun
 	if err != nil {
 		return nil, err
 	}
+	ak, err := s.auditKey(tx)
+	if err != nil {
+		return nil, err
+	}
 	r := &importReport{}
 	descriptions := map[string]string{}
 	for _, a := range audit {
 		fpr := strings.ToUpper(a.fingerprint)
 		var data map[string]any
 		if err := json.Unmarshal([]byte(a.data), &data); err != nil || data == nil {
-			r.problems = append(r.problems, fmt.Sprintf("audit row %d: data is not a JSON object; not imported", a.id))
+			r.problems = append(r.problems, fmt.Sprintf("audit row %d: data is not a JSON object", a.id))
 			continue
 		}
 		if d, ok := data["description"].(string); ok && (a.event == "generate" || a.event == "register") {
@@ -149,11 +157,11 @@ func (s *Store) importDebusine(keys []debusineKey, audit []debusineAudit, dryRun
 			continue
 		}
 		if a.event != "generate" && a.event != "register" && a.event != "sign" {
-			r.problems = append(r.problems, fmt.Sprintf("audit row %d: unknown event %q; not imported", a.id, a.event))
+			r.problems = append(r.problems, fmt.Sprintf("audit row %d: unknown event %q", a.id, a.event))
 			continue
 		}
 		if _, clash := data[importMarkField]; clash {
-			r.problems = append(r.problems, fmt.Sprintf("audit row %d: data already has a %q member; not imported", a.id, importMarkField))
+			r.problems = append(r.problems, fmt.Sprintf("audit row %d: data already has a %q member", a.id, importMarkField))
 			continue
 		}
 		data[importMarkField] = mark
@@ -167,47 +175,46 @@ func (s *Store) importDebusine(keys []debusineKey, audit []debusineAudit, dryRun
 		}
 		r.auditImported++
 	}
-	for _, k := range keys {
-		name := k.purpose + ":" + strings.ToUpper(k.fingerprint)
-		if k.purpose != purposeUEFI && k.purpose != purposeOpenPGP {
-			r.problems = append(r.problems, fmt.Sprintf("key %s: unknown purpose; not imported", name))
+	for _, dk := range keys {
+		k := &Key{Purpose: dk.purpose, Fingerprint: strings.ToUpper(dk.fingerprint), PrivateKey: []byte(dk.privateKey), PublicKey: dk.publicKey}
+		if k.Purpose != purposeUEFI && k.Purpose != purposeOpenPGP {
+			r.problems = append(r.problems, fmt.Sprintf("key %s: unknown purpose", k))
 			continue
 		}
-		if _, err := parseProtectedKey([]byte(k.privateKey)); err != nil {
-			r.problems = append(r.problems, fmt.Sprintf("key %s: %v; not imported", name, err))
+		if err := s.checkNewKey(k); err != nil {
+			r.problems = append(r.problems, err.Error())
 			continue
 		}
 		var private string
 		var public []byte
-		err := tx.QueryRow("SELECT private_key, public_key FROM keys WHERE purpose = $1 AND fingerprint = $2", k.purpose, strings.ToUpper(k.fingerprint)).Scan(&private, &public)
+		err := tx.QueryRow("SELECT private_key, public_key FROM keys WHERE purpose = $1 AND fingerprint = $2", k.Purpose, k.Fingerprint).Scan(&private, &public)
 		if err == nil {
-			if sameProtectedKey(private, k.privateKey) && bytes.Equal(public, k.publicKey) {
+			if sameProtectedKey(private, dk.privateKey) && bytes.Equal(public, dk.publicKey) {
 				r.keysPresent++
 			} else {
-				r.problems = append(r.problems, fmt.Sprintf("key %s: conflict: this store holds a different key under that fingerprint; not overwritten", name))
+				r.problems = append(r.problems, fmt.Sprintf("key %s: conflict: this store holds a different key under that fingerprint; not overwritten", k))
 			}
 			continue
 		}
 		if !errors.Is(err, sql.ErrNoRows) {
-			return nil, fmt.Errorf("key %s: %w", name, err)
+			return nil, fmt.Errorf("key %s: %w", k, err)
 		}
-		created := k.createdAt.UTC().Format(timeFormat)
-		updated := created
-		if k.updatedAt.Valid {
-			updated = k.updatedAt.Time.UTC().Format(timeFormat)
+		k.created = dk.createdAt.UTC().Format(timeFormat)
+		k.updated = k.created
+		if dk.updatedAt.Valid {
+			k.updated = dk.updatedAt.Time.UTC().Format(timeFormat)
 		}
-		description := descriptions[name]
-		if _, err := tx.Exec("INSERT INTO keys ("+keyColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7)",
-			k.purpose, strings.ToUpper(k.fingerprint), k.privateKey, k.publicKey, description, created, updated); err != nil {
-			return nil, fmt.Errorf("key %s: %w", name, err)
+		k.Description = descriptions[k.String()]
+		if err := insertKey(tx, ak, k); err != nil {
+			return nil, err
 		}
-		data := map[string]any{"description": description, importMarkField: map[string]any{"key_id": k.id}}
-		if err := s.appendAudit(tx, AuditEntry{Event: "register", Purpose: k.purpose, Fingerprint: strings.ToUpper(k.fingerprint), Data: data}); err != nil {
-			return nil, fmt.Errorf("key %s: %w", name, err)
+		data := map[string]any{"description": k.Description, importMarkField: map[string]any{"key_id": dk.id}}
+		if err := s.appendAudit(tx, AuditEntry{Event: "register", Purpose: k.Purpose, Fingerprint: k.Fingerprint, Data: data}); err != nil {
+			return nil, fmt.Errorf("key %s: %w", k, err)
 		}
 		r.keysImported++
 	}
-	if dryRun {
+	if dryRun || len(r.problems) > 0 {
 		return r, nil
 	}
 	if err := tx.Commit(); err != nil {
@@ -279,7 +286,7 @@ func cmdImportDebusineDB(e *env, args []string) error {
 	if !isPostgres(args[0]) {
 		return usagef("import-debusine-db: %q is not a PostgreSQL connection string (postgresql://... or key=value conninfo)", args[0])
 	}
-	src, err := connectPostgres(args[0], *passwordFile)
+	src, err := connectPostgres(args[0], *passwordFile, false)
 	if err != nil {
 		return fmt.Errorf("reading Debusine's database %s: %w", databaseName(args[0]), err)
 	}
@@ -300,13 +307,13 @@ func cmdImportDebusineDB(e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "debusine-signing: %s\n", p)
 	}
 	verb := "imported"
-	if *dryRun {
+	if *dryRun || len(r.problems) > 0 {
 		verb = "would import"
 	}
 	fmt.Fprintf(e.stdout, "keys: %d read, %s %d, %d already present\naudit rows: %d read, %s %d, %d already imported\n",
 		len(keys), verb, r.keysImported, r.keysPresent, len(audit), verb, r.auditImported, r.auditSeen)
 	if len(r.problems) > 0 {
-		return fmt.Errorf("%d key(s) or audit row(s) not imported (listed above)", len(r.problems))
+		return fmt.Errorf("%d key(s) or audit row(s) refused (listed above); nothing was imported", len(r.problems))
 	}
 	return nil
 }

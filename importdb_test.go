@@ -73,6 +73,7 @@ type debusineDB struct {
 	conninfo, serviceKey  string
 	uefi, openpgp, pkcs11 string // fingerprints
 	cert, openpgpPublic   []byte
+	tokenCert             []byte
 }
 
 func newDebusineDB(t *testing.T, dir string) *debusineDB {
@@ -99,6 +100,19 @@ func newDebusineDB(t *testing.T, dir string) *debusineDB {
 	d.uefi = strings.ReplaceAll(fpr, ":", "")
 	uefiKey, _ := os.ReadFile(keyPath)
 	d.cert, _ = os.ReadFile(certPath)
+	// The token's key: a certificate of its own, whose SHA-256 is its
+	// fingerprint.
+	tokenCert := filepath.Join(dir, "token.crt")
+	if out, err := exec.Command("openssl", "req", "-new", "-newkey", "rsa:2048", "-x509", "-subj", "/CN=On a token/",
+		"-days", "5475", "-noenc", "-sha256", "-keyout", filepath.Join(dir, "token.key"), "-out", tokenCert).CombinedOutput(); err != nil {
+		t.Fatalf("openssl req: %v: %s", err, out)
+	}
+	if out, err = exec.Command("openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", tokenCert).Output(); err != nil {
+		t.Fatal(err)
+	}
+	_, fpr, _ = strings.Cut(strings.TrimSpace(string(out)), "=")
+	d.pkcs11 = strings.ReplaceAll(fpr, ":", "")
+	d.tokenCert, _ = os.ReadFile(tokenCert)
 	// OpenPGP: a key generated and exported by gpg.
 	home := gpgHome(t)
 	gpg := func(args ...string) []byte {
@@ -116,11 +130,10 @@ func newDebusineDB(t *testing.T, dir string) *debusineDB {
 	}
 	openpgpSecret := gpg("--armor", "--export-secret-keys", d.openpgp)
 	d.openpgpPublic = gpg("--armor", "--export", d.openpgp)
-	d.pkcs11 = strings.Repeat("C", 64)
 	keys, _ := json.Marshal([]map[string]any{
 		{"purpose": "uefi", "fingerprint": d.uefi, "private": string(uefiKey), "public": string(d.cert), "description": "Debusine Secure Boot"},
 		{"purpose": "openpgp", "fingerprint": d.openpgp, "private": string(openpgpSecret), "public": string(d.openpgpPublic), "description": "Debusine Archive"},
-		{"purpose": "uefi", "fingerprint": d.pkcs11, "private": nil, "uri": "pkcs11:serial=12345678;id=%02;type=private", "public": string(d.cert), "description": "On a token"},
+		{"purpose": "uefi", "fingerprint": d.pkcs11, "private": nil, "uri": "pkcs11:serial=12345678;id=%02;type=private", "public": string(d.tokenCert), "description": "On a token"},
 	})
 	signs, _ := json.Marshal([]map[string]string{{"purpose": "uefi", "fingerprint": d.uefi}, {"purpose": "openpgp", "fingerprint": d.openpgp}})
 	os.WriteFile(d.serviceKey+".sign", signs, 0o644)
@@ -211,13 +224,13 @@ func TestImportDebusineDB(t *testing.T) {
 			t.Errorf("gpgv: %v %v", fprs, err)
 		}
 
-		// A key that differs from the one stored under its fingerprint is a
-		// conflict: reported, never overwritten.
-		if out, err := psql(t, d.conninfo, "UPDATE signing_key SET public_key = 'other' WHERE purpose = 'uefi' AND fingerprint = '"+d.uefi+"'"); err != nil {
+		// A key that differs from the one stored under its fingerprint is
+		// refused, never overwritten.
+		if out, err := psql(t, d.conninfo, "UPDATE signing_key SET public_key = (SELECT public_key FROM signing_key WHERE fingerprint = '"+d.pkcs11+"') WHERE purpose = 'uefi' AND fingerprint = '"+d.uefi+"'"); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
 		status, _, stderr := te.run(t, "import-debusine-db", d.conninfo)
-		if status != exitError || !strings.Contains(stderr, "key uefi:"+d.uefi+": conflict") {
+		if status != exitError || !strings.Contains(stderr, "key uefi:"+d.uefi+": its certificate has fingerprint "+d.pkcs11) {
 			t.Errorf("conflict: exit %d %q", status, stderr)
 		}
 		if k2 := mustKey(t, st, purposeUEFI, d.uefi); string(k2.PublicKey) != string(d.cert) {
@@ -247,4 +260,42 @@ func TestImportDebusineDBErrors(t *testing.T) {
 	if status, _, stderr := te.run(t, "import-debusine-db", te.cfg.Database); status != exitError || !strings.Contains(stderr, "not a Debusine signing database") {
 		t.Errorf("not Debusine's: exit %d %q", status, stderr)
 	}
+}
+
+// TestImportDebusineDBRefusesAll: a UEFI key whose private key is not its
+// certificate's and an OpenPGP key under a wrong fingerprint are both
+// named, and nothing at all is imported, the good audit rows and the
+// good key included.
+func TestImportDebusineDBRefusesAll(t *testing.T) {
+	engines(t, func(t *testing.T, te *testEnv) {
+		d := newDebusineDB(t, te.dir)
+		text, _ := os.ReadFile(te.configPath)
+		te.writeConfig(t, strings.Replace(string(text), `["service-key"]`, fmt.Sprintf("[%q]", d.serviceKey), 1))
+		wrong := strings.Repeat("AB", 20)
+		script := fmt.Sprintf(`UPDATE signing_key SET public_key = (SELECT public_key FROM signing_key WHERE fingerprint = '%[2]s') WHERE fingerprint = '%[1]s';
+DELETE FROM signing_key WHERE fingerprint = '%[2]s';
+UPDATE signing_key SET fingerprint = '%[2]s' WHERE fingerprint = '%[1]s';
+UPDATE signing_key SET fingerprint = '%[3]s' WHERE fingerprint = '%[4]s';
+INSERT INTO signing_key (purpose, fingerprint, private_key, public_key, created_at) VALUES ('uefi', '%[1]s', '{"storage": "pkcs11-static", "pkcs11_uri": "pkcs11:id=%%01"}', convert_to(%[5]s, 'UTF8'), now());`,
+			d.uefi, d.pkcs11, wrong, d.openpgp, sqlText(string(d.cert)))
+		if out, err := psql(t, d.conninfo, script); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		for _, args := range [][]string{{"import-debusine-db", "--dry-run", d.conninfo}, {"import-debusine-db", d.conninfo}} {
+			status, stdout, stderr := te.run(t, args...)
+			if status != exitError || !strings.Contains(stderr, "key uefi:"+d.pkcs11+": sealed private key: the private key does not match the certificate") ||
+				!strings.Contains(stderr, "key openpgp:"+wrong+": its public key has fingerprint "+d.openpgp) ||
+				!strings.Contains(stderr, "2 key(s) or audit row(s) refused (listed above); nothing was imported") ||
+				!strings.Contains(stdout, "keys: 3 read, would import 1") {
+				t.Errorf("%v: exit %d %q %q", args, status, stdout, stderr)
+			}
+		}
+		st := te.store(t)
+		if keys, err := st.Keys(); len(keys) != 0 || err != nil {
+			t.Errorf("keys after a refused import: %v %v", keys, err)
+		}
+		if rows := auditRows(t, st, AuditFilter{}); len(rows) != 0 {
+			t.Errorf("%d audit rows after a refused import", len(rows))
+		}
+	})
 }

@@ -49,11 +49,28 @@ type Store struct {
 	engine      *engine
 	path        string
 	serviceKeys []*serviceKey
-	// yubikey configures access to keys held on a YubiKey; set by main.
+	// yubikey configures access to keys held on a YubiKey, pkcs11 the
+	// providers of keys on other PKCS#11 tokens; set by main.
 	yubikey YubiKeyConfig
+	pkcs11  PKCS11Config
+	// auditOrigin is the audit log's origin (audit_origin), "" for the
+	// default derived from the audit key (checkpoint.go); set by main.
+	auditOrigin string
+	// witnesses cosign its checkpoints ([[witness]], witness.go).
+	witnesses []WitnessConfig
 
 	auditKeyMu    sync.Mutex
 	auditKeyCache *auditKey // unsealed on first use (auditkey.go)
+
+	// upgradeV1 lets the migration adopt a version 1 store (upgrade-store);
+	// migratingFrom is the version being migrated from, and adopted what
+	// an upgrade adopted (auditpin.go).
+	upgradeV1     bool
+	migratingFrom int
+	adopted       *AuditVerification
+	// warnings are said once the store is open: a pin that could not be
+	// written.
+	warnings []string
 }
 
 // Key is one row of the keys table.
@@ -65,6 +82,9 @@ type Key struct {
 	Description string
 	CreatedAt   time.Time
 	UpdatedAt   time.Time
+
+	// The times as stored, and the row's authentication code (keyrows.go).
+	created, updated, mac string
 }
 
 // protectedKey is the private_key JSON, in the two storage kinds Debusine
@@ -207,7 +227,13 @@ func generateServiceKey(path string) error {
 // them may unseal. The database is a SQLite file or a PostgreSQL
 // connection string; passwordFile holds a PostgreSQL password, if any.
 func openStore(dbPath, passwordFile string, serviceKeyPaths []string) (*Store, error) {
-	s := &Store{path: dbPath, engine: sqliteEngine}
+	return openOrUpgradeStore(dbPath, passwordFile, serviceKeyPaths, false)
+}
+
+// openOrUpgradeStore is openStore that, with upgradeV1, also adopts a store
+// at schema version 1 (upgrade-store).
+func openOrUpgradeStore(dbPath, passwordFile string, serviceKeyPaths []string, upgradeV1 bool) (*Store, error) {
+	s := &Store{path: dbPath, engine: sqliteEngine, upgradeV1: upgradeV1}
 	for _, p := range serviceKeyPaths {
 		k, err := loadServiceKey(p)
 		if err != nil {
@@ -332,11 +358,15 @@ func checkDatabase(db *sql.DB) error {
 // section, in the same transaction: migrationSteps[N] after section N.
 var migrationSteps = map[int]func(*Store, *sql.Tx) error{
 	2: (*Store).sealAuditRowsV2,
+	4: (*Store).macKeyRowsV4,
+	5: (*Store).buildAuditTreeV5,
 }
 
 // migrate brings the schema to this program's version, every pending
-// section in one transaction, and creates the audit key if there is none yet and a
-// service key is configured. openStore runs it under the directory lock
+// section in one transaction, then checks the audit key against its pins
+// (creating it for a store that holds nothing yet; auditpin.go). A
+// version 1 store is migrated only by upgrade-store, which adds an audit
+// row saying what it adopted. openStore runs it under the directory lock
 // (SQLite), or under the store's advisory lock (PostgreSQL, Store.begin).
 func (s *Store) migrate() error {
 	sections := schemaSections(s.engine.schema)
@@ -352,6 +382,12 @@ func (s *Store) migrate() error {
 	if version > len(sections) {
 		return fmt.Errorf("schema version %d is newer than this program knows (%d); upgrade debusine-signing", version, len(sections))
 	}
+	if version == 1 {
+		if err := s.refuseV1(tx); err != nil {
+			return err
+		}
+	}
+	s.migratingFrom = version
 	for i, section := range sections[version:] {
 		n := version + i + 1
 		if _, err := tx.Exec(section); err != nil {
@@ -368,10 +404,36 @@ func (s *Store) migrate() error {
 			return fmt.Errorf("migrating schema: %w", err)
 		}
 	}
-	if _, err := s.ensureAuditKey(tx); err != nil {
+	unpinned, err := s.checkAuditKey(tx)
+	if err != nil {
 		return err
 	}
-	return tx.Commit()
+	if s.adopted != nil {
+		vkey, err := s.auditKeyID(tx)
+		if err != nil {
+			return err
+		}
+		if err := s.appendAudit(tx, AuditEntry{Event: "register", Purpose: "audit", Fingerprint: vkey, Data: map[string]any{
+			"upgrade_store": map[string]any{"from_schema_version": 1, "adopted_rows": s.adopted.Rows, "adopted_head": s.adopted.Head},
+		}}); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	if unpinned != nil {
+		vkey, err := s.auditKeyID(nil)
+		if err != nil {
+			return err
+		}
+		if err := writePin(unpinned, vkey); errors.Is(err, errPinMismatch) {
+			return err
+		} else if err != nil {
+			s.warnings = append(s.warnings, fmt.Sprintf("the audit key is not pinned beside service key %s (%v): a wiped database would not be noticed on this host; write this line to %s (mode 0644): %s", unpinned.path, err, unpinned.pinPath(), vkey))
+		}
+	}
+	return nil
 }
 
 // sqliteError makes SQLite's answer to a file that is not a database (or a
@@ -388,46 +450,63 @@ const timeFormat = "2006-01-02T15:04:05.000000Z"
 
 func nowUTC() string { return time.Now().UTC().Format(timeFormat) }
 
-const keyColumns = "purpose, fingerprint, private_key, public_key, description, created_at, updated_at"
+// keyColumns are the columns a new row is written with; a row is read with
+// its mac as well (keyReadColumns).
+const (
+	keyColumns     = "purpose, fingerprint, private_key, public_key, description, created_at, updated_at"
+	keyReadColumns = keyColumns + ", coalesce(mac, '')"
+)
 
 func scanKey(row interface{ Scan(...any) error }) (*Key, error) {
 	var k Key
-	var privateKey, created, updated string
-	if err := row.Scan(&k.Purpose, &k.Fingerprint, &privateKey, &k.PublicKey, &k.Description, &created, &updated); err != nil {
+	var privateKey string
+	if err := row.Scan(&k.Purpose, &k.Fingerprint, &privateKey, &k.PublicKey, &k.Description, &k.created, &k.updated, &k.mac); err != nil {
 		return nil, err
 	}
 	k.PrivateKey = []byte(privateKey)
-	var err error
-	if k.CreatedAt, err = time.Parse(timeFormat, created); err != nil {
-		return nil, fmt.Errorf("key %s: bad created_at: %w", &k, err)
-	}
-	if k.UpdatedAt, err = time.Parse(timeFormat, updated); err != nil {
-		return nil, fmt.Errorf("key %s: bad updated_at: %w", &k, err)
-	}
+	// A time that does not parse stays zero: the row's authentication
+	// code covers the text, so checkKeyRow refuses that one row, and a
+	// listing goes on with the others.
+	k.CreatedAt, _ = time.Parse(timeFormat, k.created)
+	k.UpdatedAt, _ = time.Parse(timeFormat, k.updated)
 	return &k, nil
 }
 
-// Key returns the key with this purpose and fingerprint (case-insensitive).
+// Key returns the key with this purpose and fingerprint (case-insensitive),
+// once its row has passed its checks (checkKeyRow): a row changed without
+// the audit key, or whose public key is another key's, is refused with the
+// reason.
 func (s *Store) Key(purpose, fingerprint string) (*Key, error) {
 	fingerprint = strings.ToUpper(fingerprint)
-	row := s.db.QueryRow("SELECT "+keyColumns+" FROM keys WHERE purpose = $1 AND fingerprint = $2", purpose, fingerprint)
+	row := s.db.QueryRow("SELECT "+keyReadColumns+" FROM keys WHERE purpose = $1 AND fingerprint = $2", purpose, fingerprint)
 	k, err := scanKey(row)
 	if errors.Is(err, sql.ErrNoRows) {
 		var other string
 		if s.db.QueryRow("SELECT purpose FROM keys WHERE fingerprint = $1", fingerprint).Scan(&other) == nil {
 			return nil, fmt.Errorf("key %s is a %s key, not %s: %w", fingerprint, other, purpose, errUnknownKey)
 		}
+		var id int64
+		if s.db.QueryRow("SELECT id FROM audit_log WHERE event IN ('generate', 'register') AND purpose = $1 AND fingerprint = $2 ORDER BY id LIMIT 1", purpose, fingerprint).Scan(&id) == nil {
+			return nil, fmt.Errorf("%w: %s:%s is missing from the keys table, but audit row %d records it: the key row was deleted", errUnknownKey, purpose, fingerprint, id)
+		}
 		return nil, fmt.Errorf("%w: %s:%s", errUnknownKey, purpose, fingerprint)
 	}
 	if err != nil {
 		return nil, sqliteError(err)
 	}
+	ak, err := s.auditKey(nil)
+	if err != nil {
+		return nil, fmt.Errorf("key %s: %w", k, err)
+	}
+	if err := s.checkKeyRow(ak, k); err != nil {
+		return nil, err
+	}
 	return k, nil
 }
 
-// Keys returns every key, ordered by purpose and creation.
-func (s *Store) Keys() ([]*Key, error) {
-	rows, err := s.db.Query("SELECT " + keyColumns + " FROM keys ORDER BY purpose, created_at, fingerprint")
+// keyRows reads every key row, unchecked, ordered by purpose and creation.
+func (s *Store) keyRows(q querier) ([]*Key, error) {
+	rows, err := q.Query("SELECT " + keyReadColumns + " FROM keys ORDER BY purpose, created_at, fingerprint")
 	if err != nil {
 		return nil, sqliteError(err)
 	}
@@ -443,6 +522,30 @@ func (s *Store) Keys() ([]*Key, error) {
 	return keys, rows.Err()
 }
 
+// Keys returns every key whose row passes its checks (checkKeyRow),
+// ordered by purpose and creation. When some rows fail, it returns the
+// others with an error naming each refused row and why.
+func (s *Store) Keys() ([]*Key, error) {
+	rows, err := s.keyRows(s.db)
+	if err != nil || len(rows) == 0 {
+		return nil, err
+	}
+	ak, err := s.auditKey(nil)
+	if err != nil {
+		return nil, err
+	}
+	var keys []*Key
+	var refused []error
+	for _, k := range rows {
+		if err := s.checkKeyRow(ak, k); err != nil {
+			refused = append(refused, err)
+			continue
+		}
+		keys = append(keys, k)
+	}
+	return keys, errors.Join(refused...)
+}
+
 // AddKey stores a key and its "generate" or "register" audit row in one
 // transaction: a key is never in the store without its audit row.
 func (s *Store) AddKey(k *Key, event string, workRequest *int64) error {
@@ -456,8 +559,8 @@ func (s *Store) AddKeyWithData(k *Key, event string, data map[string]any, workRe
 		return fmt.Errorf("AddKey: event %q is neither generate nor register", event)
 	}
 	k.Fingerprint = strings.ToUpper(k.Fingerprint)
-	if _, err := parseProtectedKey(k.PrivateKey); err != nil {
-		return fmt.Errorf("key %s: %w", k, err)
+	if err := s.checkNewKey(k); err != nil {
+		return err
 	}
 	tx, err := s.begin()
 	if err != nil {
@@ -472,10 +575,14 @@ func (s *Store) AddKeyWithData(k *Key, event string, data map[string]any, workRe
 	if !errors.Is(err, sql.ErrNoRows) {
 		return sqliteError(err)
 	}
-	now := nowUTC()
-	if _, err := tx.Exec("INSERT INTO keys ("+keyColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7)",
-		k.Purpose, k.Fingerprint, string(k.PrivateKey), k.PublicKey, k.Description, now, now); err != nil {
+	ak, err := s.auditKey(tx)
+	if err != nil {
 		return fmt.Errorf("storing key %s: %w", k, err)
+	}
+	k.created = nowUTC()
+	k.updated = k.created
+	if err := insertKey(tx, ak, k); err != nil {
+		return err
 	}
 	if err := s.appendAudit(tx, AuditEntry{Event: event, Purpose: k.Purpose, Fingerprint: k.Fingerprint, Data: data, WorkRequest: workRequest}); err != nil {
 		return err
@@ -483,8 +590,18 @@ func (s *Store) AddKeyWithData(k *Key, event string, data map[string]any, workRe
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("storing key %s: %w", k, err)
 	}
-	k.CreatedAt, _ = time.Parse(timeFormat, now)
+	k.CreatedAt, _ = time.Parse(timeFormat, k.created)
 	k.UpdatedAt = k.CreatedAt
+	return nil
+}
+
+// insertKey writes a new key row, authenticated, inside tx.
+func insertKey(tx *sql.Tx, ak *auditKey, k *Key) error {
+	k.mac = ak.keyRowMAC(k)
+	if _, err := tx.Exec("INSERT INTO keys ("+keyColumns+", mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+		k.Purpose, k.Fingerprint, string(k.PrivateKey), k.PublicKey, k.Description, k.created, k.updated, k.mac); err != nil {
+		return fmt.Errorf("storing key %s: %w", k, err)
+	}
 	return nil
 }
 
@@ -546,28 +663,24 @@ func (s *Store) ReencryptKeys() (moved []*Key, auditKeyMoved bool, err error) {
 		return nil, false, err
 	}
 	defer tx.Rollback()
-	rows, err := tx.Query("SELECT " + keyColumns + " FROM keys ORDER BY purpose, fingerprint")
+	keys, err := s.keyRows(tx)
 	if err != nil {
-		return nil, false, sqliteError(err)
-	}
-	var keys []*Key
-	for rows.Next() {
-		k, err := scanKey(rows)
-		if err != nil {
-			rows.Close()
-			return nil, false, err
-		}
-		keys = append(keys, k)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, false, sqliteError(err)
+		return nil, false, err
 	}
 	auditMoved, err := s.reencryptAuditKey(tx)
 	if err != nil {
 		return nil, false, err
 	}
+	ak, err := s.auditKey(tx)
+	if err != nil {
+		return nil, false, err
+	}
 	for _, k := range keys {
+		// A row that fails its checks must not get a new authentication
+		// code: the whole re-encryption is refused instead.
+		if err := s.checkKeyRow(ak, k); err != nil {
+			return nil, false, fmt.Errorf("re-encrypting keys: %w", err)
+		}
 		p, err := parseProtectedKey(k.PrivateKey)
 		if err != nil {
 			return nil, false, fmt.Errorf("key %s: %w", k, err)
@@ -584,8 +697,9 @@ func (s *Store) ReencryptKeys() (moved []*Key, auditKeyMoved bool, err error) {
 		if err != nil {
 			return nil, false, err
 		}
-		if _, err := tx.Exec("UPDATE keys SET private_key = $1, updated_at = $2 WHERE purpose = $3 AND fingerprint = $4",
-			string(sealed), nowUTC(), k.Purpose, k.Fingerprint); err != nil {
+		k.PrivateKey, k.updated = sealed, nowUTC()
+		if _, err := tx.Exec("UPDATE keys SET private_key = $1, updated_at = $2, mac = $3 WHERE purpose = $4 AND fingerprint = $5",
+			string(sealed), k.updated, ak.keyRowMAC(k), k.Purpose, k.Fingerprint); err != nil {
 			return nil, false, fmt.Errorf("re-encrypting key %s: %w", k, err)
 		}
 		data := map[string]any{

@@ -57,6 +57,7 @@ func (te *testEnv) store(t testing.TB) *Store {
 		t.Fatal(err)
 	}
 	st.yubikey = te.cfg.YubiKey
+	st.pkcs11 = te.cfg.PKCS11
 	t.Cleanup(func() { st.Close() })
 	return st
 }
@@ -225,9 +226,13 @@ func TestSealRotationAndReencrypt(t *testing.T) {
 		t.Fatalf("after reencrypt-keys the new key alone must decrypt: %v", err)
 	}
 	// And the old key alone no longer does, with a clear error.
+	// The audit key, unsealed when the store opens, says so first.
 	te.writeConfig(t, "database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n")
-	_, err = te.store(t).Unseal(k)
+	_, err = openStore(te.cfg.Database, "", te.cfg.ServiceKeys)
 	if err == nil || !strings.Contains(err.Error(), "no configured service key matches") {
+		t.Errorf("wrong service key: error %v", err)
+	}
+	if _, err := (&Store{serviceKeys: st.serviceKeys[1:]}).Unseal(k); err == nil || !strings.Contains(err.Error(), "no configured service key matches") {
 		t.Errorf("wrong service key: error %v", err)
 	}
 	// Running it again moves nothing and audits nothing.
@@ -370,30 +375,61 @@ func TestKeysAndExport(t *testing.T) {
 func TestMalformedPrivateKeyJSON(t *testing.T) {
 	te := newTestEnv(t)
 	st := te.store(t)
-	for i, bad := range []string{
+	_, certPEM := testCertificate(t, "malformed")
+	cert, err := parseCertificatePEM(certPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fpr := certificateFingerprint(cert)
+	for _, bad := range []string{
 		`{"storage": "nacl"}`,
 		`{"storage": "vault", "x": 1}`,
 		`{"storage": "pkcs11-static", "pkcs11_uri": "http://x"}`,
 		`{"storage": "nacl", "public_key": "AAAA", "encrypted": "AAAA"}`,
 	} {
-		if _, err := st.db.Exec("INSERT INTO keys ("+keyColumns+") VALUES ('uefi', ?, ?, x'00', '', ?, ?)",
-			strings.Repeat("A", i+1), bad, nowUTC(), nowUTC()); err != nil {
-			t.Fatal(err)
-		}
-		k, err := st.Key(purposeUEFI, strings.Repeat("A", i+1))
-		if err != nil {
-			t.Fatal(err)
-		}
+		k := &Key{Purpose: purposeUEFI, Fingerprint: fpr, PrivateKey: []byte(bad), PublicKey: certPEM}
 		if _, err := st.Unseal(k); err == nil || !strings.Contains(err.Error(), "malformed private_key JSON") {
 			t.Errorf("%s: unseal error %v", bad, err)
 		}
+		// Even with a valid authentication code, as only the service
+		// could write it, the row is refused on use.
+		insertTestKeyRow(t, st, k)
+		if _, err := st.Key(purposeUEFI, fpr); err == nil || !strings.Contains(err.Error(), "malformed private_key JSON") {
+			t.Errorf("%s: key error %v", bad, err)
+		}
+		status, _, stderr := te.run(t, "keys")
+		if status != exitError || !strings.Contains(stderr, "malformed private_key JSON") {
+			t.Errorf("keys with a malformed row: exit %d %q", status, stderr)
+		}
+		if _, err := st.db.Exec("DELETE FROM keys"); err != nil {
+			t.Fatal(err)
+		}
 	}
-	status, _, stderr := te.run(t, "keys")
-	if status != exitError || !strings.Contains(stderr, "malformed private_key JSON") {
-		t.Errorf("keys with malformed rows: exit %d %q", status, stderr)
-	}
-	if _, err := st.db.Exec("INSERT INTO keys ("+keyColumns+") VALUES ('uefi', 'B', 'not json', x'00', '', ?, ?)", nowUTC(), nowUTC()); err == nil {
+	if _, err := st.db.Exec("INSERT INTO keys ("+keyColumns+", mac) VALUES ('uefi', 'B', 'not json', x'00', '', ?, ?, 'm')", nowUTC(), nowUTC()); err == nil {
 		t.Error("the schema accepted a private_key that is not JSON")
+	}
+}
+
+// insertTestKeyRow stores k as it is, with a valid authentication code and
+// no other check, as only someone holding the audit key could.
+func insertTestKeyRow(t testing.TB, st *Store, k *Key) {
+	t.Helper()
+	tx, err := st.begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	ak, err := st.auditKey(tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.created = nowUTC()
+	k.updated = k.created
+	if err := insertKey(tx, ak, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
 	}
 }
 

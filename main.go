@@ -41,12 +41,19 @@ type Config struct {
 	Database string `toml:"database"`
 	// DatabasePasswordFile holds the PostgreSQL password (a systemd
 	// credential, for example); never in database itself.
-	DatabasePasswordFile string        `toml:"database_password_file"`
-	ServiceKeys          []string      `toml:"service_keys"`
-	TrustedCerts         []string      `toml:"trusted_certs"`
-	Worker               WorkerConfig  `toml:"worker"`
-	YubiKey              YubiKeyConfig `toml:"yubikey"`
-	Relay                RelayConfig   `toml:"relay"`
+	DatabasePasswordFile string   `toml:"database_password_file"`
+	ServiceKeys          []string `toml:"service_keys"`
+	TrustedCerts         []string `toml:"trusted_certs"`
+	// AuditOrigin names the audit log in its checkpoints (checkpoint.go);
+	// "" for the default derived from the audit key.
+	AuditOrigin string        `toml:"audit_origin"`
+	Worker      WorkerConfig  `toml:"worker"`
+	YubiKey     YubiKeyConfig `toml:"yubikey"`
+	PKCS11      PKCS11Config  `toml:"pkcs11"`
+	Relay       RelayConfig   `toml:"relay"`
+	// AuditServe configures `audit serve`; Witnesses cosign checkpoints.
+	AuditServe AuditServeConfig `toml:"audit_serve"`
+	Witnesses  []WitnessConfig  `toml:"witness"`
 
 	// path is the file the configuration came from, "" for the embedded
 	// default.
@@ -116,6 +123,14 @@ func loadConfig(path string) (*Config, error) {
 		k := undecoded[0]
 		return nil, fmt.Errorf("configuration %s:%d: unknown key %q", path, keyLine(data, k), k.String())
 	}
+	if err := cfg.PKCS11.check(); err != nil {
+		return nil, fmt.Errorf("configuration %s: %w", path, err)
+	}
+	if cfg.AuditOrigin != "" {
+		if err := checkOrigin(cfg.AuditOrigin); err != nil {
+			return nil, fmt.Errorf("configuration %s: %w", path, err)
+		}
+	}
 	dir := filepath.Dir(path)
 	abs := func(p *string) {
 		if *p != "" && !filepath.IsAbs(*p) {
@@ -130,7 +145,8 @@ func loadConfig(path string) (*Config, error) {
 		abs(&cfg.ServiceKeys[i])
 	}
 	for _, p := range []*string{&cfg.Worker.TokenFile, &cfg.Worker.ActivationTokenFile, &cfg.Worker.CAFile,
-		&cfg.Worker.LogFile, &cfg.Worker.CheckpointFile, &cfg.YubiKey.PINFile, &cfg.YubiKey.ManagementKeyFile} {
+		&cfg.Worker.LogFile, &cfg.Worker.CheckpointFile, &cfg.YubiKey.PINFile, &cfg.YubiKey.ManagementKeyFile,
+		&cfg.AuditServe.Socket, &cfg.AuditServe.TokenFile, &cfg.AuditServe.CheckpointFile} {
 		abs(p)
 	}
 	for _, p := range cfg.Relay.paths() {
@@ -194,6 +210,8 @@ type env struct {
 	store      *Store
 	stdout     io.Writer
 	stderr     io.Writer
+	// upgradeStore lets openStore adopt a version 1 store (upgrade-store).
+	upgradeStore bool
 }
 
 func (e *env) config() (*Config, error) {
@@ -222,11 +240,17 @@ func (e *env) openStore() (*Store, error) {
 		// connected host has no store.
 		return nil, fmt.Errorf("configuration %s: \"database\" is not set, and this command opens the key store", cfg.path)
 	}
-	st, err := openStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys)
+	st, err := openOrUpgradeStore(cfg.Database, cfg.DatabasePasswordFile, cfg.ServiceKeys, e.upgradeStore)
 	if err != nil {
 		return nil, err
 	}
+	for _, w := range st.warnings {
+		fmt.Fprintf(e.stderr, "debusine-signing: warning: %s\n", w)
+	}
 	st.yubikey = cfg.YubiKey
+	st.pkcs11 = cfg.PKCS11
+	st.auditOrigin = cfg.AuditOrigin
+	st.witnesses = cfg.Witnesses
 	e.store = st
 	return st, nil
 }
@@ -249,13 +273,14 @@ func init() {
 		{"generate-service-key", "PATH", "create a service key file (mode 0600)", true, cmdGenerateServiceKey},
 		{"reencrypt-keys", "", "re-seal every stored key to the first service key", true, cmdReencryptKeys},
 		{"keys", "[--json]", "list the stored keys", true, cmdKeys},
-		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c]", "generate a key, print its fingerprint", true, cmdGenerateKey},
+		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c | --pkcs11 URI [--bits N]]", "generate a key, print its fingerprint", true, cmdGenerateKey},
 		{"import-key", "--purpose P --private-key FILE ...", "import an existing private key", true, cmdImportKey},
 		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] [--type T] [--replace] FILE...", "sign files", true, cmdSign},
-		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE DESCRIPTION", "register a key held on a PKCS#11 token", true, cmdRegisterPKCS11},
+		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE|PUBLIC-KEY DESCRIPTION", "register a key held on a PKCS#11 token", true, cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", true, cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", true, cmdExportPublicKey},
-		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] | checkpoint | key", "list, verify or checkpoint the audit log", true, cmdAudit},
+		{"upgrade-store", "", "authenticate a store written before authentication codes (schema version 1), printing the chain head it adopts", true, cmdUpgradeStore},
+		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] [--witness KEY --quorum N] | checkpoint [--output FILE] | key | prove [--checkpoint FILE] [-o FILE] ROW|--sha256 HEX|--file FILE | verify-receipt --key VERIFIER [--file FILE] [--witness KEY --quorum N] RECEIPT | serve | monitor URL --checkpoint FILE --key VERIFIER", "list, verify, checkpoint, prove, serve or monitor the audit log; check a receipt", true, cmdAudit},
 		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", true, cmdWorker},
 		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", true, cmdImportDebusineDB},
 		{"relay", "generate-key|fetch|sign|complete ...", "carry work requests to an offline host and back ([relay] table)", true, cmdRelay},
@@ -419,9 +444,10 @@ func cmdKeys(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	keys, err := st.Keys()
-	if err != nil {
-		return err
+	// Keys refused by their checks are named after the others are listed.
+	keys, refused := st.Keys()
+	if refused != nil && !errors.Is(refused, errKeyRefused) {
+		return refused
 	}
 	type keyInfo struct {
 		Purpose     string `json:"purpose"`
@@ -431,12 +457,10 @@ func cmdKeys(e *env, args []string) error {
 		Description string `json:"description"`
 	}
 	var infos []keyInfo
-	var bad []string
 	for _, k := range keys {
 		storage, err := k.Storage()
 		if err != nil {
-			storage = "malformed"
-			bad = append(bad, k.String())
+			return err
 		}
 		infos = append(infos, keyInfo{k.Purpose, k.Fingerprint, storage, k.CreatedAt.Format("2006-01-02T15:04:05Z"), k.Description})
 	}
@@ -457,10 +481,7 @@ func cmdKeys(e *env, args []string) error {
 		}
 		tw.Flush()
 	}
-	if len(bad) > 0 {
-		return fmt.Errorf("malformed private_key JSON in the store for %s", strings.Join(bad, ", "))
-	}
-	return nil
+	return refused
 }
 
 func checkPurpose(p string) error {
@@ -546,8 +567,22 @@ func cmdGenerateKey(e *env, args []string) error {
 	description := fs.String("description", "", "description (openpgp: the user ID)")
 	yubikey := fs.String("yubikey", "", "generate on the YubiKey with this serial `number` (uefi)")
 	slot := fs.String("slot", "", "PIV `slot` for --yubikey (9c, 9a, 9d, 9e, 82..95)")
+	p11URI := fs.String("pkcs11", "", "generate an RSA key on the PKCS#11 token this `URI` names; its id= (and object=) become the key's")
+	bits := fs.Int("bits", 0, "RSA key size for --pkcs11 (default 2048; larger where the token allows)")
 	if err := parseFlags(fs, e, args); err != nil {
 		return err
+	}
+	if *bits != 0 && *p11URI == "" {
+		return usagef("--bits is for --pkcs11")
+	}
+	if *p11URI != "" && (*yubikey != "" || *slot != "") {
+		return usagef("--pkcs11 and --yubikey/--slot exclude each other")
+	}
+	if *p11URI != "" && *bits == 0 {
+		*bits = uefiKeyBits
+	}
+	if *p11URI != "" && (*bits < uefiKeyBits || *bits%8 != 0) {
+		return usagef("--bits %d: at least %d, a multiple of 8", *bits, uefiKeyBits)
 	}
 	if fs.NArg() != 0 {
 		return usagef("generate-key takes no positional arguments")
@@ -566,6 +601,10 @@ func cmdGenerateKey(e *env, args []string) error {
 	switch {
 	case *yubikey != "" || *slot != "":
 		fpr, err = generateYubiKeyCommand(st, *purpose, *description, *yubikey, *slot)
+	case *p11URI != "" && *purpose == purposeUEFI:
+		fpr, err = generateP11UEFIKey(st, *p11URI, *description, *bits, nil)
+	case *p11URI != "":
+		fpr, err = generateP11OpenPGPKey(st, *p11URI, *description, *bits, nil)
 	case *purpose == purposeUEFI:
 		fpr, err = generateUEFIKey(st, *description, nil)
 	default:
@@ -619,16 +658,17 @@ func cmdRegisterPKCS11(e *env, args []string) error {
 		return err
 	}
 	if fs.NArg() != 4 {
-		return usagef("register-pkcs11-static-key takes PURPOSE URI CERTIFICATE DESCRIPTION")
+		return usagef("register-pkcs11-static-key takes PURPOSE URI CERTIFICATE|PUBLIC-KEY DESCRIPTION")
 	}
 	purpose, uri, certFile, description := fs.Arg(0), fs.Arg(1), fs.Arg(2), fs.Arg(3)
 	if err := checkPurpose(purpose); err != nil {
 		return err
 	}
-	if purpose != purposeUEFI {
-		return fmt.Errorf("register-pkcs11-static-key: only uefi keys can be held on a PKCS#11 token")
+	what := "certificate"
+	if purpose == purposeOpenPGP {
+		what = "OpenPGP public key"
 	}
-	certData, err := readInput(certFile, "certificate", maxKeyFileSize)
+	certData, err := readInput(certFile, what, maxKeyFileSize)
 	if err != nil {
 		return err
 	}
@@ -636,9 +676,16 @@ func cmdRegisterPKCS11(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	fpr, err := registerPKCS11Key(st, uri, certData, description)
+	register := registerPKCS11Key
+	if purpose == purposeOpenPGP {
+		register = registerP11OpenPGPKey
+	}
+	fpr, err := register(st, uri, certData, description)
 	if err != nil {
 		return err
+	}
+	if u, err := parseP11URI(uri); err == nil && u.hasPIN {
+		fmt.Fprintln(e.stderr, "debusine-signing: warning: the PIN in the URI (pin-value) is stored in the database with it; prefer pin-source=FILE")
 	}
 	fmt.Fprintln(e.stdout, fpr)
 	return nil

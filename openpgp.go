@@ -49,17 +49,30 @@ func openpgpConfig(now time.Time) *packet.Config {
 // verbatim. The description is used as is rather than split into name,
 // comment and e-mail, so "Archive key <ftp@example.org>" works like in gpg.
 func newOpenPGPEntity(description string, now time.Time) (*openpgp.Entity, error) {
-	if description == "" || strings.ContainsAny(description, "\x00\r\n") {
-		return nil, fmt.Errorf("OpenPGP key description %q: must be one non-empty line", description)
+	if err := checkOpenPGPDescription(description); err != nil {
+		return nil, err
 	}
-	cfg := openpgpConfig(now)
 	// NewEntity generates the Ed25519 key pair; its placeholder identity and
 	// encryption subkey are replaced below.
-	gen, err := openpgp.NewEntity("placeholder", "", "", cfg)
+	gen, err := openpgp.NewEntity("placeholder", "", "", openpgpConfig(now))
 	if err != nil {
 		return nil, fmt.Errorf("generating Ed25519 key: %w", err)
 	}
-	priv := gen.PrivateKey
+	return selfCertifiedEntity(description, gen.PrivateKey, now)
+}
+
+func checkOpenPGPDescription(description string) error {
+	if description == "" || strings.ContainsAny(description, "\x00\r\n") {
+		return fmt.Errorf("OpenPGP key description %q: must be one non-empty line", description)
+	}
+	return nil
+}
+
+// selfCertifiedEntity makes the entity of a primary key with one user ID,
+// the description, certified by the key itself (which may be on a token):
+// flagged sign and certify, no expiry, no subkeys.
+func selfCertifiedEntity(description string, priv *packet.PrivateKey, now time.Time) (*openpgp.Entity, error) {
+	cfg := openpgpConfig(now)
 	isPrimary := true
 	var noExpiry uint32
 	self := &packet.Signature{
@@ -364,6 +377,11 @@ func storeOpenPGPKey(st *Store, e *openpgp.Entity, description, event string, wo
 func openpgpEntity(st *Store, k *Key) (*openpgp.Entity, error) {
 	if k.Purpose != purposeOpenPGP {
 		return nil, fmt.Errorf("key %s is not an OpenPGP key", k)
+	}
+	if storage, err := k.Storage(); err != nil {
+		return nil, err
+	} else if storage == storagePKCS11 {
+		return openpgpTokenEntity(st, k)
 	}
 	secret, err := st.Unseal(k)
 	if err != nil {

@@ -44,11 +44,15 @@ var testPG struct {
 	dbs     atomic.Int64
 }
 
-// TestMain stops the throw-away cluster, if a test started one.
+// TestMain stops the throw-away cluster, if a test started one, and
+// removes litewitness's build, if a test made one.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if testPG.cleanup != nil {
 		testPG.cleanup()
+	}
+	if litewitnessBuild.dir != "" {
+		os.RemoveAll(litewitnessBuild.dir)
 	}
 	os.Exit(code)
 }
@@ -198,7 +202,7 @@ func (c *pgCluster) newDatabase(t testing.TB) string {
 		t.Fatalf("CREATE DATABASE: %v", err)
 	}
 	t.Cleanup(func() {
-		db, err := connectPostgres(c.admin+" dbname=postgres", "")
+		db, err := connectPostgres(c.admin+" dbname=postgres", "", false)
 		if err != nil {
 			return
 		}
@@ -214,7 +218,7 @@ func (c *pgCluster) adminDB(t testing.TB) *sql.DB {
 	var err error
 	// Right after a restart the server may still be starting.
 	for i := 0; i < 50; i++ {
-		if db, err = connectPostgres(c.admin+" dbname=postgres", ""); err == nil {
+		if db, err = connectPostgres(c.admin+" dbname=postgres", "", false); err == nil {
 			t.Cleanup(func() { db.Close() })
 			return db
 		}

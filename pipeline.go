@@ -2,12 +2,14 @@ package main
 
 // The sign task's pipeline: its inputs' files download a few at a time
 // ahead of the signing, and each input's outputs upload while the next
-// input is signed, so that a task of many files costs a few round trips
-// per file in parallel rather than in sequence. The guarantees of the
-// sequential task hold: every input's trusted_certs and sign_with checks
-// pass before the pipeline starts, a file is signed only once its SHA-256
-// matched, an output is uploaded only after its audit row is stored, once,
-// and outputs are created in the order of the inputs.
+// input downloads and is signed, so that a task of many files costs a few
+// round trips per file in parallel rather than in sequence. The guarantees
+// of the sequential task hold: every input's trusted_certs and sign_with
+// checks pass before the pipeline starts, a file is signed only once its
+// SHA-256 matched, an output is uploaded only after its audit row is
+// stored, once, and outputs are created in the order of the inputs. A
+// download that fails stops the pipeline: the outputs of the inputs before
+// it may be on the server already, and the task fails.
 
 import (
 	"context"
@@ -25,7 +27,6 @@ type signPipeline struct {
 	cancel context.CancelCauseFunc
 
 	done      [][]chan error // done[i][j]: the download of inputs[i].files[j]
-	fetched   chan struct{}  // closed once every file is downloaded
 	ready     chan signOutput
 	readyOnce sync.Once
 	wg        sync.WaitGroup
@@ -45,7 +46,7 @@ type signOutput struct {
 // close whatever happens.
 func newSignPipeline(ctx context.Context, w *worker, tr *taskRun, inputs []*input) *signPipeline {
 	p := &signPipeline{w: w, tr: tr, inputs: inputs, parent: ctx,
-		fetched: make(chan struct{}), ready: make(chan signOutput, len(inputs))}
+		ready: make(chan signOutput, len(inputs))}
 	p.ctx, p.cancel = context.WithCancelCause(ctx)
 	type file struct{ i, j int }
 	var files []file
@@ -66,9 +67,7 @@ func newSignPipeline(ctx context.Context, w *worker, tr *taskRun, inputs []*inpu
 		})
 		if err != nil {
 			p.fail(&stageError{"fetch_input", err})
-			return
 		}
-		close(p.fetched)
 	})
 	p.wg.Go(p.uploader)
 	return p
@@ -102,13 +101,17 @@ func (p *signPipeline) stillOurs() error {
 }
 
 // downloaded waits until file j of input i is downloaded and its SHA-256
-// checked.
+// checked, and fails once the pipeline has stopped, even when the file is
+// there: nothing is signed after that.
 func (p *signPipeline) downloaded(i, j int) error {
 	select {
 	case err := <-p.done[i][j]:
 		if err != nil {
 			err = &stageError{"fetch_input", err}
 			p.fail(err)
+			return p.err()
+		}
+		if p.ctx.Err() != nil {
 			return p.err()
 		}
 		return nil
@@ -125,15 +128,8 @@ func (p *signPipeline) upload(i int, data any, files []outFile) {
 
 // uploader creates the outputs' artifacts one after the other, in the
 // order of the inputs, and uploads their files and relations a few
-// artifacts at a time. It starts once every input is downloaded: a
-// download that fails leaves no output behind, as when the inputs were
-// all fetched before anything else.
+// artifacts at a time, while the downloads go on.
 func (p *signPipeline) uploader() {
-	select {
-	case <-p.fetched:
-	case <-p.ctx.Done():
-		return
-	}
 	sem := make(chan struct{}, maxInFlight)
 	var wg sync.WaitGroup
 	defer wg.Wait()

@@ -646,8 +646,12 @@ func (f *relayFetch) write(signer note.Signer, output string, e *env) error {
 	if err != nil {
 		return err
 	}
+	newest, err := readOptional(filepath.Join(f.cfg.Relay.StateDir, newestCheckpointName))
+	if err != nil {
+		return err
+	}
 	m := bundleManifest{Format: bundleFormat, ID: f.state.ID, CreatedAt: f.state.CreatedAt, Server: f.cfg.Worker.APIURL,
-		WorkRequests: f.entries, Files: files}
+		WorkRequests: f.entries, Files: files, AuditCheckpoint: string(newest)}
 	manifest, err := signManifest(m, signer)
 	if err != nil {
 		return err

@@ -29,9 +29,12 @@ import (
 )
 
 const (
-	bundleFormat = "debusine-signing relay bundle 1"
-	resultFormat = "debusine-signing relay result 1"
-	manifestName = "MANIFEST"
+	// Format 2 added the audit tree's checkpoint and proofs
+	// (relay_tlog.go); the offline host still reads bundles of format 1.
+	bundleFormat   = "debusine-signing relay bundle 2"
+	bundleFormatV1 = "debusine-signing relay bundle 1"
+	resultFormat   = "debusine-signing relay result 2"
+	manifestName   = "MANIFEST"
 	// checkpointName is the result member holding the offline host's
 	// signed audit checkpoint.
 	checkpointName = "CHECKPOINT"
@@ -54,6 +57,9 @@ type bundleManifest struct {
 	Server       string              `json:"server"`
 	WorkRequests []bundleWorkRequest `json:"work_requests"`
 	Files        []archiveFile       `json:"files"`
+	// AuditCheckpoint is the newest offline audit checkpoint the relay
+	// holds, "" for none.
+	AuditCheckpoint string `json:"audit_checkpoint,omitempty"`
 }
 
 // bundleWorkRequest is a work request as the server gave it, the keys it
@@ -85,6 +91,9 @@ type resultManifest struct {
 	SignedAt     string              `json:"signed_at"`
 	WorkRequests []resultWorkRequest `json:"work_requests"`
 	Files        []archiveFile       `json:"files"`
+	// AuditProofs prove the checkpoint's tree consistent with the
+	// bundle's checkpoint and the offline host's previous result's.
+	AuditProofs []auditProof `json:"audit_proofs"`
 }
 
 // resultWorkRequest is the outcome of one work request on the offline

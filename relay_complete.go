@@ -196,7 +196,7 @@ func (c *relayComplete) open(p string, verifier note.Verifier, tmp string) error
 	if err := os.Rename(filepath.Join(res.Dir, checkpointName), filepath.Join(c.dir, checkpointName)); err != nil {
 		return fmt.Errorf("%s: no %s: refused", p, checkpointName)
 	}
-	return c.checkCheckpoint(p)
+	return c.checkCheckpoint(p, rm.AuditProofs)
 }
 
 // restoreCopies puts back in out/ the files of a re-signed upload the
@@ -235,8 +235,9 @@ func (c *relayComplete) restoreCopies(bw *bundleWorkRequest, dir string) error {
 }
 
 // checkCheckpoint checks the offline host's audit checkpoint with its
-// verifier key, when the relay has it.
-func (c *relayComplete) checkCheckpoint(p string) error {
+// verifier key, when the relay has it, and that the offline log only grew
+// since the checkpoints the relay saw (checkConsistency).
+func (c *relayComplete) checkCheckpoint(p string, proofs []auditProof) error {
 	if c.cfg.Relay.AuditPublicKey == "" {
 		return nil
 	}
@@ -244,10 +245,14 @@ func (c *relayComplete) checkCheckpoint(p string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := OpenCheckpoint(msg, c.cfg.Relay.AuditPublicKey); err != nil {
+	cp, err := OpenCheckpoint(msg, c.cfg.Relay.AuditPublicKey)
+	if err != nil {
 		return fmt.Errorf("%s: the offline audit %w: refused", p, err)
 	}
-	return nil
+	if cp.Legacy {
+		return fmt.Errorf("%s: the offline audit checkpoint has no tree (written by an older debusine-signing): refused", p)
+	}
+	return c.checkConsistency(p, cp, proofs)
 }
 
 // verify checks one work request's outputs before anything is uploaded:
@@ -633,7 +638,7 @@ func (c *relayComplete) finish(result string, e *env) error {
 // the most rows, for `audit verify --checkpoint` on the offline host.
 // Without the verifier key, the newest received is kept.
 func (c *relayComplete) keepNewest(checkpoint []byte) error {
-	newest := filepath.Join(c.cfg.Relay.StateDir, "newest.checkpoint")
+	newest := filepath.Join(c.cfg.Relay.StateDir, newestCheckpointName)
 	if vkey := c.cfg.Relay.AuditPublicKey; vkey != "" {
 		if prev, err := readInput(newest, "checkpoint", maxKeyFileSize); err == nil {
 			old, oerr := OpenCheckpoint(prev, vkey)

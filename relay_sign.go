@@ -92,10 +92,14 @@ func cmdRelaySign(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if m.Format != bundleFormat {
+	if m.Format != bundleFormat && m.Format != bundleFormatV1 {
 		return fmt.Errorf("%s: format %q, this program reads %q: refused", pos[0], m.Format, bundleFormat)
 	}
 	work, err := w.checkBundle(&m, a.Dir)
+	if err != nil {
+		return fmt.Errorf("%s: %w: refused, nothing signed", pos[0], err)
+	}
+	bases, err := st.relayBases(&m, cfg.Relay.StateDir)
 	if err != nil {
 		return fmt.Errorf("%s: %w: refused, nothing signed", pos[0], err)
 	}
@@ -124,6 +128,9 @@ func cmdRelaySign(e *env, args []string) error {
 	if err := os.WriteFile(filepath.Join(a.Dir, checkpointName), checkpoint, 0o600); err != nil {
 		return err
 	}
+	if rm.AuditProofs, err = st.relayProofs(checkpoint, bases); err != nil {
+		return fmt.Errorf("audit consistency proofs: %w", err)
+	}
 	files, err := describeFiles(a.Dir, checkpointName)
 	if err != nil {
 		return err
@@ -148,6 +155,12 @@ func cmdRelaySign(e *env, args []string) error {
 	}
 	rec.SignedAt, rec.ResultSHA256 = rm.SignedAt, (&openedArchive{Manifest: manifest}).SHA256()
 	if err := writeRecord(records, rec); err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(cfg.Relay.StateDir, lastResultCheckpointName), func(f *os.File) error {
+		_, err := f.Write(checkpoint)
+		return err
+	}); err != nil {
 		return err
 	}
 	if err := writeArchive(*output, manifest, a.Dir, files); err != nil {

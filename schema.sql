@@ -13,8 +13,9 @@
 -- ever appended (the triggers of version 3: no UPDATE or DELETE, and an
 -- INSERT must carry id = last id + 1, prev_hash = the last row's hash, a
 -- hash no row has, a program_version and a mac); the audit key row is
--- never deleted or replaced, only re-sealed. Each row's hash and mac are
--- computed in Go (audit.go, auditkey.go), not by the database. What else
+-- never deleted or replaced, only re-sealed. Each row's hash and mac, and
+-- each key row's mac (version 4), are computed in Go (audit.go,
+-- auditkey.go, keyrows.go), not by the database. What else
 -- differs between the engines (schema version, write lock, the catalogue
 -- checkSchema compares) is in db.go.
 
@@ -133,4 +134,59 @@ CREATE TRIGGER audit_key_once BEFORE INSERT ON audit_key
 WHEN EXISTS (SELECT 1 FROM audit_key)
 BEGIN
     SELECT RAISE(ABORT, 'audit_key already holds the audit key');
+END;
+
+-- version 4
+-- Authenticated key rows (keyrows.go). "mac" is an HMAC, under a key
+-- derived from the audit key, of every column of the row but id: a row
+-- given another key's private key, public key or certificate, or edited,
+-- no longer verifies, and every use of a key checks it, with the
+-- fingerprint against the public key. The rows written before get theirs
+-- in the data step right after this section (macKeyRowsV4, same
+-- transaction), once their fingerprint is checked against their public
+-- key and their sealed private key against both; a row that fails keeps
+-- no mac and is refused. A new or updated row must carry a mac.
+ALTER TABLE keys ADD COLUMN mac TEXT;
+
+CREATE TRIGGER keys_insert_needs_mac BEFORE INSERT ON keys
+WHEN NEW.mac IS NULL
+BEGIN
+    SELECT RAISE(ABORT, 'keys: a row needs a mac');
+END;
+
+CREATE TRIGGER keys_update_needs_mac BEFORE UPDATE ON keys
+WHEN NEW.mac IS NULL
+BEGIN
+    SELECT RAISE(ABORT, 'keys: a row needs a mac');
+END;
+
+-- version 5
+-- The audit log as an RFC 6962 Merkle tree (tlog.go, docs/transparency.md).
+-- audit_tree holds the tree's stored hashes in the order and at the
+-- indexes of golang.org/x/mod/sumdb/tlog (tlog.StoredHashIndex): the leaf
+-- hash of each row, then the interior hashes that row completes. They are
+-- appended in the same transaction as the row, and the data step after
+-- this section (buildAuditTreeV5) computes them for the rows written
+-- before. Like the rows, they are only ever appended: at the next index,
+-- 32 bytes each; UPDATE and DELETE are refused. `audit verify` recomputes
+-- them from the rows.
+CREATE TABLE audit_tree (
+    idx INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL CHECK (typeof(hash) = 'blob' AND length(hash) = 32)
+);
+
+CREATE TRIGGER audit_tree_no_update BEFORE UPDATE ON audit_tree
+BEGIN
+    SELECT RAISE(ABORT, 'audit_tree is append-only: UPDATE refused');
+END;
+
+CREATE TRIGGER audit_tree_no_delete BEFORE DELETE ON audit_tree
+BEGIN
+    SELECT RAISE(ABORT, 'audit_tree is append-only: DELETE refused');
+END;
+
+CREATE TRIGGER audit_tree_append_only BEFORE INSERT ON audit_tree
+BEGIN
+    SELECT RAISE(ABORT, 'audit_tree is append-only: a new hash''s idx must be the last idx + 1')
+    WHERE NEW.idx IS NOT (SELECT coalesce(max(idx) + 1, 0) FROM audit_tree);
 END;

@@ -148,3 +148,57 @@ CREATE TRIGGER audit_key_reseal_only BEFORE UPDATE ON audit_key
     FOR EACH ROW EXECUTE FUNCTION audit_key_guard();
 CREATE TRIGGER audit_key_once BEFORE INSERT ON audit_key
     FOR EACH ROW EXECUTE FUNCTION audit_key_guard();
+
+-- version 4
+-- Authenticated key rows, as in schema.sql: "mac" is an HMAC, under a key
+-- derived from the audit key, of every column of the row but id, filled in
+-- for the rows written before by macKeyRowsV4 in the same transaction. A
+-- new or updated row must carry a mac.
+ALTER TABLE keys ADD COLUMN mac TEXT;
+
+CREATE FUNCTION keys_check_mac() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.mac IS NULL THEN
+        RAISE EXCEPTION 'keys: a row needs a mac';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER keys_needs_mac BEFORE INSERT OR UPDATE ON keys
+    FOR EACH ROW EXECUTE FUNCTION keys_check_mac();
+
+-- version 5
+-- The audit log as an RFC 6962 Merkle tree, as in schema.sql: the tree's
+-- stored hashes at the indexes of golang.org/x/mod/sumdb/tlog, appended
+-- with each row (and computed for older rows by buildAuditTreeV5), only
+-- ever appended at the next index, 32 bytes each.
+CREATE TABLE audit_tree (
+    idx BIGINT PRIMARY KEY,
+    hash BYTEA NOT NULL CHECK (length(hash) = 32)
+);
+
+CREATE FUNCTION audit_tree_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_tree is append-only: % refused', TG_OP;
+END;
+$$;
+
+CREATE TRIGGER audit_tree_no_update BEFORE UPDATE ON audit_tree
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_tree_refuse();
+CREATE TRIGGER audit_tree_no_delete BEFORE DELETE ON audit_tree
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_tree_refuse();
+CREATE TRIGGER audit_tree_no_truncate BEFORE TRUNCATE ON audit_tree
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_tree_refuse();
+
+CREATE FUNCTION audit_tree_check_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.idx IS DISTINCT FROM (SELECT coalesce(max(idx) + 1, 0) FROM audit_tree) THEN
+        RAISE EXCEPTION 'audit_tree is append-only: a new hash''s idx must be the last idx + 1';
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+CREATE TRIGGER audit_tree_append_only BEFORE INSERT ON audit_tree
+    FOR EACH ROW EXECUTE FUNCTION audit_tree_check_insert();

@@ -124,13 +124,23 @@ func TestStoreSchemaVersionBothEngines(t *testing.T) {
 	})
 }
 
+// TestStoreMigrationInPlaceBothEngines: a database as version 1 of the
+// schema left it, holding a key and audit rows, from before pins, is
+// adopted by upgrade-store in place.
 func TestStoreMigrationInPlaceBothEngines(t *testing.T) {
 	engines(t, func(t *testing.T, te *testEnv) {
-		// A database as version 1 of the schema left it, holding a key and
-		// audit rows.
 		st := te.store(t)
+		fpr, err := generateUEFIKey(st, "old", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := st.Key(purposeUEFI, fpr)
+		if err != nil {
+			t.Fatal(err)
+		}
 		eng := st.engine
 		st.Close()
+		os.Remove(filepath.Join(te.dir, "service-key"+pinSuffix))
 		if eng == sqliteEngine {
 			os.Remove(te.cfg.Database)
 		}
@@ -150,7 +160,7 @@ func TestStoreMigrationInPlaceBothEngines(t *testing.T) {
 		if err := eng.setVersion(tx, 1); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := tx.Exec("INSERT INTO keys ("+keyColumns+") VALUES ('uefi', 'AB', '{}', $1, 'old', $2, $2)", []byte("pub"), nowUTC()); err != nil {
+		if _, err := tx.Exec("INSERT INTO keys ("+keyColumns+") VALUES ('uefi', $1, $2, $3, 'old', $4, $4)", fpr, string(k.PrivateKey), k.PublicKey, k.created); err != nil {
 			t.Fatal(err)
 		}
 		// Two audit rows as version 1 wrote them: chained, no mac.
@@ -168,7 +178,14 @@ func TestStoreMigrationInPlaceBothEngines(t *testing.T) {
 			t.Fatal(err)
 		}
 		db.Close()
-		// Opening migrates it to the current version and keeps the key.
+		// Opening refuses it; upgrade-store migrates it to the current
+		// version and keeps the key.
+		if status, _, stderr := te.run(t, "keys"); status != exitError || !strings.Contains(stderr, "upgrade-store") {
+			t.Errorf("keys: exit %d %q", status, stderr)
+		}
+		if out := te.mustRun(t, "upgrade-store"); !strings.Contains(out, "adopted the audit log: 2 rows") {
+			t.Errorf("upgrade-store: %q", out)
+		}
 		st = te.store(t)
 		tx, err = st.begin()
 		if err != nil {
@@ -179,13 +196,12 @@ func TestStoreMigrationInPlaceBothEngines(t *testing.T) {
 		if err != nil || v != len(schemaSections(eng.schema)) {
 			t.Errorf("version %d %v after migration", v, err)
 		}
-		var description string
-		if err := st.db.QueryRow("SELECT description FROM keys WHERE fingerprint = 'AB'").Scan(&description); err != nil || description != "old" {
-			t.Errorf("the key did not survive the migration: %q %v", description, err)
+		if k, err := st.Key(purposeUEFI, fpr); err != nil || k.Description != "old" {
+			t.Errorf("the key did not survive the migration: %+v %v", k, err)
 		}
 		// The old rows were authenticated by the migration; new ones chain on.
 		appendTestRows(t, st, 2)
-		if v, err := st.VerifyAudit(); err != nil || v.Rows != 4 {
+		if v, err := st.VerifyAudit(); err != nil || v.Rows != 5 {
 			t.Errorf("after migration: %+v %v", v, err)
 		}
 	})
@@ -195,7 +211,7 @@ func TestStoreMigrationInPlaceBothEngines(t *testing.T) {
 func rawDB(t *testing.T, database string) *sql.DB {
 	t.Helper()
 	if isPostgres(database) {
-		db, err := connectPostgres(database, "")
+		db, err := connectPostgres(database, "", false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -437,6 +453,31 @@ func TestPostgresSchemaChecked(t *testing.T) {
 			status, _, stderr := te.run(t, "audit", "verify")
 			if status != exitError || !strings.Contains(stderr, tc.want) {
 				t.Errorf("exit %d %q, want exit 3 naming %q", status, stderr, tc.want)
+			}
+		})
+	}
+}
+
+// BenchmarkKeyLookup is Store.Key for a UEFI and an OpenPGP key: one row
+// read, its authentication code and its fingerprint against its public key
+// checked.
+func BenchmarkKeyLookup(b *testing.B) {
+	te := newTestEnv(b)
+	st := te.store(b)
+	uefi, err := generateUEFIKey(st, "bench", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pgp, err := generateOpenPGPKey(st, "Bench <bench@example.org>", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, k := range []struct{ name, purpose, fpr string }{{"uefi", purposeUEFI, uefi}, {"openpgp", purposeOpenPGP, pgp}} {
+		b.Run(k.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := st.Key(k.purpose, k.fpr); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}

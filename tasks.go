@@ -10,9 +10,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
-	"net/http"
 	"os"
 	"path"
 	"path/filepath"
@@ -110,42 +110,6 @@ type stageError struct {
 func (e *stageError) Error() string { return e.err.Error() }
 func (e *stageError) Unwrap() error { return e.err }
 
-// notOursError: the work request is no longer this worker's to run (an
-// administrator aborted it, or the server gave it to another worker). The
-// task stops at once: nothing more is signed or uploaded, and no result is
-// sent, as the server would refuse it.
-type notOursError struct {
-	reason string
-}
-
-func (e *notOursError) Error() string {
-	return "the work request is no longer assigned to this worker: " + e.reason
-}
-
-// stillOurs reads the work request's status from the server, unless it was
-// read less than every ago, and fails with a notOursError when the work
-// request is not running on this worker any more. Debusine does not notify
-// a worker of an abort (it sets the status to aborted and unassigns the
-// worker), so the sign tasks call this before each input they sign.
-func (w *worker) stillOurs(ctx context.Context, tr *taskRun, every time.Duration) error {
-	if !tr.checked.IsZero() && time.Since(tr.checked) < every {
-		return nil
-	}
-	st, err := w.api.workRequestState(ctx, tr.wr.ID)
-	switch {
-	case httpStatus(err) == http.StatusNotFound:
-		return &notOursError{"the server no longer knows it"}
-	case err != nil:
-		return fmt.Errorf("reading the work request's status: %w", err)
-	case st.Status != "running":
-		return &notOursError{"its status is " + st.Status}
-	case tr.wr.Worker != nil && (st.Worker == nil || *st.Worker != *tr.wr.Worker):
-		return &notOursError{"it is assigned to another worker, or none"}
-	}
-	tr.checked = time.Now()
-	return nil
-}
-
 func errorCompletion(code, msg string) completion {
 	return completion{Result: "error", OutputData: &outputData{Errors: []taskError{{Message: msg, Code: code}}}}
 }
@@ -207,9 +171,22 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 	}
 
 	start, cpu0 := time.Now(), cpuTime()
-	executeFailed := func(err error) (completion, error) {
+	// From here on the work request's status is watched: an abort
+	// cancels tctx, with a notOursError as its cause.
+	tctx, stopWatch := w.watch(ctx, wr)
+	defer stopWatch()
+	stopped := func() error {
 		if ctx.Err() != nil {
-			return completion{}, ctx.Err()
+			return ctx.Err()
+		}
+		if e := notOurs(context.Cause(tctx)); e != nil {
+			return e
+		}
+		return nil
+	}
+	executeFailed := func(err error) (completion, error) {
+		if err := stopped(); err != nil {
+			return completion{}, err
 		}
 		if e := notOurs(err); e != nil {
 			return completion{}, e
@@ -217,11 +194,14 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 		log.Error("task failed to execute", "error", err)
 		return executeFailedCompletion(wr, err), nil
 	}
-	dir, err := os.MkdirTemp(w.workDir, fmt.Sprintf("work-request-%d-", wr.ID))
+	dir, lock, err := w.makeWorkDir(wr.ID)
 	if err != nil {
 		return executeFailed(err)
 	}
-	defer os.RemoveAll(dir)
+	defer func() {
+		os.RemoveAll(dir)
+		lock.Close()
+	}()
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return executeFailed(err)
@@ -230,18 +210,37 @@ func (w *worker) runTask(ctx context.Context, wr *workRequest, log *slog.Logger)
 
 	tr := &taskRun{wr: wr, log: log, dir: dir, root: root, logs: map[string]*bytes.Buffer{}}
 	tr.enter("fetch_input")
-	success, err := run(ctx, tr)
-	if ctx.Err() != nil {
-		return completion{}, ctx.Err()
+	success, err := run(tctx, tr)
+	if err := stopped(); err != nil {
+		return completion{}, err
 	}
 	if e := notOurs(err); e != nil {
 		return completion{}, e
 	}
-	c, err := w.finish(ctx, tr, success, err, time.Since(start), cpuTime()-cpu0)
+	c, err := w.finish(tctx, tr, success, err, time.Since(start), cpuTime()-cpu0)
+	// The watch ends here: an abort it saw at any time up to now, even
+	// once the task was done, sends no result.
+	stopWatch()
 	if err != nil {
 		return executeFailed(err)
 	}
+	if err := stopped(); err != nil {
+		return completion{}, err
+	}
 	return c, nil
+}
+
+// makeWorkDir makes the work directory of work request id in w.workDir:
+// ".work-request-ID.debusine-signing-tmp-RANDOM", flock(2)ed for as long as
+// the task runs (close lock once it is removed). A worker killed mid-task
+// leaves it behind; the next worker starting on the same directory removes
+// it (sweepTemps), as its lock is free.
+func (w *worker) makeWorkDir(id int64) (string, io.Closer, error) {
+	dir, lock, err := createOutputTempDir(filepath.Join(w.workDir, fmt.Sprintf("work-request-%d", id)))
+	if err != nil {
+		return "", nil, fmt.Errorf("making the work directory: %w", err)
+	}
+	return dir, lock, nil
 }
 
 // finish ends a run: an error goes to its stage's log, the logs are
@@ -278,21 +277,6 @@ func (w *worker) finish(ctx context.Context, tr *taskRun, success bool, err erro
 // its task, such as its debug logs not reaching the server.
 func executeFailedCompletion(wr *workRequest, err error) completion {
 	return errorCompletion("execute-failed", fmt.Sprintf("Task: %s Error execute: %v", wr.TaskName, err))
-}
-
-// notOurs returns err as a notOursError when it is one, or when it is the
-// server answering 401 to one of the task's calls, which it does (Invalid
-// worker to update the work request) for a work request that is not this
-// worker's; nil otherwise.
-func notOurs(err error) *notOursError {
-	var e *notOursError
-	if errors.As(err, &e) {
-		return e
-	}
-	if httpStatus(err) == http.StatusUnauthorized {
-		return &notOursError{err.Error()}
-	}
-	return nil
 }
 
 // cpuSeconds is the CPU time in the whole seconds runtime_statistics

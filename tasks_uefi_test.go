@@ -252,7 +252,7 @@ func BenchmarkWorkerSign33(b *testing.B) {
 			srv := newFakeServer(b)
 			w, _ := testWorker(b, srv)
 			registered(b, srv, w)
-			w.statusEvery = time.Second // as in production
+			w.statusEvery, w.watchEvery = time.Second, defaultWatchEvery // as in production
 			k, _ := uefiSignSetup(b, srv, w)
 			var ids []int64
 			if layout == "1x33" {

@@ -345,10 +345,20 @@ func importUEFIKey(st *Store, keyPEM, certPEM []byte, description string) (strin
 
 // registerPKCS11Key records a UEFI key that stays on a PKCS#11 token, by
 // its URI and certificate, as Debusine's register_pkcs11_static_key does.
+// A key on a PKCS#11 token must make a test signature that verifies with
+// the certificate; a YubiKey URI is only checked for what it names
+// (register-yubikey-key makes the test signature).
 func registerPKCS11Key(st *Store, uri string, certPEM []byte, description string) (string, error) {
 	cert, err := parseCertificatePEM(certPEM)
 	if err != nil {
 		return "", err
+	}
+	yubikey, providers, u, err := routeKeyURI(st.pkcs11, uri)
+	if err != nil {
+		return "", err
+	}
+	if !yubikey {
+		return registerP11UEFIKey(st, providers, u, uri, cert, description)
 	}
 	// Only keys this service can reach are worth registering.
 	if _, err := parsePKCS11URI(uri); err != nil {
@@ -402,6 +412,9 @@ func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
 		}
+		if err := checkCertificateFingerprint(k, cert); err != nil {
+			return nil, nil, err
+		}
 		return signer, cert, nil
 	case storagePKCS11:
 		uri, err := k.PKCS11URI()
@@ -414,7 +427,10 @@ func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
 		if err != nil {
 			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
 		}
-		signer, err := tokenSigner(st.yubikey, uri)
+		if err := checkCertificateFingerprint(k, cert); err != nil {
+			return nil, nil, err
+		}
+		signer, err := keySigner(st, uri)
 		if err != nil {
 			return nil, nil, fmt.Errorf("key %s: %w", k.Fingerprint, err)
 		}
@@ -425,6 +441,16 @@ func uefiSigner(st *Store, k *Key) (crypto.Signer, *x509.Certificate, error) {
 	default:
 		return nil, nil, fmt.Errorf("key %s: unsupported storage %q", k.Fingerprint, storage)
 	}
+}
+
+// checkCertificateFingerprint checks, as the signer uses the certificate,
+// that it is the one the key's fingerprint names (Store.Key has checked
+// the row; this holds whatever the Key came from).
+func checkCertificateFingerprint(k *Key, cert *x509.Certificate) error {
+	if got := certificateFingerprint(cert); got != k.Fingerprint {
+		return fmt.Errorf("%w: %s: its certificate has fingerprint %s", errKeyRefused, k, got)
+	}
+	return nil
 }
 
 // signUEFIFile signs the PE image in and writes the result for mode to out.
@@ -482,21 +508,22 @@ func prepareSignature(in, out, mode string, sign func(f *os.File, size int64, p 
 		return nil, err
 	}
 	defer f.Close()
-	p = &pendingSignature{in: in, out: out, mode: mode}
+	pending := &pendingSignature{in: in, out: out, mode: mode}
 	if mode == uefiModeAttached {
-		if p.tmp, err = createOutputTemp(out); err != nil {
+		if pending.tmp, err = createOutputTemp(out); err != nil {
 			return nil, err
 		}
+		// pending, not p: p is nil once an error is returned.
 		defer func() {
 			if err != nil {
-				p.discard()
+				pending.discard()
 			}
 		}()
 	}
-	if err := sign(f, fi.Size(), p); err != nil {
+	if err := sign(f, fi.Size(), pending); err != nil {
 		return nil, fmt.Errorf("%s: %w", in, err)
 	}
-	return p, nil
+	return pending, nil
 }
 
 // prepareUEFISignature reads and signs the PE image in, once, writing the

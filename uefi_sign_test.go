@@ -144,9 +144,7 @@ func TestSignUEFIFilesErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	openpgp := &Key{Purpose: purposeOpenPGP, Fingerprint: strings.Repeat("AB", 20), PrivateKey: sealed, PublicKey: []byte("x"), Description: "other"}
-	if err := st.AddKey(openpgp, "register", nil); err != nil {
-		t.Fatal(err)
-	}
+	insertTestKeyRow(t, st, openpgp)
 	rowsBefore := len(auditRows(t, st, AuditFilter{}))
 
 	type call struct {

@@ -56,11 +56,21 @@ type worker struct {
 	// statusEvery: before an input is signed, the work request's status is
 	// read again unless the last reading is younger than this.
 	statusEvery time.Duration
+	// watchEvery: while a task runs, its status is read this often
+	// (defaultWatchEvery when 0).
+	watchEvery time.Duration
+	// wsPingEvery: the WebSocket is pinged this often, and dropped when
+	// no pong comes back within as long (defaultWSPingEvery when 0).
+	wsPingEvery time.Duration
 
 	wake         chan struct{} // "call get-next", capacity 1
 	metadataMu   sync.Mutex
 	metadataSent atomic.Bool
 }
+
+// defaultWSPingEvery is the WebSocket's ping period, and how long a pong
+// may take: a dead connection is noticed within 40 s, under the minute.
+const defaultWSPingEvery = 20 * time.Second
 
 // wsJitter is the reference worker's reconnection pause: random, 1–6 s.
 func wsJitter() time.Duration {
@@ -81,6 +91,11 @@ func (w *worker) run(ctx context.Context) error {
 		w.wake = make(chan struct{}, 1)
 	}
 	w.metadataSent.Store(false)
+	// The work directories of tasks killed mid-way (kill -9, power loss)
+	// go now: nothing of theirs survives a restart.
+	if w.workDir != "" {
+		sweepTemps(w.workDir)
+	}
 	if err := w.ensureToken(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -128,8 +143,18 @@ func (w *worker) drain(ctx context.Context) error {
 	if err := w.flushPendingCompletion(ctx); err != nil {
 		return err
 	}
+	unreadable := 0
 	for {
 		wr, err := w.api.getNext(ctx)
+		var bad *unreadableWorkRequest
+		if errors.As(err, &bad) {
+			if err := w.refuse(ctx, bad, unreadable); err != nil {
+				return err
+			}
+			unreadable++
+			continue
+		}
+		unreadable = 0
 		if err != nil {
 			if httpStatus(err) == http.StatusForbidden {
 				return fmt.Errorf("the server refuses this worker's token (not enabled yet, or disabled): %w", err)
@@ -142,13 +167,36 @@ func (w *worker) drain(ctx context.Context) error {
 		if err := w.execute(ctx, wr); err != nil {
 			return err
 		}
-		if err := writeCheckpointFile(w.st, w.checkpointFile); err != nil {
+		witnessErrs, err := writeCheckpointFile(w.st, w.checkpointFile)
+		if err != nil {
 			w.log.Error("cannot write the audit checkpoint", "file", w.checkpointFile, "error", err)
+		}
+		for _, err := range witnessErrs {
+			w.log.Warn("the audit checkpoint was not cosigned", "error", err)
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 	}
+}
+
+// refuse ends a work request the worker could not read, so that neither
+// the server nor the worker waits on it, before the next get-next: one
+// whose id could be read is completed as an error that says why; for one
+// without, the next get-next, after a pause that grows with each such
+// answer in a row, aborts it on the server (docs/protocol.md §2.2).
+func (w *worker) refuse(ctx context.Context, bad *unreadableWorkRequest, inRow int) error {
+	if bad.id == 0 {
+		d := w.api.delay(inRow)
+		w.log.Error("unreadable work request, without a readable id; asking for work again, which aborts it on the server", "error", bad.reason, "retry_in", d)
+		return sleepCtx(ctx, d)
+	}
+	w.log.Error("unreadable work request; completing it as an error", "work_request", bad.id, "error", bad.reason)
+	body, err := json.Marshal(errorCompletion("configure-failed", fmt.Sprintf("Work request %d could not be read by the signing worker: %s", bad.id, bad.reason)))
+	if err != nil {
+		return err
+	}
+	return w.deliver(ctx, bad.id, body)
 }
 
 // ensureToken loads the worker's secret, registering a new one when there
@@ -364,20 +412,25 @@ func (w *worker) websocketSession(ctx context.Context) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
-		// Like the reference client's heartbeat: a dead peer is noticed
-		// within a minute or two instead of at the next TCP timeout.
-		t := time.NewTicker(60 * time.Second)
+		// A dead connection, or a server that no longer reads, is
+		// noticed within two ping periods instead of at the next TCP
+		// timeout; the server's own pings are answered by conn.Read.
+		every := w.wsPingEvery
+		if every <= 0 {
+			every = defaultWSPingEvery
+		}
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {
 			case <-sctx.Done():
 				return
 			case <-t.C:
-				pctx, pcancel := context.WithTimeout(sctx, 30*time.Second)
+				pctx, pcancel := context.WithTimeout(sctx, every)
 				err := conn.Ping(pctx)
 				pcancel()
 				if err != nil && sctx.Err() == nil {
-					w.log.Warn("WebSocket ping failed", "error", err)
+					w.log.Warn("WebSocket ping unanswered, reconnecting", "error", err, "waited", every)
 					conn.CloseNow()
 					return
 				}
@@ -565,7 +618,10 @@ func (w *worker) flushPendingCompletion(ctx context.Context) error {
 // usableKeys lists purpose:fingerprint of the keys this worker can use.
 func (w *worker) usableKeys() ([]string, error) {
 	keys, err := w.st.Keys()
-	if err != nil {
+	if errors.Is(err, errKeyRefused) {
+		// Rows that fail their checks are not offered; the others are.
+		w.log.Error("key rows refused by their checks are not offered", "error", err)
+	} else if err != nil {
 		return nil, err
 	}
 	out := []string{}
@@ -592,7 +648,7 @@ func (w *worker) keyUsable(k *Key) error {
 		if err != nil {
 			return err
 		}
-		if err := tokenKeyAvailable(w.st.yubikey, uri); err != nil {
+		if err := keyAvailable(w.st, uri); err != nil {
 			return fmt.Errorf("key %s cannot be used on this worker: %w", k, err)
 		}
 		return nil
@@ -651,7 +707,7 @@ func cmdWorker(e *env, args []string) error {
 		api: api, st: st, log: log, fqdn: fqdn,
 		tokenFile: wc.TokenFile, activationTokenFile: wc.ActivationTokenFile,
 		trusted: trusted, once: *once, workDir: os.TempDir(), checkpointFile: wc.CheckpointFile,
-		wsDelay: wsJitter, onceQuiet: 10 * time.Second, statusEvery: time.Second,
+		wsDelay: wsJitter, onceQuiet: 10 * time.Second, statusEvery: time.Second, watchEvery: defaultWatchEvery,
 		skipKernelModules: !wc.signKernelModules(),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

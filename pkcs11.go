@@ -1,0 +1,641 @@
+package main
+
+// Keys held on any PKCS#11 token, reached through p11-kit's RPC protocol
+// (p11rpc.go): the vendor's module runs in a p11-kit process, never in this
+// one. This file keeps the sessions, finds the key a URI names (matching
+// the URI as pkcs11uri.go reads it, as libp11 does), signs with it,
+// registers keys and generates them on the token.
+//
+// Each provider has one connection for the whole process, and one session
+// per token on it, logged in once: PKCS#11 login state belongs to the
+// application, which for p11-kit's server is the connection. A signature
+// first checks its key handle (one C_GetAttributeValue); when that finds the
+// connection or the session gone (a restarted server, a token pulled out
+// and back), everything is reopened and the key found again. A failure in
+// the signature itself is reported, never retried: the next signature
+// reopens.
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"strings"
+	"sync"
+	"time"
+)
+
+// keySigner returns the signer of the key a pkcs11-static URI names, on a
+// YubiKey or on a PKCS#11 token.
+func keySigner(st *Store, uri string) (crypto.Signer, error) {
+	yubikey, providers, u, err := routeKeyURI(st.pkcs11, uri)
+	if err != nil {
+		return nil, err
+	}
+	if yubikey {
+		return tokenSigner(st.yubikey, uri)
+	}
+	return p11Signer(providers, u)
+}
+
+// keyAvailable says why the key a URI names cannot be used on this host, or
+// nil; on a PKCS#11 token that means finding it (logged in, where private
+// keys are only visible then), on the session that will sign.
+func keyAvailable(st *Store, uri string) error {
+	yubikey, providers, u, err := routeKeyURI(st.pkcs11, uri)
+	if err != nil {
+		return err
+	}
+	if yubikey {
+		return tokenKeyAvailable(st.yubikey, uri)
+	}
+	_, err = p11Signer(providers, u)
+	return err
+}
+
+// p11Pool holds one connection per provider address for the process.
+var p11Pool = struct {
+	sync.Mutex
+	byAddress map[string]*p11Conn
+}{byAddress: map[string]*p11Conn{}}
+
+func p11ConnFor(address string) *p11Conn {
+	p11Pool.Lock()
+	defer p11Pool.Unlock()
+	c := p11Pool.byAddress[address]
+	if c == nil {
+		c = &p11Conn{address: address, rejected: map[string]rejectedPIN{}}
+		p11Pool.byAddress[address] = c
+	}
+	return c
+}
+
+// p11Conn is a provider's connection and its sessions. All fields are
+// guarded by mu.
+type p11Conn struct {
+	address string
+	mu      sync.Mutex
+	client  *p11Client
+	// gen counts connections: handles from another one are stale.
+	gen      int
+	sessions map[uint64]uint64 // slot → session
+	loggedIn map[uint64]bool   // slot → logged in
+	// rejected remembers, by token, the PIN the token last refused: each
+	// presentation of a wrong PIN burns one of its retries, so the same PIN
+	// is not presented again until it changes. It outlives connections.
+	rejected map[string]rejectedPIN
+}
+
+type rejectedPIN struct {
+	sum    [32]byte
+	reason string
+}
+
+// reset drops the connection; the next use dials again.
+func (p *p11Conn) reset() {
+	if p.client != nil {
+		p.client.Close()
+		p.client = nil
+	}
+	p.sessions, p.loggedIn = nil, nil
+}
+
+func (p *p11Conn) dial() error {
+	if p.client != nil {
+		return nil
+	}
+	c, err := dialP11(p.address)
+	if err != nil {
+		return fmt.Errorf("PKCS#11 provider %s: %w", p.address, err)
+	}
+	p.client, p.gen = c, p.gen+1
+	p.sessions, p.loggedIn = map[uint64]uint64{}, map[uint64]bool{}
+	return nil
+}
+
+// p11Lost says whether err means the connection, the session or the
+// handles are gone, so that reopening and finding the key again may help.
+func p11Lost(err error) bool {
+	if errors.Is(err, errP11Closed) {
+		return true
+	}
+	rv, ok := p11RV(err)
+	if !ok {
+		return false
+	}
+	switch rv {
+	case ckrSessionHandleInvalid, ckrSessionClosed, ckrDeviceRemoved, ckrTokenNotPresent,
+		ckrCryptokiNotInitialized, ckrObjectHandleInvalid, ckrKeyHandleInvalid, ckrUserNotLoggedIn:
+		return true
+	}
+	return false
+}
+
+// p11Key is a crypto.Signer whose private key is on a PKCS#11 token.
+type p11Key struct {
+	conn *p11Conn
+	uri  *p11URI
+	// token identifies the token found first, so that reopening finds the
+	// same one: label, manufacturer, model and serial.
+	token p11TokenInfo
+	pub   *rsa.PublicKey
+	// tokenOnly: the key is about to be generated; ready opens the
+	// session and logs in, and looks for no key.
+	tokenOnly bool
+	// Valid while gen is conn.gen.
+	gen    int
+	slot   uint64
+	handle uint64
+}
+
+// p11Signer finds the key u names at one of the providers.
+func p11Signer(providers []PKCS11Provider, u *p11URI) (*p11Key, error) {
+	var found []*p11Key
+	var seen []string
+	for _, p := range providers {
+		keys, saw, err := p11ConnFor(p.Address).search(u)
+		if err != nil {
+			return nil, err
+		}
+		found, seen = append(found, keys...), append(seen, saw...)
+	}
+	switch {
+	case len(found) == 0 && len(seen) == 0:
+		return nil, errors.New("PKCS#11: no token present at any provider")
+	case len(found) == 0:
+		return nil, fmt.Errorf("PKCS#11: no token matches the URI (found: %s)", strings.Join(seen, "; "))
+	case len(found) > 1:
+		return nil, fmt.Errorf("PKCS#11: %d tokens match the URI (%s): add token=, serial= or slot-id= to choose one", len(found), strings.Join(seen, "; "))
+	}
+	k := found[0]
+	if err := k.conn.use(k, nil); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// search finds the tokens the URI names at this provider, as keys not
+// looked for yet, and describes every token seen. A connection found lost
+// is reopened once.
+func (p *p11Conn) search(u *p11URI) (keys []*p11Key, seen []string, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		if err = p.dial(); err != nil {
+			return nil, nil, err
+		}
+		var slots []uint64
+		var tokens []p11TokenInfo
+		slots, tokens, seen, err = u.matchTokens(p.client)
+		if err == nil {
+			for i := range slots {
+				keys = append(keys, &p11Key{conn: p, uri: u, token: tokens[i], slot: slots[i], gen: p.gen})
+			}
+			return keys, seen, nil
+		}
+		if !p11Lost(err) {
+			return nil, nil, err
+		}
+		p.reset()
+		if attempt == 1 {
+			return nil, nil, err
+		}
+	}
+}
+
+// tokenName is how messages name a token.
+func tokenName(t p11TokenInfo) string {
+	return fmt.Sprintf("token %q (%s %s, serial %s)", t.Label, t.Manufacturer, t.Model, t.Serial)
+}
+
+func (t p11TokenInfo) identity() string {
+	return t.Label + "\x00" + t.Manufacturer + "\x00" + t.Model + "\x00" + t.Serial
+}
+
+// use makes the key ready on its connection (dialling, opening the session,
+// logging in and finding the key as needed) and runs fn with it. When
+// readying finds the connection or the session gone, all is reopened once.
+// fn's own failure is returned as is; if it lost the connection, the next
+// use reopens it.
+func (p *p11Conn) use(k *p11Key, fn func(c *p11Client, session uint64) error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	err := p.ready(k)
+	if err != nil && p11Lost(err) {
+		p.reset()
+		err = p.ready(k)
+	}
+	if err != nil {
+		if p11Lost(err) {
+			p.reset()
+		}
+		return err
+	}
+	if fn == nil {
+		return nil
+	}
+	err = fn(p.client, p.sessions[k.slot])
+	if p11Lost(err) {
+		p.reset()
+		return fmt.Errorf("%s: %w (the connection is reopened for the next signature)", tokenName(k.token), err)
+	}
+	return err
+}
+
+// ready is use's first half. Called with p locked.
+func (p *p11Conn) ready(k *p11Key) error {
+	if err := p.dial(); err != nil {
+		return err
+	}
+	c := p.client
+	if k.gen != p.gen {
+		// A new connection: the slot may have another id; the token is
+		// the same one found first.
+		slots, tokens, _, err := k.uri.matchTokens(c)
+		if err != nil {
+			return err
+		}
+		found := false
+		for i, t := range tokens {
+			if t.identity() == k.token.identity() {
+				k.slot, found = slots[i], true
+			}
+		}
+		if !found {
+			return fmt.Errorf("PKCS#11 provider %s: %s is no longer present", p.address, tokenName(k.token))
+		}
+		k.gen, k.handle = p.gen, 0
+	}
+	session, ok := p.sessions[k.slot]
+	if !ok {
+		var err error
+		if session, err = c.OpenSession(k.slot, true); err != nil {
+			return err
+		}
+		p.sessions[k.slot] = session
+	}
+	if !p.loggedIn[k.slot] {
+		if err := p.login(k, session); err != nil {
+			return err
+		}
+	}
+	if k.tokenOnly {
+		return nil
+	}
+	if k.handle != 0 {
+		// The key handle is checked on every use: this is what finds a
+		// server restarted or a session closed since.
+		attrs, err := c.Attributes(session, k.handle, ckaClass, ckaID)
+		if err != nil {
+			return err
+		}
+		class, _ := p11AttrUlong(attrs[0])
+		if attrs[0].Missing || class != ckoPrivateKey || (k.uri.id != nil && (attrs[1].Missing || !bytes.Equal(attrs[1].Value, k.uri.id))) {
+			return &p11Error{"C_GetAttributeValue", ckrObjectHandleInvalid}
+		}
+		return nil
+	}
+	return p.findKey(k, session)
+}
+
+// login logs the token in when it wants it, with the PIN from the URI.
+// Called with p locked.
+func (p *p11Conn) login(k *p11Key, session uint64) error {
+	c := p.client
+	ti, err := c.TokenInfo(k.slot)
+	if err != nil {
+		return err
+	}
+	if ti.Flags&ckfLoginRequired == 0 {
+		p.loggedIn[k.slot] = true
+		return nil
+	}
+	name := tokenName(k.token)
+	if ti.Flags&ckfUserPINLocked != 0 {
+		return fmt.Errorf("%s: the user PIN is locked (unlock it with the SO PIN)", name)
+	}
+	pin, source, err := k.uri.pin()
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	defer clear(pin)
+	sum := sha256.Sum256(pin)
+	if r, ok := p.rejected[k.token.identity()]; ok && r.sum == sum {
+		return fmt.Errorf("%s: not presenting the PIN from %s again: %s", name, source, r.reason)
+	}
+	err = c.Login(session, ckuUser, pin)
+	rv, _ := p11RV(err)
+	switch {
+	case err == nil || rv == ckrUserAlreadyLoggedIn:
+		delete(p.rejected, k.token.identity())
+		p.loggedIn[k.slot] = true
+		return nil
+	case rv == ckrPINIncorrect || rv == ckrPINInvalid || rv == ckrPINLenRange || rv == ckrPINLocked || rv == ckrPINExpired:
+		reason := fmt.Sprintf("the token refused it (%s)", p11RVName(rv))
+		if ti, err := c.TokenInfo(k.slot); err == nil {
+			switch {
+			case ti.Flags&ckfUserPINLocked != 0:
+				reason += " and the PIN is now locked"
+			case ti.Flags&ckfUserPINFinalTry != 0:
+				reason += "; one try is left before the PIN locks"
+			case ti.Flags&ckfUserPINCountLow != 0:
+				reason += "; few tries are left before the PIN locks"
+			}
+		}
+		p.rejected[k.token.identity()] = rejectedPIN{sum, reason}
+		return fmt.Errorf("%s: wrong PIN in %s: %s; it will not be tried again until it changes", name, source, reason)
+	}
+	return fmt.Errorf("%s: logging in: %w", name, err)
+}
+
+// pin returns the PIN the URI gives and where it comes from, for messages:
+// pin-value, or the first line of the pin-source file (without its line
+// end, as libp11 0.4.13 and later read it).
+func (u *p11URI) pin() ([]byte, string, error) {
+	if u.hasPIN {
+		return bytes.Clone(u.pinValue), "the URI's pin-value", nil
+	}
+	source, ok := u.get("pin-source")
+	if !ok {
+		return nil, "", errors.New("the token wants a PIN and the key's URI has neither pin-source nor pin-value")
+	}
+	data, err := readSecretFile(source, "PIN")
+	if err != nil {
+		return nil, "", err
+	}
+	defer clear(data)
+	line, _, _ := bytes.Cut(data, []byte("\n"))
+	return bytes.Clone(bytes.TrimRight(line, "\r")), "pin-source " + source, nil
+}
+
+// findKey finds the private key the URI names on the logged-in session,
+// comparing CKA_ID and CKA_LABEL here rather than in the token's search:
+// libp11 compares them itself, and YubiHSM 2's module cuts a CKA_ID in a
+// search template to two bytes. Called with p locked.
+func (p *p11Conn) findKey(k *p11Key, session uint64) error {
+	c := p.client
+	objs, err := c.FindObjects(session, []p11Attr{{Type: ckaClass, Value: p11Ulong(ckoPrivateKey)}}, 0)
+	if err != nil {
+		return err
+	}
+	label, hasLabel := k.uri.get("object")
+	var match []uint64
+	var keyTypes []uint64
+	for _, obj := range objs {
+		attrs, err := c.Attributes(session, obj, ckaID, ckaLabel, ckaKeyType)
+		if err != nil {
+			return err
+		}
+		if k.uri.id != nil && (attrs[0].Missing || !bytes.Equal(attrs[0].Value, k.uri.id)) {
+			continue
+		}
+		if hasLabel && (attrs[1].Missing || string(attrs[1].Value) != label) {
+			continue
+		}
+		kt, _ := p11AttrUlong(attrs[2])
+		match, keyTypes = append(match, obj), append(keyTypes, kt)
+	}
+	name := tokenName(k.token)
+	switch {
+	case len(match) == 0:
+		return fmt.Errorf("%s: no private key with %s (%d private keys on the token)", name, k.uri.keyName(), len(objs))
+	case len(match) > 1:
+		return fmt.Errorf("%s: %d private keys match %s: not choosing one; give id= and object= to tell them apart", name, len(match), k.uri.keyName())
+	case keyTypes[0] != ckkRSA:
+		return fmt.Errorf("%s: the key with %s is not an RSA key (CKK %#x); UEFI and OpenPGP keys on a token are RSA here", name, k.uri.keyName(), keyTypes[0])
+	}
+	k.handle = match[0]
+	if k.pub == nil {
+		pub, err := p.rsaPublic(session, match[0])
+		if err != nil {
+			return fmt.Errorf("%s: the public key of the key with %s: %w", name, k.uri.keyName(), err)
+		}
+		k.pub = pub
+	}
+	return nil
+}
+
+// rsaPublic reads the RSA public key of a private key: from the private
+// key object where it carries the modulus, else from the public key
+// object with the same CKA_ID.
+func (p *p11Conn) rsaPublic(session, priv uint64) (*rsa.PublicKey, error) {
+	c := p.client
+	attrs, err := c.Attributes(session, priv, ckaModulus, ckaPublicExponent, ckaID)
+	if err != nil {
+		return nil, err
+	}
+	if attrs[0].Missing || attrs[1].Missing {
+		if attrs[2].Missing {
+			return nil, errors.New("the private key has no modulus and no CKA_ID to find its public key by")
+		}
+		pubs, err := c.FindObjects(session, []p11Attr{{Type: ckaClass, Value: p11Ulong(ckoPublicKey)}, {Type: ckaID, Value: attrs[2].Value}}, 2)
+		if err != nil {
+			return nil, err
+		}
+		if len(pubs) != 1 {
+			return nil, fmt.Errorf("the private key has no modulus and %d public keys have its CKA_ID", len(pubs))
+		}
+		if attrs, err = c.Attributes(session, pubs[0], ckaModulus, ckaPublicExponent); err != nil {
+			return nil, err
+		}
+		if attrs[0].Missing || attrs[1].Missing {
+			return nil, errors.New("the public key has no modulus")
+		}
+	}
+	e := new(big.Int).SetBytes(attrs[1].Value)
+	if !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31-1 {
+		return nil, errors.New("unusable public exponent")
+	}
+	return &rsa.PublicKey{N: new(big.Int).SetBytes(attrs[0].Value), E: int(e.Int64())}, nil
+}
+
+func (k *p11Key) Public() crypto.PublicKey { return k.pub }
+
+// Sign makes a PKCS #1 v1.5 signature of digest on the token with
+// CKM_RSA_PKCS, which every RSA token offers: the DigestInfo is made here
+// (piv.go's pkcs1Prefixes).
+func (k *p11Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	if _, ok := opts.(*rsa.PSSOptions); ok {
+		return nil, errors.New("PKCS#11 keys make PKCS #1 v1.5 signatures only here")
+	}
+	prefix, ok := pkcs1Prefixes[opts.HashFunc()]
+	if !ok || len(digest) != opts.HashFunc().Size() {
+		return nil, fmt.Errorf("PKCS#11: cannot sign a %v digest of %d bytes", opts.HashFunc(), len(digest))
+	}
+	var sig []byte
+	err := k.conn.use(k, func(c *p11Client, session uint64) error {
+		var err error
+		sig, err = c.Sign(session, p11Mechanism{Type: ckmRSAPKCS}, k.handle, append(bytes.Clone(prefix), digest...))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("signing with the key with %s on %s: %w", k.uri.keyName(), tokenName(k.token), err)
+	}
+	return sig, nil
+}
+
+// checkP11KeyMatches signs a random digest on the token and verifies it
+// with pub, as register-yubikey-key does: a certificate or OpenPGP key
+// for another key is never registered.
+func checkP11KeyMatches(k *p11Key, pub crypto.PublicKey, what string) error {
+	rsaPub, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return fmt.Errorf("%s: its key is %T, and keys on a PKCS#11 token are RSA here", what, pub)
+	}
+	var challenge [32]byte
+	if _, err := rand.Read(challenge[:]); err != nil {
+		return err
+	}
+	digest := sha256.Sum256(append([]byte("debusine-signing key check "), challenge[:]...))
+	sig, err := k.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err != nil {
+		return fmt.Errorf("test signature: %w", err)
+	}
+	if err := rsa.VerifyPKCS1v15(rsaPub, crypto.SHA256, digest[:], sig); err != nil {
+		return fmt.Errorf("%s does not belong to the key with %s on %s: a test signature does not verify with it", what, k.uri.keyName(), tokenName(k.token))
+	}
+	return nil
+}
+
+// registerP11UEFIKey records a UEFI key on a PKCS#11 token by its URI and
+// certificate, after a test signature that verifies with the certificate.
+func registerP11UEFIKey(st *Store, providers []PKCS11Provider, u *p11URI, uri string, cert *x509.Certificate, description string) (string, error) {
+	k, err := p11Signer(providers, u)
+	if err != nil {
+		return "", err
+	}
+	if err := checkP11KeyMatches(k, cert.PublicKey, fmt.Sprintf("certificate %q", cert.Subject)); err != nil {
+		return "", err
+	}
+	private, err := pkcs11KeyJSON(uri)
+	if err != nil {
+		return "", err
+	}
+	return addUEFIKey(st, cert, private, description, "register", nil, nil)
+}
+
+// generateP11KeyPair generates an RSA key pair on the token the URI names,
+// with the URI's id and object label: sensitive, never extractable, a
+// token object. The URI must name no key yet.
+func generateP11KeyPair(st *Store, uri string, bits int) (*p11Key, error) {
+	yubikey, providers, u, err := routeKeyURI(st.pkcs11, uri)
+	if err != nil {
+		return nil, err
+	}
+	if yubikey {
+		return nil, errors.New("this URI names a YubiKey PIV slot: generate with --yubikey SERIAL --slot SLOT")
+	}
+	label, hasLabel := u.get("object")
+	if u.id == nil {
+		return nil, errors.New("generating on a PKCS#11 token needs an id= in the URI: it is the new key's CKA_ID, and what the URI finds it by")
+	}
+	if u.typ != "" && u.typ != "private" {
+		return nil, fmt.Errorf("PKCS#11 URI: type=%s: the URI names the private key", u.typ)
+	}
+	if _, err := p11Signer(providers, u); err == nil {
+		return nil, fmt.Errorf("PKCS#11: a private key with %s is already on the token: not generating over it", u.keyName())
+	} else if !strings.Contains(err.Error(), "no private key with") {
+		return nil, err
+	}
+	// p11Signer failed after finding the token; find it again to generate.
+	k, err := p11TokenOnly(providers, u)
+	if err != nil {
+		return nil, err
+	}
+	err = k.conn.use(k, func(c *p11Client, session uint64) error {
+		mi, err := c.MechanismInfo(k.slot, ckmRSAPKCSKeyPairGen)
+		if err != nil {
+			return fmt.Errorf("%s: CKM_RSA_PKCS_KEY_PAIR_GEN: %w", tokenName(k.token), err)
+		}
+		if mi.Flags&ckfGenerateKeyPair == 0 || uint64(bits) < mi.MinKeySize || uint64(bits) > mi.MaxKeySize {
+			return fmt.Errorf("%s: generates RSA keys of %d to %d bits, not %d", tokenName(k.token), mi.MinKeySize, mi.MaxKeySize, bits)
+		}
+		common := []p11Attr{{Type: ckaToken, Value: p11Bool(true)}, {Type: ckaID, Value: u.id}}
+		if hasLabel {
+			common = append(common, p11Attr{Type: ckaLabel, Value: []byte(label)})
+		}
+		pub := append([]p11Attr{
+			{Type: ckaVerify, Value: p11Bool(true)},
+			{Type: ckaModulusBits, Value: p11Ulong(uint64(bits))},
+			{Type: ckaPublicExponent, Value: []byte{1, 0, 1}},
+		}, common...)
+		priv := append([]p11Attr{
+			{Type: ckaPrivate, Value: p11Bool(true)},
+			{Type: ckaSensitive, Value: p11Bool(true)},
+			{Type: ckaExtractable, Value: p11Bool(false)},
+			{Type: ckaSign, Value: p11Bool(true)},
+		}, common...)
+		_, privObj, err := c.GenerateKeyPair(session, p11Mechanism{Type: ckmRSAPKCSKeyPairGen}, pub, priv)
+		if err != nil {
+			return fmt.Errorf("%s: generating an RSA-%d key: %w", tokenName(k.token), bits, err)
+		}
+		k.handle = privObj
+		k.pub, err = k.conn.rsaPublic(session, privObj)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The URI must find the new key, and only it, as Debusine will.
+	found, err := p11Signer(providers, u)
+	if err != nil {
+		return nil, fmt.Errorf("the key was generated but the URI does not find it: %w", err)
+	}
+	if !found.pub.Equal(k.pub) {
+		return nil, errors.New("the key was generated but the URI finds another key")
+	}
+	return found, nil
+}
+
+// p11TokenOnly finds the one token the URI names, ready for a session,
+// without looking for the key.
+func p11TokenOnly(providers []PKCS11Provider, u *p11URI) (*p11Key, error) {
+	var found []*p11Key
+	for _, p := range providers {
+		keys, _, err := p11ConnFor(p.Address).search(u)
+		if err != nil {
+			return nil, err
+		}
+		found = append(found, keys...)
+	}
+	if len(found) != 1 {
+		return nil, fmt.Errorf("PKCS#11: %d tokens match the URI, want one", len(found))
+	}
+	found[0].tokenOnly = true
+	return found[0], nil
+}
+
+// generateP11UEFIKey generates a UEFI key on a PKCS#11 token; the token
+// signs its certificate, made as for a key generated here.
+func generateP11UEFIKey(st *Store, uri, description string, bits int, workRequest *int64) (string, error) {
+	if err := checkUEFIDescription(description); err != nil {
+		return "", err
+	}
+	k, err := generateP11KeyPair(st, uri, bits)
+	if err != nil {
+		return "", err
+	}
+	der, err := uefiSelfSignedCertificate(description, k.pub, k, time.Now())
+	if err != nil {
+		return "", fmt.Errorf("the key is on %s with %s, but self-signing its certificate failed: %w", tokenName(k.token), k.uri.keyName(), err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return "", err
+	}
+	private, err := pkcs11KeyJSON(uri)
+	if err != nil {
+		return "", err
+	}
+	fpr, err := addUEFIKey(st, cert, private, description, "generate", map[string]any{"description": description, "pkcs11_token": tokenName(k.token)}, workRequest)
+	if err != nil {
+		return "", fmt.Errorf("the key is on %s with %s but could not be recorded: %w", tokenName(k.token), k.uri.keyName(), err)
+	}
+	return fpr, nil
+}
