@@ -86,9 +86,9 @@ func newAPIClient(apiURL, caFile string, log *slog.Logger) (*apiClient, error) {
 		pool = x509.NewCertPool()
 	}
 	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
+		pem, err := readInput(caFile, "ca_file", maxTextSize)
 		if err != nil {
-			return nil, fmt.Errorf("ca_file: %w", err)
+			return nil, err
 		}
 		if !pool.AppendCertsFromPEM(pem) {
 			return nil, fmt.Errorf("ca_file %s: no PEM certificate in it", caFile)

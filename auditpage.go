@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,7 +97,7 @@ func (s *auditServer) serveReceipt(w http.ResponseWriter, row string) {
 		http.Error(w, fmt.Sprintf("row %d does not match its hash: the log does not verify", id), http.StatusConflict)
 		return
 	}
-	cp, err := os.ReadFile(s.checkpointFile)
+	cp, err := readInput(s.checkpointFile, "checkpoint", maxKeyFileSize)
 	if err != nil {
 		s.fail(w, "receipt", err)
 		return
@@ -125,7 +124,7 @@ func (s *auditServer) logStatus() logStatus {
 	if err := s.st.db.QueryRow("SELECT coalesce(max(id), 0) FROM audit_log").Scan(&st.Rows); err != nil {
 		return fail("reading the database: %v", err)
 	}
-	msg, err := os.ReadFile(s.checkpointFile)
+	msg, err := readInput(s.checkpointFile, "checkpoint", maxKeyFileSize)
 	if err != nil {
 		return fail("%v", err)
 	}

@@ -227,7 +227,7 @@ func (s *auditServer) fail(w http.ResponseWriter, what string, err error) {
 }
 
 func (s *auditServer) serveCheckpoint(w http.ResponseWriter) {
-	cp, err := os.ReadFile(s.checkpointFile)
+	cp, err := readInput(s.checkpointFile, "checkpoint", maxKeyFileSize)
 	if errors.Is(err, os.ErrNotExist) {
 		http.Error(w, "no checkpoint yet: the worker writes one after its first task", http.StatusServiceUnavailable)
 		return

@@ -511,7 +511,7 @@ func (c *checker) tokens() {
 			c.ok("[yubikey] management_key_file %s: present, private", yc.ManagementKeyFile)
 		}
 	}
-	ctx, err := pcscEstablish()
+	ctx, err := pcscEstablish(time.Time{})
 	if err != nil {
 		c.fail("pcscd", err)
 		return

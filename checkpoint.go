@@ -406,7 +406,7 @@ func writeCheckpointFile(st *Store, path string) (witnessErrs []error, err error
 	if path == "" {
 		return nil, nil
 	}
-	prev, _ := os.ReadFile(path)
+	prev, _ := readInput(path, "checkpoint", maxKeyFileSize)
 	cp, witnessErrs, err := st.witnessedCheckpoint(prev)
 	if err != nil {
 		return nil, err

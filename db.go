@@ -6,9 +6,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -212,25 +210,11 @@ func checkNoPassword(conninfo string) error {
 // that neither group nor others can read (a systemd credential under
 // /run/credentials is such a file).
 func readPasswordFile(path string) (string, error) {
-	f, err := os.Open(path)
+	data, err := readSecretInput(path, "database password file", maxSecretSize)
 	if err != nil {
-		return "", fmt.Errorf("database password file: %w", err)
+		return "", err
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", fmt.Errorf("database password file: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("database password file %s: not a regular file", path)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("database password file %s: permissions %04o are too open (readable by group or others); run chmod 600 %s", path, fi.Mode().Perm(), path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, 4096))
-	if err != nil {
-		return "", fmt.Errorf("database password file %s: %w", path, err)
-	}
+	defer clear(data)
 	line, _, _ := strings.Cut(string(data), "\n")
 	return strings.TrimSuffix(line, "\r"), nil
 }

@@ -11,10 +11,12 @@ var hardenOnce sync.Once
 // harden keeps secret keys out of core dumps: the core size limit goes to
 // 0 (for this process and what it starts), and the process is made
 // non-dumpable, which also keeps other processes of the same user from
-// attaching to it or reading its memory through /proc. It runs before the
-// first secret is read or unsealed (loadServiceKey, Unseal,
-// openAuditSecret); failures are ignored, as there is nothing better to do
-// than to carry on with the kernel's defaults.
+// attaching to it or reading its memory through /proc. run calls it before
+// every command of the table marked as holding secrets, so that no such
+// command can forget it; loadServiceKey, Unseal and openAuditSecret call it
+// too, for their callers outside the command line. Failures are ignored, as
+// there is nothing better to do than to carry on with the kernel's
+// defaults.
 func harden() {
 	hardenOnce.Do(func() {
 		// prlimit64 rather than setrlimit: the systemd unit's system

@@ -63,10 +63,12 @@ func fileKind(m os.FileMode) string {
 }
 
 // Size limits of small inputs read whole: keys, certificates, passphrases,
-// .changes files. Far above any real one, far below what could hurt.
+// .changes files; secrets of one line (tokens, passwords, PINs). Far above
+// any real one, far below what could hurt.
 const (
 	maxKeyFileSize = 1 << 20
 	maxTextSize    = 16 << 20
+	maxSecretSize  = 4096
 )
 
 // readInput reads a whole regular file of at most limit bytes; what names
@@ -77,6 +79,33 @@ func readInput(path, what string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer f.Close()
+	return readOpened(f, fi, path, what, limit)
+}
+
+// readSecretInput is readInput for a file holding a secret (a token, a
+// password, a PIN, a signing key): it is also refused when group or others
+// may read it, before a byte of it is read.
+func readSecretInput(path, what string, limit int64) ([]byte, error) {
+	f, fi, err := openInput(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	defer f.Close()
+	if err := checkSecretMode(path, what, fi); err != nil {
+		return nil, err
+	}
+	return readOpened(f, fi, path, what, limit)
+}
+
+// checkSecretMode refuses a secret's file that group or others can read.
+func checkSecretMode(path, what string, fi os.FileInfo) error {
+	if fi.Mode().Perm()&0o077 != 0 {
+		return fmt.Errorf("%s %s: permissions %04o are too open (readable by group or others); run chmod 600 %s", what, path, fi.Mode().Perm(), path)
+	}
+	return nil
+}
+
+func readOpened(f *os.File, fi os.FileInfo, path, what string, limit int64) ([]byte, error) {
 	if fi.Size() > limit {
 		return nil, fmt.Errorf("%s %s: %d bytes, more than the %d this accepts", what, path, fi.Size(), limit)
 	}
@@ -85,6 +114,7 @@ func readInput(path, what string, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s %s: %w", what, path, err)
 	}
 	if int64(len(data)) > limit {
+		clear(data)
 		return nil, errors.New(what + " " + path + ": grew past the size limit while being read")
 	}
 	return data, nil

@@ -176,8 +176,8 @@ func loadServiceKey(path string) (*serviceKey, error) {
 		return nil, fmt.Errorf("service key: %w", err)
 	}
 	defer f.Close()
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("service key %s: permissions %04o are too open (readable by group or others); run chmod 600 %s", path, fi.Mode().Perm(), path)
+	if err := checkSecretMode(path, "service key", fi); err != nil {
+		return nil, err
 	}
 	buf, err := io.ReadAll(io.LimitReader(f, 33))
 	if err != nil {

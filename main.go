@@ -257,8 +257,14 @@ func (e *env) openStore() (*Store, error) {
 
 // command is one line of the command table: a command, or a subcommand
 // named "audit verify", with the arguments and the one line its help shows.
+// secrets says whether the command may read or make a secret (a service,
+// bundle or result key, a token, a password, a PIN, a private key): run
+// hardens the process (harden) before such a command parses its first
+// argument. The table's entries are positional, so a new command cannot
+// leave it unsaid.
 type command struct {
 	name, args, summary string
+	secrets             bool
 	run                 func(e *env, args []string) error
 }
 
@@ -266,32 +272,32 @@ var commands []command
 
 func init() {
 	commands = []command{
-		{"generate-service-key", "PATH", "create a service key file (mode 0600)", cmdGenerateServiceKey},
-		{"reencrypt-keys", "", "re-seal every stored key to the first service key", cmdReencryptKeys},
-		{"keys", "[--json]", "list the stored keys", cmdKeys},
-		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c | --pkcs11 URI [--bits N]]", "generate a key, print its fingerprint", cmdGenerateKey},
-		{"import-key", "--purpose P --private-key FILE [--certificate FILE] [--passphrase-file FILE] [--description TEXT]", "import an existing private key", cmdImportKey},
-		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] [--type T] [--replace] FILE...", "sign files", cmdSign},
-		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE|PUBLIC-KEY DESCRIPTION", "register a key held on a PKCS#11 token", cmdRegisterPKCS11},
-		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", cmdRegisterYubiKey},
-		{"export-public-key", "--purpose P --key FPR", "print a key's public key", cmdExportPublicKey},
-		{"upgrade-store", "", "adopt a schema-1 store, print the head it adopts", cmdUpgradeStore},
-		{"audit", "[--json] [--key FPR] [--work-request N]", "list the audit log", cmdAudit},
-		{"audit verify", "[--checkpoint FILE [--witness KEY... --quorum N]]", "verify the audit log (exit 3 if broken)", cmdAuditVerify},
-		{"audit checkpoint", "[--output FILE]", "print a signed checkpoint of the audit log", cmdAuditCheckpoint},
-		{"audit key", "", "print the verifier key of the checkpoints", cmdAuditKey},
-		{"audit prove", "[--checkpoint FILE] [-o RECEIPT] ROW|--sha256 HEX|--file FILE", "write a receipt: a row and its proof", cmdAuditProve},
-		{"audit verify-receipt", "--key VERIFIER [--file FILE] [--witness KEY... --quorum N] RECEIPT", "check a receipt offline", cmdAuditVerifyReceipt},
-		{"audit serve", "[--listen ADDR]", "serve the audit log read-only ([audit_serve])", cmdAuditServe},
-		{"audit monitor", "URL --checkpoint FILE --key VERIFIER [--witness KEY... --quorum N] [--token-file F]", "follow a served audit log, refuse forks", cmdAuditMonitor},
-		{"worker", "[--once]", "run the Debusine signing worker ([worker])", cmdWorker},
-		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import Debusine's signing database", cmdImportDebusineDB},
-		{"relay generate-key", "--name NAME FILE", "write a relay key, print its public key", cmdRelayGenerateKey},
-		{"relay fetch", "--output BUNDLE [--wait 10s]", "take work for offline keys into a bundle", cmdRelayFetch},
-		{"relay sign", "BUNDLE --output RESULT", "offline host: sign a bundle into a result", cmdRelaySign},
-		{"relay complete", "RESULT", "check a result and deliver it to the server", cmdRelayComplete},
-		{"check", "[--full]", "check the set-up, change nothing (exit 3 if bad)", cmdCheck},
-		{"version", "", "print the version, VCS revision and build settings", cmdVersion},
+		{"generate-service-key", "PATH", "create a service key file (mode 0600)", true, cmdGenerateServiceKey},
+		{"reencrypt-keys", "", "re-seal every stored key to the first service key", true, cmdReencryptKeys},
+		{"keys", "[--json]", "list the stored keys", true, cmdKeys},
+		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c | --pkcs11 URI [--bits N]]", "generate a key, print its fingerprint", true, cmdGenerateKey},
+		{"import-key", "--purpose P --private-key FILE [--certificate FILE] [--passphrase-file FILE] [--description TEXT]", "import an existing private key", true, cmdImportKey},
+		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] [--type T] [--replace] FILE...", "sign files", true, cmdSign},
+		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE|PUBLIC-KEY DESCRIPTION", "register a key held on a PKCS#11 token", true, cmdRegisterPKCS11},
+		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", true, cmdRegisterYubiKey},
+		{"export-public-key", "--purpose P --key FPR", "print a key's public key", true, cmdExportPublicKey},
+		{"upgrade-store", "", "adopt a schema-1 store, print the head it adopts", true, cmdUpgradeStore},
+		{"audit", "[--json] [--key FPR] [--work-request N]", "list the audit log", true, cmdAudit},
+		{"audit verify", "[--checkpoint FILE [--witness KEY... --quorum N]]", "verify the audit log (exit 3 if broken)", true, cmdAuditVerify},
+		{"audit checkpoint", "[--output FILE]", "print a signed checkpoint of the audit log", true, cmdAuditCheckpoint},
+		{"audit key", "", "print the verifier key of the checkpoints", true, cmdAuditKey},
+		{"audit prove", "[--checkpoint FILE] [-o RECEIPT] ROW|--sha256 HEX|--file FILE", "write a receipt: a row and its proof", true, cmdAuditProve},
+		{"audit verify-receipt", "--key VERIFIER [--file FILE] [--witness KEY... --quorum N] RECEIPT", "check a receipt offline", true, cmdAuditVerifyReceipt},
+		{"audit serve", "[--listen ADDR]", "serve the audit log read-only ([audit_serve])", true, cmdAuditServe},
+		{"audit monitor", "URL --checkpoint FILE --key VERIFIER [--witness KEY... --quorum N] [--token-file F]", "follow a served audit log, refuse forks", true, cmdAuditMonitor},
+		{"worker", "[--once]", "run the Debusine signing worker ([worker])", true, cmdWorker},
+		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import Debusine's signing database", true, cmdImportDebusineDB},
+		{"relay generate-key", "--name NAME FILE", "write a relay key, print its public key", true, cmdRelayGenerateKey},
+		{"relay fetch", "--output BUNDLE [--wait 10s]", "take work for offline keys into a bundle", true, cmdRelayFetch},
+		{"relay sign", "BUNDLE --output RESULT", "offline host: sign a bundle into a result", true, cmdRelaySign},
+		{"relay complete", "RESULT", "check a result and deliver it to the server", true, cmdRelayComplete},
+		{"check", "[--full]", "check the set-up, change nothing (exit 3 if bad)", true, cmdCheck},
+		{"version", "", "print the version, VCS revision and build settings", false, cmdVersion},
 	}
 }
 
@@ -462,6 +468,9 @@ func run(args []string, stdout, stderr io.Writer) (status int) {
 	}
 	if help {
 		rest = []string{"--help"}
+	}
+	if c.secrets {
+		harden()
 	}
 	return report(stderr, c.run(e, rest))
 }

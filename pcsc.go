@@ -148,9 +148,15 @@ func pcscSocketPath() string {
 	return "/run/pcscd/pcscd.comm"
 }
 
-// pcscTimeout bounds one exchange with pcscd. It is long because a
-// transmit waits for the card, which may be waiting for a touch.
-const pcscTimeout = 2 * time.Minute
+// pcscTimeout bounds one exchange with pcscd, and the wait for a card
+// another program holds. It is long because a transmit waits for the card,
+// which may be waiting for a touch. A variable for the tests.
+var pcscTimeout = 2 * time.Minute
+
+// errPCSCStalled is an exchange that got no answer in time: pcscd, the
+// reader or the card stalled. The connection is then out of step and is
+// not used again.
+var errPCSCStalled = fmt.Errorf("no answer in time (pcscd, the reader or the card stalled): %w", os.ErrDeadlineExceeded)
 
 // pcscContext is one connection to pcscd with one PC/SC context on it.
 // Not safe for concurrent use: callers serialize (the token's mutex).
@@ -159,11 +165,31 @@ type pcscContext struct {
 	path  string
 	minor int32 // the protocol version agreed: 4:minor
 	ctx   uint32
+	// deadline, when set, bounds every exchange and wait (SetDeadline).
+	deadline time.Time
+	// broken is the error that left the connection out of step; every
+	// later exchange fails with it at once.
+	broken error
+}
+
+// SetDeadline bounds every later exchange, and the wait for a card another
+// program holds, to t as well as to pcscTimeout each; the zero time
+// removes the bound.
+func (c *pcscContext) SetDeadline(t time.Time) { c.deadline = t }
+
+// until is when the exchange or wait starting now must end.
+func (c *pcscContext) until() time.Time {
+	d := time.Now().Add(pcscTimeout)
+	if !c.deadline.IsZero() && c.deadline.Before(d) {
+		return c.deadline
+	}
+	return d
 }
 
 // pcscEstablish connects to pcscd, agrees on a protocol version and
-// establishes a context.
-func pcscEstablish() (*pcscContext, error) {
+// establishes a context, all by deadline (the zero time: pcscTimeout per
+// exchange), which then bounds the context's exchanges (SetDeadline).
+func pcscEstablish(deadline time.Time) (*pcscContext, error) {
 	path := pcscSocketPath()
 	var serverMinor int32 = -1
 	versions := pcscProtocols
@@ -174,7 +200,7 @@ func pcscEstablish() (*pcscContext, error) {
 		if i > 0 && minor == versions[0] {
 			continue
 		}
-		c, err := pcscDial(path)
+		c, err := pcscDial(path, deadline)
 		if err != nil {
 			return nil, err
 		}
@@ -214,15 +240,17 @@ func pcscEstablish() (*pcscContext, error) {
 	return nil, fmt.Errorf("pcscd at %s speaks PC/SC protocol 4:%d, and this program speaks 4:5 (pcsc-lite 2.3 and later) and 4:4 (pcsc-lite 1.8.24 to 2.2) only", path, serverMinor)
 }
 
-func pcscDial(path string) (*pcscContext, error) {
-	conn, err := net.DialTimeout("unix", path, 10*time.Second)
+func pcscDial(path string, deadline time.Time) (*pcscContext, error) {
+	c := &pcscContext{path: path, deadline: deadline}
+	conn, err := net.DialTimeout("unix", path, time.Until(c.until()))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, fmt.Errorf("pcscd is not running (nothing listens on %s): start it with systemctl start pcscd.socket (Debian: apt install pcscd), or set PCSCLITE_CSOCK_NAME to its socket", path)
 		}
 		return nil, fmt.Errorf("connecting to pcscd at %s: %w", path, err)
 	}
-	return &pcscContext{conn: conn, path: path}, nil
+	c.conn = conn
+	return c, nil
 }
 
 // pcscRV reads the rv field (the last of every struct) as an error.
@@ -242,6 +270,9 @@ func (c *pcscContext) call(cmd uint32, body []byte, answer int) ([]byte, error) 
 }
 
 func (c *pcscContext) send(cmd uint32, body []byte, extra ...[]byte) error {
+	if c.broken != nil {
+		return c.broken
+	}
 	msg := make([]byte, 8, 8+len(body))
 	binary.NativeEndian.PutUint32(msg[0:], uint32(len(body)))
 	binary.NativeEndian.PutUint32(msg[4:], cmd)
@@ -249,9 +280,9 @@ func (c *pcscContext) send(cmd uint32, body []byte, extra ...[]byte) error {
 	for _, e := range extra {
 		msg = append(msg, e...)
 	}
-	c.conn.SetDeadline(time.Now().Add(pcscTimeout))
+	c.conn.SetDeadline(c.until())
 	if _, err := c.conn.Write(msg); err != nil {
-		return &pcscConnError{"sending", err}
+		return c.fail("sending", err)
 	}
 	return nil
 }
@@ -262,13 +293,26 @@ func (c *pcscContext) receive(n int) ([]byte, error) {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			err = errors.New("connection closed (pcscd stopped or refused this client; its log says why)")
 		}
-		return nil, &pcscConnError{"reading its answer", err}
+		return nil, c.fail("reading its answer", err)
 	}
 	return buf, nil
 }
 
+// fail marks the connection out of step: a later answer could be taken
+// for the answer to another request.
+func (c *pcscContext) fail(op string, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = errPCSCStalled
+	}
+	c.broken = &pcscConnError{op, err}
+	return c.broken
+}
+
 // Close releases the context and closes the connection.
 func (c *pcscContext) Close() error {
+	if c.broken != nil {
+		return c.conn.Close()
+	}
 	body := make([]byte, 8)
 	binary.NativeEndian.PutUint32(body, c.ctx)
 	_, err := c.call(pcscReleaseContext, body, 8)
@@ -374,12 +418,12 @@ func (k *pcscCard) Disconnect() error {
 
 // Begin starts a transaction: pcscd lets no other connection use the card
 // until End. While another program holds the card, it waits, polling as
-// libpcsclite does, up to pcscTimeout.
+// libpcsclite does, up to pcscTimeout or the context's deadline.
 func (k *pcscCard) Begin() error {
-	deadline := time.Now().Add(pcscTimeout)
+	deadline := k.c.until()
 	for {
 		err := k.handleCall(pcscBeginTransaction)
-		if err != pcscErrSharingViolation || time.Now().After(deadline) {
+		if err != pcscErrSharingViolation || time.Now().Add(100*time.Millisecond).After(deadline) {
 			return err
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -432,7 +476,7 @@ func (k *pcscCard) Transmit(apdu []byte) ([]byte, error) {
 	}
 	n := binary.NativeEndian.Uint32(resp[24:])
 	if n > pcscMaxBuffer || n < 2 {
-		return nil, &pcscConnError{"transmit", fmt.Errorf("a response of %d bytes", n)}
+		return nil, k.c.fail("transmit", fmt.Errorf("a response of %d bytes", n))
 	}
 	return k.c.receive(int(n))
 }

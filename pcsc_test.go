@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // fakePCSCD plays pcscd on a Unix socket, as pcsc-lite's winscard_svc.c
@@ -30,7 +31,12 @@ type fakePCSCD struct {
 	// onTransmit, when set, sees each APDU and the card's response, and
 	// may replace the answer (nil: the card's).
 	onTransmit func(apdu, resp []byte) *fakeAnswer
-	versions   []int32 // the versions clients asked for
+	// onCommand, when set, sees each command and the reader it is for
+	// ("" for none), and may make pcscd answer it with an error, or not
+	// at all (stall, until the test ends).
+	onCommand func(cmd uint32, reader string) (rv pcscError, stall bool)
+	done      chan struct{} // closed when the test ends
+	versions  []int32       // the versions clients asked for
 }
 
 // fakeAnswer is what fakePCSCD sends for a transmit instead of the card's
@@ -50,7 +56,7 @@ type fakeReader struct {
 
 func newFakePCSCD(t testing.TB, minor int32) *fakePCSCD {
 	t.Helper()
-	d := &fakePCSCD{path: filepath.Join(t.TempDir(), "pcscd.comm"), minor: minor}
+	d := &fakePCSCD{path: filepath.Join(t.TempDir(), "pcscd.comm"), minor: minor, done: make(chan struct{})}
 	l, err := net.Listen("unix", d.path)
 	if err != nil {
 		t.Fatal(err)
@@ -61,6 +67,13 @@ func newFakePCSCD(t testing.TB, minor int32) *fakePCSCD {
 	t.Cleanup(func() { pcscAgreed.Store(0) })
 	resetTokenPool()
 	t.Cleanup(resetTokenPool)
+	// Before the pool is reset: stalled exchanges end first.
+	t.Cleanup(func() {
+		d.mu.Lock()
+		d.onCommand, d.onTransmit = nil, nil
+		d.mu.Unlock()
+		close(d.done)
+	})
 	go func() {
 		for {
 			conn, err := l.Accept()
@@ -112,6 +125,36 @@ func (d *fakePCSCD) serve(conn net.Conn) {
 		}
 		cmd := ne.Uint32(hdr[4:])
 		rv := func(e pcscError) { ne.PutUint32(body[len(body)-4:], uint32(e)) }
+		var apdu []byte
+		if cmd == pcscTransmit {
+			apdu = make([]byte, ne.Uint32(body[12:]))
+			if _, err := io.ReadFull(conn, apdu); err != nil {
+				return
+			}
+		}
+		d.mu.Lock()
+		onCommand := d.onCommand
+		d.mu.Unlock()
+		if onCommand != nil {
+			var reader string
+			if len(body) >= 4 {
+				reader = handles[ne.Uint32(body)]
+			}
+			if cmd == pcscConnect {
+				name, _, _ := bytes.Cut(body[4:4+pcscMaxReaderName], []byte{0})
+				reader = string(name)
+			}
+			if e, stall := onCommand(cmd, reader); stall {
+				<-d.done
+				return
+			} else if e != 0 {
+				rv(e)
+				if _, err := conn.Write(body); err != nil {
+					return
+				}
+				continue
+			}
+		}
 		switch cmd {
 		case pcscVersion:
 			d.mu.Lock()
@@ -158,10 +201,6 @@ func (d *fakePCSCD) serve(conn net.Conn) {
 				ne.PutUint32(body[o+12:], pcscProtocolT1)
 			}
 		case pcscTransmit:
-			apdu := make([]byte, ne.Uint32(body[12:]))
-			if _, err := io.ReadFull(conn, apdu); err != nil {
-				return
-			}
 			r := d.reader(handles[ne.Uint32(body)])
 			if r == nil || r.card == nil {
 				rv(pcscErrRemovedCard)
@@ -267,7 +306,7 @@ func TestPCSCProtocolVersions(t *testing.T) {
 		})
 	}
 	newFakePCSCD(t, 6)
-	_, err := pcscEstablish()
+	_, err := pcscEstablish(time.Time{})
 	oneLine(t, "pcscd 4:6", err, "speaks PC/SC protocol 4:6", "4:5", "4:4")
 }
 
@@ -288,7 +327,7 @@ func TestPCSCNotRunning(t *testing.T) {
 	}
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	l.Close()
-	_, err = pcscEstablish()
+	_, err = pcscEstablish(time.Time{})
 	oneLine(t, "stale socket", err, "pcscd is not running")
 }
 

@@ -139,8 +139,13 @@ func splitResponse(resp []byte) ([]byte, uint16, error) {
 }
 
 // pivMaxResponse bounds a response reassembled from 61xx chunks: the
-// largest PIV data object a YubiKey stores is under 3 KB.
-const pivMaxResponse = 16 << 10
+// largest PIV data object a YubiKey stores is under 3 KB. pivMaxChunks
+// bounds their number, so that a card announcing more data and sending
+// none (61xx with nothing before it) cannot keep the client asking.
+const (
+	pivMaxResponse = 16 << 10
+	pivMaxChunks   = pivMaxResponse / 256
+)
 
 // pivCard is an open PIV session with a card: connected exclusively to its
 // reader, inside a transaction, the PIV application selected.
@@ -208,7 +213,7 @@ func (p *pivCard) command(ins, p1, p2 byte, data []byte) ([]byte, error) {
 	}
 	apdu := append([]byte{0x00, ins, p1, p2, byte(len(data))}, data...)
 	var out []byte
-	for {
+	for chunks := 1; ; chunks++ {
 		resp, err := p.card.Transmit(apdu)
 		if err != nil {
 			return nil, err
@@ -224,6 +229,8 @@ func (p *pivCard) command(ins, p1, p2 byte, data []byte) ([]byte, error) {
 		switch {
 		case sw == 0x9000:
 			return out, nil
+		case sw>>8 == 0x61 && chunks > pivMaxChunks:
+			return nil, fmt.Errorf("instruction %02x: the card still announced more data after %d chunks (%d bytes): refused", ins, chunks, len(out))
 		case sw>>8 == 0x61:
 			apdu = []byte{0x00, insGetResponse, 0x00, 0x00, byte(sw)}
 		default:

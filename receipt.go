@@ -333,7 +333,7 @@ func verifierKeyArg(arg string) (string, error) {
 
 // fileSHA256 is the SHA-256 (hex) of a file's contents.
 func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
+	f, _, err := openInput(path)
 	if err != nil {
 		return "", err
 	}

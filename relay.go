@@ -87,7 +87,7 @@ func readRelayKeys(cfg *Config) (map[string]*relayKey, error) {
 	for _, rk := range cfg.Relay.Keys {
 		k := &relayKey{RelayKey: rk}
 		k.Fingerprint = normalFingerprint(k.Fingerprint)
-		data, err := os.ReadFile(k.PublicKeyFile)
+		data, err := readInput(k.PublicKeyFile, "public_key_file", maxKeyFileSize)
 		if err != nil {
 			return nil, fmt.Errorf("configuration %s: [[relay.keys]] %s: %w", cfg.path, k.slug(), err)
 		}
@@ -265,7 +265,7 @@ func saveState(dir string, st *relayState) error {
 }
 
 func loadState(p string) (*relayState, error) {
-	b, err := os.ReadFile(p)
+	b, err := readInput(p, "relay state", maxTextSize)
 	if err != nil {
 		return nil, err
 	}

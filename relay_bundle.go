@@ -163,7 +163,7 @@ func writeArchive(out string, manifest []byte, dir string, files []archiveFile) 
 		return err
 	}
 	for _, f := range files {
-		src, err := os.Open(filepath.Join(dir, filepath.FromSlash(f.Path)))
+		src, _, err := openInput(filepath.Join(dir, filepath.FromSlash(f.Path)))
 		if err != nil {
 			return err
 		}
@@ -204,7 +204,7 @@ func describeFiles(dir, sub string) ([]archiveFile, error) {
 		if err != nil {
 			return err
 		}
-		f, err := os.Open(p)
+		f, _, err := openInput(p)
 		if err != nil {
 			return err
 		}
@@ -274,9 +274,9 @@ func sameManifest(sum string) func([]byte) (string, error) {
 // checking each against the manifest. Any mismatch is an error naming the
 // member; nothing is believed before the manifest is.
 func readArchive(p, what string, open func([]byte) (string, error), dir string, m any, files func() []archiveFile) (*openedArchive, error) {
-	f, err := os.Open(p)
+	f, _, err := openInput(p)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer f.Close()
 	tr := tar.NewReader(f)
@@ -284,8 +284,11 @@ func readArchive(p, what string, open func([]byte) (string, error), dir string, 
 	if err != nil {
 		return nil, fmt.Errorf("%s: not a %s (unreadable tar: %v)", p, what, err)
 	}
-	if hdr.Name != manifestName || hdr.Typeflag != tar.TypeReg || sparse(hdr) || hdr.Size > maxManifest {
+	if hdr.Name != manifestName || hdr.Typeflag != tar.TypeReg || sparse(hdr) {
 		return nil, fmt.Errorf("%s: not a %s (its first member is %q, not %s)", p, what, hdr.Name, manifestName)
+	}
+	if hdr.Size > maxManifest {
+		return nil, fmt.Errorf("%s: the %s's %s is too large (%d bytes, more than the %d this accepts): refused", p, what, manifestName, hdr.Size, maxManifest)
 	}
 	raw, err := io.ReadAll(tr)
 	if err != nil {
@@ -387,22 +390,11 @@ func extractMember(root *os.Root, name string, r io.Reader, af archiveFile) erro
 // loadNoteSigner reads a note signer key (PRIVATE+KEY+…) from a file that
 // must not be readable by group or others.
 func loadNoteSigner(p string) (note.Signer, error) {
-	f, err := os.Open(p)
+	b, err := readSecretInput(p, "relay key", maxSecretSize)
 	if err != nil {
-		return nil, fmt.Errorf("relay key: %w", err)
+		return nil, err
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("relay key: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("relay key %s: permissions %04o are too open (readable by group or others); run chmod 600 %s", p, fi.Mode().Perm(), p)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, 4096))
-	if err != nil {
-		return nil, fmt.Errorf("relay key %s: %w", p, err)
-	}
+	defer clear(b)
 	s, err := note.NewSigner(strings.TrimSpace(string(b)))
 	if err != nil {
 		return nil, fmt.Errorf("relay key %s: %w", p, err)

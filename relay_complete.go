@@ -241,7 +241,7 @@ func (c *relayComplete) checkCheckpoint(p string, proofs []auditProof) error {
 	if c.cfg.Relay.AuditPublicKey == "" {
 		return nil
 	}
-	msg, err := os.ReadFile(filepath.Join(c.dir, checkpointName))
+	msg, err := readInput(filepath.Join(c.dir, checkpointName), "checkpoint", maxKeyFileSize)
 	if err != nil {
 		return err
 	}
@@ -611,7 +611,7 @@ func (c *relayComplete) finish(result string, e *env) error {
 	if err := os.MkdirAll(done, 0o700); err != nil {
 		return err
 	}
-	checkpoint, err := os.ReadFile(filepath.Join(c.dir, checkpointName))
+	checkpoint, err := readInput(filepath.Join(c.dir, checkpointName), "checkpoint", maxKeyFileSize)
 	if err != nil {
 		return err
 	}
@@ -640,7 +640,7 @@ func (c *relayComplete) finish(result string, e *env) error {
 func (c *relayComplete) keepNewest(checkpoint []byte) error {
 	newest := filepath.Join(c.cfg.Relay.StateDir, newestCheckpointName)
 	if vkey := c.cfg.Relay.AuditPublicKey; vkey != "" {
-		if prev, err := os.ReadFile(newest); err == nil {
+		if prev, err := readInput(newest, "checkpoint", maxKeyFileSize); err == nil {
 			old, oerr := OpenCheckpoint(prev, vkey)
 			cp, cerr := OpenCheckpoint(checkpoint, vkey)
 			if oerr == nil && cerr == nil && cp.Size < old.Size {

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,4 +111,22 @@ func FuzzVerifyAuthenticode(f *testing.F) {
 			t.Fatal("a signature without the image hash verified")
 		}
 	})
+}
+
+// TestReadArchiveManifestTooLarge: an oversize manifest is refused as too
+// large, with the limit, before it is read.
+func TestReadArchiveManifestTooLarge(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	// Only the header: the reader must refuse before reading the member.
+	if err := tw.WriteHeader(&tar.Header{Name: manifestName, Mode: 0o644, Size: maxManifest + 1, Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	p := writeFile(t, t.TempDir(), "bundle.tar", buf.Bytes())
+	var m bundleManifest
+	_, err := readArchive(p, "relay bundle", func([]byte) (string, error) { return "", errors.New("read") }, filepath.Join(t.TempDir(), "out"), &m, func() []archiveFile { return m.Files })
+	want := fmt.Sprintf("the relay bundle's MANIFEST is too large (%d bytes, more than the %d this accepts): refused", maxManifest+1, maxManifest)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("got %v, want %q", err, want)
+	}
 }

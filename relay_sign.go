@@ -190,7 +190,7 @@ func claimBundle(dir string, rec *signedRecord) error {
 	b, _ := json.Marshal(rec)
 	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
-		old, _ := os.ReadFile(p)
+		old, _ := readInput(p, "signing record", maxTextSize)
 		var prev signedRecord
 		json.Unmarshal(old, &prev)
 		if prev.SignedAt == "" {

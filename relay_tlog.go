@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -40,9 +39,9 @@ type auditProof struct {
 	Proof tlog.TreeProof `json:"proof"`
 }
 
-// readOptional reads a file that may not exist yet (nil then).
+// readOptional reads a checkpoint file that may not exist yet (nil then).
 func readOptional(path string) ([]byte, error) {
-	data, err := os.ReadFile(path)
+	data, err := readInput(path, "checkpoint", maxKeyFileSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

@@ -286,9 +286,10 @@ func newSecret() (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-// readSecret reads a one-line secret file (token, activation token).
+// readSecret reads a one-line secret file (token, activation token),
+// refused if group or others can read it.
 func readSecret(p string) (string, error) {
-	b, err := os.ReadFile(p)
+	b, err := readSecretInput(p, "secret file", maxSecretSize)
 	if err != nil {
 		return "", err
 	}
@@ -597,7 +598,7 @@ func (w *worker) deliver(ctx context.Context, id int64, body []byte) error {
 }
 
 func (w *worker) flushPendingCompletion(ctx context.Context) error {
-	b, err := os.ReadFile(w.pendingCompletionPath())
+	b, err := readInput(w.pendingCompletionPath(), "saved result", maxTextSize)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}

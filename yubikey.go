@@ -64,19 +64,35 @@ type token struct {
 
 func (t *token) close() {
 	if t.card != nil {
+		// Its own bound: the operation's may have run out.
+		t.card.ctx.SetDeadline(time.Now().Add(readerTimeout))
 		t.card.close()
 		t.card.ctx.Close()
 		t.card = nil
 	}
 }
 
+// Bounds of the waits on pcscd and the cards (variables for the tests): a
+// token operation (token.do: finding the token, and what is done with it)
+// ends by tokenOpTimeout, and while the token is looked for, each reader
+// gets readerTimeout to say which card it holds, so that readers that
+// stall, or a card another program keeps, cannot hold the search for
+// long. A YubiKey answers the search in tens of milliseconds, and its
+// longest operations (generating a key, waiting for a touch) take well
+// under a minute.
+var (
+	tokenOpTimeout = 2 * time.Minute
+	readerTimeout  = 5 * time.Second
+)
+
 // session returns the open session, finding the token among the PC/SC
-// readers if there is none.
-func (t *token) session() (*pivCard, error) {
+// readers if there is none; all by deadline.
+func (t *token) session(deadline time.Time) (*pivCard, error) {
 	if t.card != nil {
+		t.card.ctx.SetDeadline(deadline)
 		return t.card, nil
 	}
-	ctx, err := pcscEstablish()
+	ctx, err := pcscEstablish(deadline)
 	if err != nil {
 		return nil, fmt.Errorf("YubiKey %d: %w", t.serial, err)
 	}
@@ -92,25 +108,45 @@ func (t *token) session() (*pivCard, error) {
 		if r.State&pcscSCardPresent == 0 {
 			continue
 		}
+		if ctx == nil || !time.Now().Before(deadline) {
+			seen = append(seen, fmt.Sprintf("reader %q and those after it not looked at: out of time (%s for one operation)", r.Name, tokenOpTimeout))
+			break
+		}
+		ctx.SetDeadline(earliest(deadline, time.Now().Add(readerTimeout)))
 		card, err := openPIV(ctx, r.Name)
+		if err == nil {
+			var serial uint32
+			if serial, err = card.serial(); err == nil && serial == t.serial {
+				ctx.SetDeadline(deadline)
+				t.card = card
+				return card, nil
+			}
+			if err == nil {
+				seen = append(seen, fmt.Sprintf("YubiKey %d in reader %q", serial, r.Name))
+			} else {
+				err = fmt.Errorf("reader %q: no serial number: %w", r.Name, err)
+			}
+			card.close()
+		}
 		if err != nil {
-			// Not a PIV card, or held by another program.
+			// Not a PIV card, or held by another program, or stalled.
 			seen = append(seen, err.Error())
-			continue
 		}
-		serial, err := card.serial()
-		if err == nil && serial == t.serial {
-			t.card = card
-			return card, nil
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The connection is out of step: a new one for the rest, if
+			// there is time left for them.
+			ctx.Close()
+			ctx = nil
+			if time.Now().Before(deadline) {
+				if ctx, err = pcscEstablish(deadline); err != nil {
+					return nil, fmt.Errorf("YubiKey %d: %w (found: %s)", t.serial, err, strings.Join(seen, "; "))
+				}
+			}
 		}
-		if err != nil {
-			seen = append(seen, fmt.Sprintf("reader %q: no serial number: %v", r.Name, err))
-		} else {
-			seen = append(seen, fmt.Sprintf("YubiKey %d in reader %q", serial, r.Name))
-		}
-		card.close()
 	}
-	ctx.Close()
+	if ctx != nil {
+		ctx.Close()
+	}
 	switch {
 	case len(readers) == 0:
 		return nil, fmt.Errorf("YubiKey %d is not connected to this host (pcscd has no reader)", t.serial)
@@ -125,30 +161,42 @@ func (t *token) session() (*pivCard, error) {
 // program, or pcscd restarted) is reopened once and fn run again: fn failed
 // on the dead session without the card doing anything, so nothing is done
 // twice.
+//
+// The whole of it ends by tokenOpTimeout. A token that stalls is not tried
+// again: its session is closed, and the error names its reader.
 func (t *token) do(fn func(card *pivCard) error) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	deadline := time.Now().Add(tokenOpTimeout)
 	fresh := t.card == nil
-	card, err := t.session()
-	if err != nil {
-		return err
-	}
-	err = fn(card)
-	if err == nil || !pcscGone(err) {
-		return err
-	}
-	t.close()
-	if !fresh {
-		if card, err = t.session(); err != nil {
+	for {
+		card, err := t.session(deadline)
+		if err != nil {
 			return err
 		}
 		err = fn(card)
-		if err == nil || !pcscGone(err) {
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			t.close()
+			return fmt.Errorf("YubiKey %d in reader %q: %w", t.serial, card.card.reader, err)
+		case !pcscGone(err):
 			return err
 		}
 		t.close()
+		if fresh {
+			return fmt.Errorf("YubiKey %d: %w", t.serial, err)
+		}
+		fresh = true
 	}
-	return fmt.Errorf("YubiKey %d: %w", t.serial, err)
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // tokenKey is a crypto.Signer whose private key is in a YubiKey PIV slot.
@@ -356,23 +404,7 @@ func readSecretFile(source, what string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%s file: %w", what, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%s file: %w", what, err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s file %s: permissions %04o are too open (readable by group or others); run chmod 600 %s", what, path, fi.Mode().Perm(), path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, 4096))
-	if err != nil {
-		return nil, fmt.Errorf("%s file %s: %w", what, path, err)
-	}
-	return data, nil
+	return readSecretInput(path, what+" file", maxSecretSize)
 }
 
 // readManagementKey reads the management key file: the key in hex, as

@@ -632,7 +632,7 @@ func TestYubiKeyPCSCDProtocol(t *testing.T) {
 		t.Skip("DEBUSINE_SIGNING_TEST_PCSC_PROTOCOL not set (.ci/test sets it)")
 	}
 	needVirtualReader(t)
-	c, err := pcscEstablish()
+	c, err := pcscEstablish(time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}

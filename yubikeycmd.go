@@ -5,7 +5,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	"os"
 	"strconv"
 )
 
@@ -50,7 +49,7 @@ func cmdRegisterYubiKey(e *env, args []string) error {
 	}
 	var certPEM []byte
 	if *certificate != "" {
-		if certPEM, err = os.ReadFile(*certificate); err != nil {
+		if certPEM, err = readInput(*certificate, "certificate", maxKeyFileSize); err != nil {
 			return err
 		}
 	}
