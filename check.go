@@ -9,6 +9,8 @@ package main
 
 import (
 	"context"
+	"crypto"
+	"crypto/rsa"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -20,6 +22,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
@@ -42,6 +46,9 @@ type checker struct {
 	keys  []*Key
 	// schema is the store's schema version, 0 before it is created.
 	schema int
+	// p11Keys are the stored keys on a token behind a PKCS#11 provider,
+	// as the tokens check routed them.
+	p11Keys []*Key
 }
 
 // checks run in order; each prints one or more lines. Checks that need the
@@ -55,6 +62,7 @@ var checks = []func(c *checker){
 	(*checker).workerFiles,
 	(*checker).server,
 	(*checker).tokens,
+	(*checker).pkcs11,
 	(*checker).relay,
 }
 
@@ -485,13 +493,24 @@ func (c *checker) server() {
 }
 
 // tokens checks pcscd, and the token of each key held on a YubiKey, when
-// the store holds such keys or [yubikey] is configured.
+// the store holds such keys or [yubikey] is configured. Keys on other
+// tokens are left to the pkcs11 check.
 func (c *checker) tokens() {
 	yc := c.cfg.YubiKey
 	var uris []*Key
 	for _, k := range c.keys {
-		if s, err := k.Storage(); err == nil && s == storagePKCS11 {
+		if s, err := k.Storage(); err != nil || s != storagePKCS11 {
+			continue
+		}
+		uri, _ := k.PKCS11URI()
+		yubikey, _, _, err := routeKeyURI(c.cfg.PKCS11, uri)
+		switch {
+		case err != nil:
+			c.fail("key "+k.String(), err)
+		case yubikey:
 			uris = append(uris, k)
+		default:
+			c.p11Keys = append(c.p11Keys, k)
 		}
 	}
 	if len(uris) == 0 && yc == (YubiKeyConfig{}) {
@@ -531,6 +550,97 @@ func (c *checker) tokens() {
 		}
 		c.ok("key %s: its token is connected", k)
 	}
+}
+
+// pkcs11 checks each PKCS#11 provider, and each stored key on a token
+// behind one: found with the stored public key, without signing (see
+// p11CheckKey for when it logs in).
+func (c *checker) pkcs11() {
+	for _, p := range c.cfg.PKCS11.providers() {
+		what := "PKCS#11 provider " + p.Address
+		desc, err := p11Describe(p.Address)
+		if err != nil {
+			c.fail(what, err)
+			continue
+		}
+		c.ok("%s: reachable, %s", what, desc)
+	}
+	for _, k := range c.p11Keys {
+		uri, _ := k.PKCS11URI()
+		_, providers, u, _ := routeKeyURI(c.cfg.PKCS11, uri)
+		pub, err := storedRSAPublic(k)
+		if err == nil {
+			var where string
+			if where, err = p11CheckKey(providers, u, pub); err == nil {
+				c.ok("key %s: %s", k, where)
+				continue
+			}
+		}
+		c.fail("key "+k.String(), err)
+	}
+}
+
+// p11Describe dials a provider on a connection of its own and describes
+// its library and the tokens present.
+func p11Describe(address string) (string, error) {
+	cl, err := dialP11(address)
+	if err != nil {
+		return "", err
+	}
+	defer cl.Close()
+	info, err := cl.Info()
+	if err != nil {
+		return "", err
+	}
+	slots, err := cl.Slots(true)
+	if err != nil {
+		return "", err
+	}
+	var labels []string
+	for _, slot := range slots {
+		ti, err := cl.TokenInfo(slot)
+		if rv, _ := p11RV(err); rv == ckrTokenNotPresent {
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		if ti.Flags&ckfTokenInitialized == 0 {
+			labels = append(labels, "an uninitialized one")
+			continue
+		}
+		labels = append(labels, strconv.Quote(strings.TrimRight(ti.Label, " ")))
+	}
+	tokens := "no token present"
+	if len(labels) > 0 {
+		tokens = "token(s) " + strings.Join(labels, ", ")
+	}
+	return fmt.Sprintf("library %q (%s); %s", strings.TrimRight(info.Description, " "), strings.TrimRight(info.Manufacturer, " "), tokens), nil
+}
+
+// storedRSAPublic is the RSA public key a stored key's certificate or
+// OpenPGP key holds.
+func storedRSAPublic(k *Key) (*rsa.PublicKey, error) {
+	var pub crypto.PublicKey
+	switch k.Purpose {
+	case purposeUEFI:
+		cert, err := parseUEFICertificate(k.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		pub = cert.PublicKey
+	case purposeOpenPGP:
+		e, err := parseOpenPGPPublicKey(k.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		pub = e.PrimaryKey.PublicKey
+	}
+	rsaPub, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("the stored public key is %T, and keys on a PKCS#11 token are RSA here", pub)
+	}
+	return rsaPub, nil
 }
 
 // relay checks the [relay] keys and state directory, when [relay] is set.

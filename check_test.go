@@ -447,3 +447,104 @@ func TestCheckAuditKeyUnpinned(t *testing.T) {
 		t.Error("check wrote the pin")
 	}
 }
+
+// checkP11Rig registers a UEFI key made on SoftHSM by pkcs11-tool, behind
+// the provider at addr, and returns the store and the key's fingerprint.
+func checkP11Rig(t *testing.T, h *softHSM, addr, idHex string) (*testEnv, string) {
+	t.Helper()
+	h.keygen(t, idHex, "check key", 2048)
+	te, st := p11TestEnv(t, addr)
+	uri := h.uri("id=%" + idHex + ";type=private")
+	certPath := writeFile(t, te.dir, "cert.pem", tokenCertificate(t, st, uri, "Check token key"))
+	fpr := strings.TrimSpace(te.mustRun(t, "register-pkcs11-static-key", "uefi", uri, certPath, "Check token key"))
+	p11ResetPool()
+	return te, fpr
+}
+
+// checkP11 runs check on a fresh pool, as a new process would.
+func checkP11(t *testing.T, te *testEnv) (int, string) {
+	t.Helper()
+	p11ResetPool()
+	status, stdout, stderr := te.run(t, "check")
+	return status, stdout + stderr
+}
+
+// deleteP11Object deletes the objects of a class (pubkey, privkey) with
+// the id from the SoftHSM token, with pkcs11-tool.
+func deleteP11Object(t *testing.T, idHex, class string) {
+	t.Helper()
+	runTool(t, "pkcs11-tool", "--module", softHSMModule, "--token-label", softHSMLabel, "--login", "--pin", softHSMPIN,
+		"--delete-object", "--type", class, "--id", idHex)
+}
+
+// TestCheckPKCS11: through p11-kit remote and server, check describes the
+// provider and finds a key by its public key without logging in (a wrong
+// PIN in the key's pin-source changes nothing); with the public key object
+// gone it logs in with the PIN file and finds the private key, and a wrong
+// PIN is said on the key's line.
+func TestCheckPKCS11(t *testing.T) {
+	p11Transports(t, func(t *testing.T, h *softHSM, addr string) {
+		te, fpr := checkP11Rig(t, h, addr, "01")
+		keyLine := "key uefi:" + fpr + ": "
+		if err := os.WriteFile(h.pinFile, []byte("9999\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		status, out := checkP11(t, te)
+		for _, want := range []string{
+			"OK  PKCS#11 provider " + addr + `: reachable, library "`,
+			`token(s) "` + softHSMLabel + `"`,
+			"OK  " + keyLine + `its public key is on token "` + softHSMLabel + `"`,
+			"(found without logging in)",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("check does not say %q:\n%s", want, out)
+			}
+		}
+		if status != exitOK {
+			t.Fatalf("exit %d:\n%s", status, out)
+		}
+		deleteP11Object(t, "01", "pubkey")
+		status, out = checkP11(t, te)
+		wantFail(t, status, out, keyLine+`token "`+softHSMLabel+`"`)
+		if fails := failLines(out); len(fails) != 1 || !strings.Contains(fails[0], "wrong PIN in pin-source "+h.pinFile) {
+			t.Errorf("want one FAIL line saying the PIN is wrong:\n%s", out)
+		}
+		if err := os.WriteFile(h.pinFile, []byte(softHSMPIN+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		status, out = checkP11(t, te)
+		if status != exitOK || !strings.Contains(out, "OK  "+keyLine+`its private key is on token "`+softHSMLabel+`"`) {
+			t.Fatalf("public key object gone, right PIN: exit %d:\n%s", status, out)
+		}
+	})
+}
+
+// TestCheckPKCS11KeyDeleted: a key deleted from the token fails its line.
+func TestCheckPKCS11KeyDeleted(t *testing.T) {
+	h := newSoftHSM(t)
+	te, fpr := checkP11Rig(t, h, h.remoteAddress(), "02")
+	deleteP11Object(t, "02", "pubkey")
+	deleteP11Object(t, "02", "privkey")
+	status, out := checkP11(t, te)
+	wantFail(t, status, out, "key uefi:"+fpr+`: token "`+softHSMLabel+`"`)
+	wantFail(t, status, out, "no private key with")
+	if !strings.Contains(out, "OK  PKCS#11 provider ") {
+		t.Errorf("the provider itself is reachable:\n%s", out)
+	}
+}
+
+// TestCheckPKCS11ProviderUnreachable: a provider whose socket is gone
+// fails its own line, and the key behind it its own.
+func TestCheckPKCS11ProviderUnreachable(t *testing.T) {
+	h := newSoftHSM(t)
+	srv := h.startServer(t)
+	te, fpr := checkP11Rig(t, h, srv.address(), "03")
+	srv.kill()
+	os.Remove(srv.socket)
+	status, out := checkP11(t, te)
+	wantFail(t, status, out, "PKCS#11 provider "+srv.address()+": ")
+	wantFail(t, status, out, "key uefi:"+fpr+": ")
+	if n := len(failLines(out)); n != 2 {
+		t.Errorf("%d FAIL lines, want 2:\n%s", n, out)
+	}
+}

@@ -156,6 +156,19 @@ type p11Key struct {
 
 // p11Signer finds the key u names at one of the providers.
 func p11Signer(providers []PKCS11Provider, u *p11URI) (*p11Key, error) {
+	k, err := p11FindToken(providers, u)
+	if err != nil {
+		return nil, err
+	}
+	if err := k.conn.use(k, nil); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+// p11FindToken finds the one token u names at the providers, as a key not
+// looked for yet.
+func p11FindToken(providers []PKCS11Provider, u *p11URI) (*p11Key, error) {
 	var found []*p11Key
 	var seen []string
 	for _, p := range providers {
@@ -173,11 +186,7 @@ func p11Signer(providers []PKCS11Provider, u *p11URI) (*p11Key, error) {
 	case len(found) > 1:
 		return nil, fmt.Errorf("PKCS#11: %d tokens match the URI (%s): add token=, serial= or slot-id= to choose one", len(found), strings.Join(seen, "; "))
 	}
-	k := found[0]
-	if err := k.conn.use(k, nil); err != nil {
-		return nil, err
-	}
-	return k, nil
+	return found[0], nil
 }
 
 // search finds the tokens the URI names at this provider, as keys not
@@ -248,10 +257,11 @@ func (p *p11Conn) use(k *p11Key, fn func(c *p11Client, session uint64) error) er
 	return err
 }
 
-// ready is use's first half. Called with p locked.
-func (p *p11Conn) ready(k *p11Key) error {
+// open dials and opens the token's session, not logging in. Called with p
+// locked.
+func (p *p11Conn) open(k *p11Key) (uint64, error) {
 	if err := p.dial(); err != nil {
-		return err
+		return 0, err
 	}
 	c := p.client
 	if k.gen != p.gen {
@@ -259,7 +269,7 @@ func (p *p11Conn) ready(k *p11Key) error {
 		// the same one found first.
 		slots, tokens, _, err := k.uri.matchTokens(c)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		found := false
 		for i, t := range tokens {
@@ -268,7 +278,7 @@ func (p *p11Conn) ready(k *p11Key) error {
 			}
 		}
 		if !found {
-			return fmt.Errorf("PKCS#11 provider %s: %s is no longer present", p.address, tokenName(k.token))
+			return 0, fmt.Errorf("PKCS#11 provider %s: %s is no longer present", p.address, tokenName(k.token))
 		}
 		k.gen, k.handle = p.gen, 0
 	}
@@ -276,10 +286,20 @@ func (p *p11Conn) ready(k *p11Key) error {
 	if !ok {
 		var err error
 		if session, err = c.OpenSession(k.slot, true); err != nil {
-			return err
+			return 0, err
 		}
 		p.sessions[k.slot] = session
 	}
+	return session, nil
+}
+
+// ready is use's first half. Called with p locked.
+func (p *p11Conn) ready(k *p11Key) error {
+	session, err := p.open(k)
+	if err != nil {
+		return err
+	}
+	c := p.client
 	if !p.loggedIn[k.slot] {
 		if err := p.login(k, session); err != nil {
 			return err
@@ -384,7 +404,6 @@ func (p *p11Conn) findKey(k *p11Key, session uint64) error {
 	if err != nil {
 		return err
 	}
-	label, hasLabel := k.uri.get("object")
 	var match []uint64
 	var keyTypes []uint64
 	for _, obj := range objs {
@@ -392,10 +411,7 @@ func (p *p11Conn) findKey(k *p11Key, session uint64) error {
 		if err != nil {
 			return err
 		}
-		if k.uri.id != nil && (attrs[0].Missing || !bytes.Equal(attrs[0].Value, k.uri.id)) {
-			continue
-		}
-		if hasLabel && (attrs[1].Missing || string(attrs[1].Value) != label) {
+		if !k.uri.namesObject(attrs[0], attrs[1]) {
 			continue
 		}
 		kt, _ := p11AttrUlong(attrs[2])
@@ -419,6 +435,16 @@ func (p *p11Conn) findKey(k *p11Key, session uint64) error {
 		k.pub = pub
 	}
 	return nil
+}
+
+// namesObject says whether an object's CKA_ID and CKA_LABEL are those the
+// URI's id= and object= name.
+func (u *p11URI) namesObject(id, label p11Attr) bool {
+	if u.id != nil && (id.Missing || !bytes.Equal(id.Value, u.id)) {
+		return false
+	}
+	want, ok := u.get("object")
+	return !ok || !label.Missing && string(label.Value) == want
 }
 
 // rsaPublic reads the RSA public key of a private key: from the private
@@ -448,11 +474,97 @@ func (p *p11Conn) rsaPublic(session, priv uint64) (*rsa.PublicKey, error) {
 			return nil, errors.New("the public key has no modulus")
 		}
 	}
-	e := new(big.Int).SetBytes(attrs[1].Value)
-	if !e.IsInt64() || e.Int64() < 3 || e.Int64() > 1<<31-1 {
+	return p11RSAPublic(attrs[0], attrs[1])
+}
+
+// p11RSAPublic is the RSA public key of a modulus and public exponent.
+func p11RSAPublic(n, e p11Attr) (*rsa.PublicKey, error) {
+	exp := new(big.Int).SetBytes(e.Value)
+	if !exp.IsInt64() || exp.Int64() < 3 || exp.Int64() > 1<<31-1 {
 		return nil, errors.New("unusable public exponent")
 	}
-	return &rsa.PublicKey{N: new(big.Int).SetBytes(attrs[0].Value), E: int(e.Int64())}, nil
+	return &rsa.PublicKey{N: new(big.Int).SetBytes(n.Value), E: int(exp.Int64())}, nil
+}
+
+// p11CheckKey finds, without signing, the key the URI names and checks it
+// is want; it says where it found it. The public key or certificate
+// object is looked for first, without logging in; only when the token
+// shows neither is the private key found as a signature would find it,
+// logged in with the URI's PIN (which a token that refused it is not
+// given again).
+func p11CheckKey(providers []PKCS11Provider, u *p11URI, want *rsa.PublicKey) (string, error) {
+	k, err := p11FindToken(providers, u)
+	if err != nil {
+		return "", err
+	}
+	name := tokenName(k.token)
+	pubs, err := k.conn.visiblePublic(k)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	for _, pub := range pubs {
+		if pub.Equal(want) {
+			return fmt.Sprintf("its public key is on %s (found without logging in)", name), nil
+		}
+	}
+	if len(pubs) > 0 {
+		return "", fmt.Errorf("%s: the public key with %s is not the stored key's", name, u.keyName())
+	}
+	if err := k.conn.use(k, nil); err != nil {
+		return "", err
+	}
+	if !k.pub.Equal(want) {
+		return "", fmt.Errorf("%s: the private key with %s is not the stored key's", name, u.keyName())
+	}
+	return "its private key is on " + name, nil
+}
+
+// visiblePublic reads the RSA public keys of the public key and
+// certificate objects with the URI's id= and object= that the session
+// shows, logged in or not.
+func (p *p11Conn) visiblePublic(k *p11Key) ([]*rsa.PublicKey, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	session, err := p.open(k)
+	if err != nil {
+		if p11Lost(err) {
+			p.reset()
+		}
+		return nil, err
+	}
+	c := p.client
+	var pubs []*rsa.PublicKey
+	for _, class := range []uint64{ckoPublicKey, ckoCertificate} {
+		objs, err := c.FindObjects(session, []p11Attr{{Type: ckaClass, Value: p11Ulong(class)}}, 0)
+		if err != nil {
+			return nil, err
+		}
+		for _, obj := range objs {
+			types := []uint64{ckaID, ckaLabel, ckaModulus, ckaPublicExponent}
+			if class == ckoCertificate {
+				types = []uint64{ckaID, ckaLabel, ckaValue}
+			}
+			attrs, err := c.Attributes(session, obj, types...)
+			if err != nil {
+				return nil, err
+			}
+			if !k.uri.namesObject(attrs[0], attrs[1]) {
+				continue
+			}
+			var pub *rsa.PublicKey
+			if class == ckoPublicKey && !attrs[2].Missing && !attrs[3].Missing {
+				pub, _ = p11RSAPublic(attrs[2], attrs[3])
+			} else if class == ckoCertificate && !attrs[2].Missing {
+				if cert, err := x509.ParseCertificate(attrs[2].Value); err == nil {
+					pub, _ = cert.PublicKey.(*rsa.PublicKey)
+				}
+			}
+			if pub != nil {
+				pubs = append(pubs, pub)
+			}
+		}
+	}
+	return pubs, nil
 }
 
 func (k *p11Key) Public() crypto.PublicKey { return k.pub }
@@ -596,19 +708,12 @@ func generateP11KeyPair(st *Store, uri string, bits int) (*p11Key, error) {
 // p11TokenOnly finds the one token the URI names, ready for a session,
 // without looking for the key.
 func p11TokenOnly(providers []PKCS11Provider, u *p11URI) (*p11Key, error) {
-	var found []*p11Key
-	for _, p := range providers {
-		keys, _, err := p11ConnFor(p.Address).search(u)
-		if err != nil {
-			return nil, err
-		}
-		found = append(found, keys...)
+	k, err := p11FindToken(providers, u)
+	if err != nil {
+		return nil, err
 	}
-	if len(found) != 1 {
-		return nil, fmt.Errorf("PKCS#11: %d tokens match the URI, want one", len(found))
-	}
-	found[0].tokenOnly = true
-	return found[0], nil
+	k.tokenOnly = true
+	return k, nil
 }
 
 // generateP11UEFIKey generates a UEFI key on a PKCS#11 token; the token
