@@ -280,7 +280,7 @@ func TestP11RPCFakeAnswers(t *testing.T) {
 			f.read()
 			f.send(p11rpcAnswer(p11CallSign, func(e *p11Enc) { e.byteArray([]byte("12345")) }))
 		}, func(c *p11Client) error {
-			_, err := c.Sign(1, p11Mechanism{Type: ckmRSAPKCS}, 2, []byte("x"))
+			_, err := c.Sign(1, p11Mechanism{Type: ckmRSAPKCS}, 2, []byte("x"), nil)
 			return err
 		}, "a signature of 5 bytes for a buffer of 4"},
 		{"bytes left over", func(f *p11rpcFakeConn) {
@@ -297,7 +297,7 @@ func TestP11RPCFakeAnswers(t *testing.T) {
 			f.read()
 			time.Sleep(3 * p11rpcFakeWait)
 		}, func(c *p11Client) error {
-			_, err := c.Sign(1, p11Mechanism{Type: ckmRSAPKCS}, 2, []byte("x"))
+			_, err := c.Sign(1, p11Mechanism{Type: ckmRSAPKCS}, 2, []byte("x"), nil)
 			return err
 		}, "C_Sign: p11-kit connection closed: no answer within"},
 	} {
@@ -391,7 +391,7 @@ func TestP11RPCFakeRequests(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.Sign(5, tc.mech, 6, nil)
+		c.Sign(5, tc.mech, 6, nil, nil)
 		c.Close()
 		want := append(append(p11Ulong(5), tc.want...), p11Ulong(6)...)
 		if args := <-got; !bytes.Equal(args, want) {
