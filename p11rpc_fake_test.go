@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -448,6 +449,46 @@ func TestP11RPCFakeLoginWipesPIN(t *testing.T) {
 	}
 	if bytes.Contains(d.buf, []byte("s3cret")) {
 		t.Error("the PIN is still in the request buffer")
+	}
+}
+
+// TestP11RPCFakeContextLogin: a key with CKA_ALWAYS_AUTHENTICATE gets its
+// C_Login as CKU_CONTEXT_SPECIFIC after C_SignInit and before C_Sign, and
+// the PIN is not left in the request.
+func TestP11RPCFakeContextLogin(t *testing.T) {
+	var calls []uint32
+	var login []byte
+	c, err := dialP11(p11rpcFake(t, func(f *p11rpcFakeConn, n int) {
+		f.hello(0)
+		answers := []func(*p11Enc){
+			nil, nil,
+			func(e *p11Enc) { e.byte(0); e.uint32(3) }, // the length
+			func(e *p11Enc) { e.byteArray([]byte("sig")) },
+		}
+		for i, call := range []p11Call{p11CallSignInit, p11CallLogin, p11CallSign, p11CallSign} {
+			id, args := f.read()
+			calls = append(calls, id)
+			if call == p11CallLogin {
+				login = args
+			}
+			f.send(p11rpcAnswer(call, answers[i]))
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := []byte("123456")
+	if sig, err := c.Sign(5, p11Mechanism{Type: ckmRSAPKCS}, 6, []byte("x"), pin); err != nil || string(sig) != "sig" {
+		t.Fatalf("sign: %q, %v", sig, err)
+	}
+	c.Close()
+	want := []uint32{p11CallSignInit.id, p11CallLogin.id, p11CallSign.id, p11CallSign.id}
+	if !slices.Equal(calls, want) {
+		t.Errorf("calls %v, want %v", calls, want)
+	}
+	wantLogin := append(append(p11Ulong(5), p11Ulong(ckuContextSpecific)...), 1, 0, 0, 0, 6)
+	if !bytes.Equal(login, append(wantLogin, pin...)) {
+		t.Errorf("C_Login arguments %x, want session 5, CKU_CONTEXT_SPECIFIC and the PIN", login)
 	}
 }
 

@@ -244,6 +244,15 @@ func (p *p11Conn) use(k *p11Key, fn func(c *p11Client, session uint64) error) er
 		return nil
 	}
 	err = fn(p.client, p.sessions[k.slot])
+	if rv, _ := p11RV(err); rv == ckrUserNotLoggedIn {
+		// The token forgot the login while the module still holds it (a
+		// PIV card does, for every slot, after a signature with a key of
+		// PIN policy "always"): a new connection logs in again, once.
+		p.reset()
+		if err = p.ready(k); err == nil {
+			err = fn(p.client, p.sessions[k.slot])
+		}
+	}
 	if p11Lost(err) {
 		p.reset()
 		return fmt.Errorf("%s: %w (the connection is reopened for the next signature)", tokenName(k.token), err)

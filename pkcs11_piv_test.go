@@ -61,7 +61,8 @@ func signShimOnToken(t *testing.T, te *testEnv, fpr, certPath, name string) {
 // signature on the card each) and sign shimx64.efi for sbverify. OpenSC
 // marks slot 9c's key (id 02) CKA_ALWAYS_AUTHENTICATE and the card wants
 // the PIN before each of its signatures: every signature logs in for
-// itself, so the second and third signatures work too.
+// itself, so the second and third signatures work too, and so does 9a's
+// key after them.
 func TestPKCS11OpenSCVirtualPIV(t *testing.T) {
 	te, st, card, cert9a, cert9c, pinFile := pivModuleEnv(t, openSCModule)
 	token := "pkcs11:model=PKCS%2315%20emulated;manufacturer=piv_II;serial=00000000;token=Token%20test%20key"
@@ -77,6 +78,9 @@ func TestPKCS11OpenSCVirtualPIV(t *testing.T) {
 	if _, after, _ := card.counters(); after-signs != 3 {
 		t.Errorf("%d signatures on the card with 9c's key, want 3 (the test signature and two images)", after-signs)
 	}
+	// The card forgot the PIN with 9c's signature; OpenSC still holds the
+	// login, so 9a's key gets CKR_USER_NOT_LOGGED_IN and logs in again.
+	signShimOnToken(t, te, fpr9a, cert9a, "9a-2.efi")
 	for fpr, uri := range map[string]string{fpr9a: uri9a, fpr9c: uri9c} {
 		k, err := st.Key(purposeUEFI, fpr)
 		if err != nil {
