@@ -8,26 +8,8 @@ import (
 	"text/tabwriter"
 )
 
-// cmdAudit lists the audit log, or runs one of its subcommands.
+// cmdAudit lists the audit log; its subcommands are in the command table.
 func cmdAudit(e *env, args []string) error {
-	if len(args) > 0 {
-		switch args[0] {
-		case "verify":
-			return cmdAuditVerify(e, args[1:])
-		case "checkpoint":
-			return cmdAuditCheckpoint(e, args[1:])
-		case "key":
-			return cmdAuditKey(e, args[1:])
-		case "prove":
-			return cmdAuditProve(e, args[1:])
-		case "verify-receipt":
-			return cmdAuditVerifyReceipt(e, args[1:])
-		case "serve":
-			return cmdAuditServe(e, args[1:])
-		case "monitor":
-			return cmdAuditMonitor(e, args[1:])
-		}
-	}
 	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON")
 	fpr := fs.String("key", "", "only rows of the key with this fingerprint")
@@ -170,7 +152,11 @@ func cmdAuditCheckpoint(e *env, args []string) error {
 
 // cmdAuditKey prints the note verifier key of the checkpoints.
 func cmdAuditKey(e *env, args []string) error {
-	if len(args) != 0 {
+	fs := flag.NewFlagSet("audit key", flag.ContinueOnError)
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
 		return usagef("audit key takes no arguments")
 	}
 	st, err := e.openStore()
@@ -192,7 +178,11 @@ func cmdAuditKey(e *env, args []string) error {
 // rewritten as version 1 is never adopted without an administrator
 // looking at the head it prints.
 func cmdUpgradeStore(e *env, args []string) error {
-	if len(args) != 0 {
+	fs := flag.NewFlagSet("upgrade-store", flag.ContinueOnError)
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
 		return usagef("upgrade-store takes no arguments")
 	}
 	e.upgradeStore = true

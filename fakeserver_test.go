@@ -376,6 +376,16 @@ func (s *fakeServer) handle(w http.ResponseWriter, r *http.Request) {
 		wk.Metadata = md
 		w.WriteHeader(204)
 		s.schedule()
+	case r.Method == "GET" && p == "/api/1.0/whoami/":
+		// Anonymous without a token; a token that is no enabled worker's
+		// is refused as the worker endpoints refuse it.
+		if r.Header.Get("Token") == "" {
+			writeJSON(w, 200, map[string]any{"user": "<anonymous>", "auth": false, "worker_token": false})
+		} else if wk, _ := s.worker(r); wk == nil {
+			problem(w, 403, "You do not have permission to perform this action.", "")
+		} else {
+			writeJSON(w, 200, map[string]any{"user": "<anonymous>", "auth": true, "worker_token": true})
+		}
 	case r.Method == "GET" && p == "/api/1.0/work-request/get-next-for-worker/":
 		s.getNext(w, r)
 	case r.Method == "GET" && reWorkReq.MatchString(p):

@@ -23,13 +23,9 @@ func TestCommandsHardened(t *testing.T) {
 	te := newTestEnv(t)
 	var lines [][]string
 	for _, c := range commands {
-		switch {
-		case c.name == "relay":
-			for _, sub := range []string{"generate-key", "fetch", "sign", "complete"} {
-				lines = append(lines, []string{"relay", sub})
-			}
-		case c.secrets:
-			lines = append(lines, []string{c.name})
+		// Subcommands ("relay fetch") are entries of their own.
+		if c.secrets {
+			lines = append(lines, strings.Fields(c.name))
 		}
 	}
 	for _, name := range []string{"relay", "worker", "reencrypt-keys", "import-key", "import-debusine-db", "register-pkcs11-static-key",

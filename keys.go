@@ -262,14 +262,12 @@ func openOrUpgradeStore(dbPath, passwordFile string, serviceKeyPaths []string, u
 	} else if !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("database: %w", err)
 	}
-	// busy_timeout makes a second process wait for the lock instead of
-	// failing; _txlock=immediate takes the write lock at BEGIN, so that a
-	// transaction never has to upgrade a read lock, which SQLite cannot wait
-	// for ("database is locked" despite the timeout). None of these
-	// pragmas writes to the file.
-	dsn := "file:" + dbPath + "?_pragma=busy_timeout(30000)" +
-		"&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_txlock=immediate"
-	db, err := sql.Open("sqlite", dsn)
+	// sqliteDSN's busy_timeout makes a second process wait for the lock
+	// instead of failing; _txlock=immediate takes the write lock at BEGIN,
+	// so that a transaction never has to upgrade a read lock, which SQLite
+	// cannot wait for ("database is locked" despite the timeout). None of
+	// its pragmas writes to the file.
+	db, err := sql.Open("sqlite", sqliteDSN(dbPath))
 	if err != nil {
 		return nil, fmt.Errorf("database %s: %w", dbPath, err)
 	}
@@ -293,6 +291,12 @@ func openOrUpgradeStore(dbPath, passwordFile string, serviceKeyPaths []string, u
 }
 
 func (s *Store) Close() error { return s.db.Close() }
+
+// sqliteDSN is how the store opens a SQLite file; see openStore.
+func sqliteDSN(dbPath string) string {
+	return "file:" + dbPath + "?_pragma=busy_timeout(30000)" +
+		"&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_txlock=immediate"
+}
 
 // lockDatabaseDir takes an exclusive flock(2) on the directory holding the
 // database, waiting for it. It locks the directory rather than the file: a

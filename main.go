@@ -255,11 +255,13 @@ func (e *env) openStore() (*Store, error) {
 	return st, nil
 }
 
-// command is one entry of the command table. secrets says whether the
-// command may read or make a secret (a service, bundle or result key, a
-// token, a password, a PIN, a private key): run hardens the process
-// (harden) before such a command parses its first argument. The table's
-// entries are positional, so a new command cannot leave it unsaid.
+// command is one line of the command table: a command, or a subcommand
+// named "audit verify", with the arguments and the one line its help shows.
+// secrets says whether the command may read or make a secret (a service,
+// bundle or result key, a token, a password, a PIN, a private key): run
+// hardens the process (harden) before such a command parses its first
+// argument. The table's entries are positional, so a new command cannot
+// leave it unsaid.
 type command struct {
 	name, args, summary string
 	secrets             bool
@@ -274,28 +276,149 @@ func init() {
 		{"reencrypt-keys", "", "re-seal every stored key to the first service key", true, cmdReencryptKeys},
 		{"keys", "[--json]", "list the stored keys", true, cmdKeys},
 		{"generate-key", "--purpose P --description TEXT [--yubikey SERIAL --slot 9c | --pkcs11 URI [--bits N]]", "generate a key, print its fingerprint", true, cmdGenerateKey},
-		{"import-key", "--purpose P --private-key FILE ...", "import an existing private key", true, cmdImportKey},
+		{"import-key", "--purpose P --private-key FILE [--certificate FILE] [--passphrase-file FILE] [--description TEXT]", "import an existing private key", true, cmdImportKey},
 		{"sign", "--purpose P --key FPR [--key FPR...] [--mode M] [--output PATH] [--type T] [--replace] FILE...", "sign files", true, cmdSign},
 		{"register-pkcs11-static-key", "PURPOSE URI CERTIFICATE|PUBLIC-KEY DESCRIPTION", "register a key held on a PKCS#11 token", true, cmdRegisterPKCS11},
 		{"register-yubikey-key", "--purpose uefi --serial N --slot 9c --description T [--certificate F]", "register a key held on a YubiKey", true, cmdRegisterYubiKey},
 		{"export-public-key", "--purpose P --key FPR", "print a key's public key", true, cmdExportPublicKey},
-		{"upgrade-store", "", "authenticate a store written before authentication codes (schema version 1), printing the chain head it adopts", true, cmdUpgradeStore},
-		{"audit", "[--json] [--key FPR] [--work-request N] | verify [--checkpoint FILE] [--witness KEY --quorum N] | checkpoint [--output FILE] | key | prove [--checkpoint FILE] [-o FILE] ROW|--sha256 HEX|--file FILE | verify-receipt --key VERIFIER [--file FILE] [--witness KEY --quorum N] RECEIPT | serve | monitor URL --checkpoint FILE --key VERIFIER", "list, verify, checkpoint, prove, serve or monitor the audit log; check a receipt", true, cmdAudit},
-		{"worker", "[--once]", "run the Debusine signing worker ([worker] table)", true, cmdWorker},
-		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import keys and audit history from Debusine's signing database", true, cmdImportDebusineDB},
-		{"relay", "generate-key|fetch|sign|complete ...", "carry work requests to an offline host and back ([relay] table)", true, cmdRelay},
+		{"upgrade-store", "", "adopt a schema-1 store, print the head it adopts", true, cmdUpgradeStore},
+		{"audit", "[--json] [--key FPR] [--work-request N]", "list the audit log", true, cmdAudit},
+		{"audit verify", "[--checkpoint FILE [--witness KEY... --quorum N]]", "verify the audit log (exit 3 if broken)", true, cmdAuditVerify},
+		{"audit checkpoint", "[--output FILE]", "print a signed checkpoint of the audit log", true, cmdAuditCheckpoint},
+		{"audit key", "", "print the verifier key of the checkpoints", true, cmdAuditKey},
+		{"audit prove", "[--checkpoint FILE] [-o RECEIPT] ROW|--sha256 HEX|--file FILE", "write a receipt: a row and its proof", true, cmdAuditProve},
+		{"audit verify-receipt", "--key VERIFIER [--file FILE] [--witness KEY... --quorum N] RECEIPT", "check a receipt offline", true, cmdAuditVerifyReceipt},
+		{"audit serve", "[--listen ADDR]", "serve the audit log read-only ([audit_serve])", true, cmdAuditServe},
+		{"audit monitor", "URL --checkpoint FILE --key VERIFIER [--witness KEY... --quorum N] [--token-file F]", "follow a served audit log, refuse forks", true, cmdAuditMonitor},
+		{"worker", "[--once]", "run the Debusine signing worker ([worker])", true, cmdWorker},
+		{"import-debusine-db", "[--dry-run] [--password-file F] CONNINFO", "import Debusine's signing database", true, cmdImportDebusineDB},
+		{"relay generate-key", "--name NAME FILE", "write a relay key, print its public key", true, cmdRelayGenerateKey},
+		{"relay fetch", "--output BUNDLE [--wait 10s]", "take work for offline keys into a bundle", true, cmdRelayFetch},
+		{"relay sign", "BUNDLE --output RESULT", "offline host: sign a bundle into a result", true, cmdRelaySign},
+		{"relay complete", "RESULT", "check a result and deliver it to the server", true, cmdRelayComplete},
+		{"check", "[--full]", "check the set-up, change nothing (exit 3 if bad)", true, cmdCheck},
 		{"version", "", "print the version, VCS revision and build settings", false, cmdVersion},
 	}
 }
+
+// helpWidth is the width every help text fits in.
+const helpWidth = 80
 
 func usage(w io.Writer) {
 	fmt.Fprintf(w, "usage: debusine-signing [--config FILE] COMMAND [ARGS]\n\ncommands:\n")
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
 	for _, c := range commands {
-		fmt.Fprintf(tw, "  %s %s\t%s\n", c.name, c.args, c.summary)
+		fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.summary)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "\nThe configuration file may also be named by DEBUSINE_SIGNING_CONFIG; without one,\na default store in the per-user state directory is used.\n")
+	fmt.Fprint(w, `
+"debusine-signing help COMMAND" or "debusine-signing COMMAND --help" shows a
+command's arguments and options; man debusine-signing says more.
+
+options:
+  --config FILE  the configuration (also DEBUSINE_SIGNING_CONFIG); without
+                 one, a default store in the per-user state directory
+  --version      print the version and exit
+`)
+}
+
+// commandUsage is a command's help: its usage line, wrapped, what it does,
+// and its options.
+func commandUsage(w io.Writer, c *command, fs *flag.FlagSet) {
+	fmt.Fprint(w, wrap("usage: debusine-signing "+c.name+" "+c.args, "         "))
+	fmt.Fprintf(w, "\n%s\n", c.summary)
+	n := 0
+	fs.VisitAll(func(f *flag.Flag) {
+		if n++; n == 1 {
+			fmt.Fprint(w, "\noptions:\n")
+		}
+		arg, text := flag.UnquoteUsage(f)
+		if arg != "" {
+			arg = " " + arg
+		}
+		fmt.Fprintf(w, "  %s%s\n", flagName(f.Name), arg)
+		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" {
+			text += " (default " + f.DefValue + ")"
+		}
+		fmt.Fprint(w, wrap("      "+text, "      "))
+	})
+}
+
+// flagName is how help and man pages write an option: -o, --output.
+func flagName(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
+}
+
+// wrap breaks text into lines of at most helpWidth columns at spaces
+// outside brackets ("[--mode M]" stays whole), starting each line after the
+// first with indent.
+func wrap(text, indent string) string {
+	var words []string
+	depth := 0
+	for _, f := range strings.Fields(text) {
+		if depth > 0 {
+			words[len(words)-1] += " " + f
+		} else {
+			words = append(words, f)
+		}
+		depth += strings.Count(f, "[") - strings.Count(f, "]")
+	}
+	var b strings.Builder
+	line := ""
+	for _, word := range words {
+		switch {
+		case line == "":
+			line = strings.Repeat(" ", len(text)-len(strings.TrimLeft(text, " "))) + word
+		case len(line)+1+len(word) > helpWidth:
+			b.WriteString(line + "\n")
+			line = indent + word
+		default:
+			line += " " + word
+		}
+	}
+	b.WriteString(line + "\n")
+	return b.String()
+}
+
+// findCommand finds the command args name, a subcommand first ("audit
+// verify"), and returns it with its arguments.
+func findCommand(args []string) (*command, []string) {
+	if len(args) > 1 {
+		for i := range commands {
+			if commands[i].name == args[0]+" "+args[1] {
+				return &commands[i], args[2:]
+			}
+		}
+	}
+	for i := range commands {
+		if commands[i].name == args[0] {
+			return &commands[i], args[1:]
+		}
+	}
+	return nil, nil
+}
+
+// subcommands lists the subcommands of name ("relay": generate-key, ...).
+func subcommands(name string) []string {
+	var subs []string
+	for _, c := range commands {
+		if sub, ok := strings.CutPrefix(c.name, name+" "); ok {
+			subs = append(subs, sub)
+		}
+	}
+	return subs
+}
+
+// globalFlags are the options before the command.
+func globalFlags(e *env) (fs *flag.FlagSet, showVersion *bool) {
+	fs = flag.NewFlagSet("debusine-signing", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() { usage(e.stderr) }
+	fs.StringVar(&e.configPath, "config", e.configPath, "configuration `file`")
+	return fs, fs.Bool("version", false, "print the version and exit")
 }
 
 // run is the whole program; main only maps it to the process.
@@ -310,11 +433,7 @@ func run(args []string, stdout, stderr io.Writer) (status int) {
 			e.store.Close()
 		}
 	}()
-	fs := flag.NewFlagSet("debusine-signing", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { usage(stderr) }
-	fs.StringVar(&e.configPath, "config", e.configPath, "configuration `file`")
-	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs, showVersion := globalFlags(e)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -325,25 +444,35 @@ func run(args []string, stdout, stderr io.Writer) (status int) {
 		fmt.Fprint(stdout, versionReport())
 		return exitOK
 	}
-	if fs.NArg() == 0 {
+	args = fs.Args()
+	if len(args) == 0 {
 		usage(stderr)
 		return exitUsage
 	}
-	name := fs.Arg(0)
-	if name == "help" {
-		usage(stdout)
-		return exitOK
-	}
-	for _, c := range commands {
-		if c.name == name {
-			if c.secrets {
-				harden()
-			}
-			return report(stderr, c.run(e, fs.Args()[1:]))
+	help := args[0] == "help"
+	if help {
+		if len(args) == 1 {
+			usage(stdout)
+			return exitOK
 		}
+		// help COMMAND [SUBCOMMAND] is COMMAND [SUBCOMMAND] --help.
+		args = args[1:]
 	}
-	fmt.Fprintf(stderr, "debusine-signing: unknown command %q (see debusine-signing help)\n", name)
-	return exitUsage
+	c, rest := findCommand(args)
+	if c == nil {
+		if subs := subcommands(args[0]); len(subs) > 0 {
+			return report(stderr, usagef("%s needs a subcommand: %s", args[0], strings.Join(subs, ", ")))
+		}
+		fmt.Fprintf(stderr, "debusine-signing: unknown command %q (see debusine-signing help)\n", args[0])
+		return exitUsage
+	}
+	if help {
+		rest = []string{"--help"}
+	}
+	if c.secrets {
+		harden()
+	}
+	return report(stderr, c.run(e, rest))
 }
 
 func report(stderr io.Writer, err error) int {
@@ -367,15 +496,29 @@ func main() {
 
 var errFlagParse = errors.New("bad arguments")
 
-// parseFlags parses a command's flags; the flag package has already said
-// what was wrong when it fails.
+// helpShown is what parseFlags returns after printing a command's help: it
+// is flag.ErrHelp (exit status 0), and carries the command's flags.
+type helpShown struct{ fs *flag.FlagSet }
+
+func (helpShown) Error() string        { return flag.ErrHelp.Error() }
+func (helpShown) Is(target error) bool { return target == flag.ErrHelp }
+
+// parseFlags parses a command's flags, named as the command is in the
+// command table. --help prints the command's help on stdout; on a mistake
+// the flag package has already said what was wrong.
 func parseFlags(fs *flag.FlagSet, e *env, args []string) error {
 	fs.SetOutput(e.stderr)
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			c, _ := findCommand(strings.Fields(fs.Name()))
+			if c == nil {
+				c = &command{name: fs.Name()}
+			}
+			commandUsage(e.stdout, c, fs)
+			return helpShown{fs}
 		}
-		return fmt.Errorf("%s: %w", fs.Name(), errFlagParse)
+		return fmt.Errorf("%s: %w (see debusine-signing help %s)", fs.Name(), errFlagParse, fs.Name())
 	}
 	return nil
 }
@@ -387,7 +530,11 @@ func (l *stringList) String() string     { return strings.Join(*l, ",") }
 func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func cmdVersion(e *env, args []string) error {
-	if len(args) != 0 {
+	fs := flag.NewFlagSet("version", flag.ContinueOnError)
+	if err := parseFlags(fs, e, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
 		return usagef("version takes no arguments")
 	}
 	fmt.Fprint(e.stdout, versionReport())

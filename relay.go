@@ -117,23 +117,6 @@ func readRelayKeys(cfg *Config) (map[string]*relayKey, error) {
 	return keys, nil
 }
 
-func cmdRelay(e *env, args []string) error {
-	if len(args) == 0 {
-		return usagef("relay needs a subcommand: generate-key, fetch, sign or complete")
-	}
-	switch args[0] {
-	case "generate-key":
-		return cmdRelayGenerateKey(e, args[1:])
-	case "fetch":
-		return cmdRelayFetch(e, args[1:])
-	case "sign":
-		return cmdRelaySign(e, args[1:])
-	case "complete":
-		return cmdRelayComplete(e, args[1:])
-	}
-	return usagef("relay: unknown subcommand %q (want generate-key, fetch, sign or complete)", args[0])
-}
-
 // parseInterspersed parses flags given before or after the positional
 // arguments (relay sign BUNDLE --output RESULT), which flag alone does not.
 func parseInterspersed(fs *flag.FlagSet, e *env, args []string) ([]string, error) {

@@ -716,21 +716,27 @@ func cmdWorker(e *env, args []string) error {
 	return w.run(ctx)
 }
 
+// parseLogLevel reads [worker] log_level.
+func parseLogLevel(s string) (slog.Level, error) {
+	switch strings.ToLower(s) {
+	case "", "info":
+		return slog.LevelInfo, nil
+	case "debug":
+		return slog.LevelDebug, nil
+	case "warning", "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("[worker] log_level %q: want debug, info, warning or error", s)
+}
+
 // workerLogger logs to log_file (appending) or to stderr, which systemd
 // sends to the journal.
 func workerLogger(wc WorkerConfig, stderr io.Writer) (*slog.Logger, func(), error) {
-	var level slog.Level
-	switch strings.ToLower(wc.LogLevel) {
-	case "", "info":
-		level = slog.LevelInfo
-	case "debug":
-		level = slog.LevelDebug
-	case "warning", "warn":
-		level = slog.LevelWarn
-	case "error":
-		level = slog.LevelError
-	default:
-		return nil, nil, fmt.Errorf("configuration: [worker] log_level %q: want debug, info, warning or error", wc.LogLevel)
+	level, err := parseLogLevel(wc.LogLevel)
+	if err != nil {
+		return nil, nil, fmt.Errorf("configuration: %w", err)
 	}
 	out, done := stderr, func() {}
 	if wc.LogFile != "" {
