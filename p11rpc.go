@@ -693,7 +693,11 @@ func (c *p11Client) getAttributes(h, obj uint64, types []uint64, sizes []uint32)
 }
 
 // Sign signs data with key: C_SignInit, C_Sign for the length, C_Sign.
-func (c *p11Client) Sign(h uint64, mech p11Mechanism, key uint64, data []byte) ([]byte, error) {
+// With contextPIN (a key with CKA_ALWAYS_AUTHENTICATE), C_Login as
+// CKU_CONTEXT_SPECIFIC comes between C_SignInit and C_Sign, as PKCS #11
+// wants for such a key; all of it under one lock, so no other call comes
+// between.
+func (c *p11Client) Sign(h uint64, mech p11Mechanism, key uint64, data, contextPIN []byte) ([]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(data) > p11MaxMessage/2 {
@@ -708,6 +712,11 @@ func (c *p11Client) Sign(h uint64, mech p11Mechanism, key uint64, data []byte) (
 	r, err := c.do(d)
 	if err == nil {
 		err = r.end()
+	}
+	if err == nil && contextPIN != nil {
+		if r, err = c.do(c.loginRequest(h, ckuContextSpecific, contextPIN)); err == nil {
+			err = r.end()
+		}
 	}
 	if err != nil {
 		return nil, err

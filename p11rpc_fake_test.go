@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -280,7 +281,7 @@ func TestP11RPCFakeAnswers(t *testing.T) {
 			f.read()
 			f.send(p11rpcAnswer(p11CallSign, func(e *p11Enc) { e.byteArray([]byte("12345")) }))
 		}, func(c *p11Client) error {
-			_, err := c.Sign(1, p11Mechanism{Type: ckmRSAPKCS}, 2, []byte("x"))
+			_, err := c.Sign(1, p11Mechanism{Type: ckmRSAPKCS}, 2, []byte("x"), nil)
 			return err
 		}, "a signature of 5 bytes for a buffer of 4"},
 		{"bytes left over", func(f *p11rpcFakeConn) {
@@ -297,7 +298,7 @@ func TestP11RPCFakeAnswers(t *testing.T) {
 			f.read()
 			time.Sleep(3 * p11rpcFakeWait)
 		}, func(c *p11Client) error {
-			_, err := c.Sign(1, p11Mechanism{Type: ckmRSAPKCS}, 2, []byte("x"))
+			_, err := c.Sign(1, p11Mechanism{Type: ckmRSAPKCS}, 2, []byte("x"), nil)
 			return err
 		}, "C_Sign: p11-kit connection closed: no answer within"},
 	} {
@@ -391,7 +392,7 @@ func TestP11RPCFakeRequests(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.Sign(5, tc.mech, 6, nil)
+		c.Sign(5, tc.mech, 6, nil, nil)
 		c.Close()
 		want := append(append(p11Ulong(5), tc.want...), p11Ulong(6)...)
 		if args := <-got; !bytes.Equal(args, want) {
@@ -448,6 +449,46 @@ func TestP11RPCFakeLoginWipesPIN(t *testing.T) {
 	}
 	if bytes.Contains(d.buf, []byte("s3cret")) {
 		t.Error("the PIN is still in the request buffer")
+	}
+}
+
+// TestP11RPCFakeContextLogin: a key with CKA_ALWAYS_AUTHENTICATE gets its
+// C_Login as CKU_CONTEXT_SPECIFIC after C_SignInit and before C_Sign, and
+// the PIN is not left in the request.
+func TestP11RPCFakeContextLogin(t *testing.T) {
+	var calls []uint32
+	var login []byte
+	c, err := dialP11(p11rpcFake(t, func(f *p11rpcFakeConn, n int) {
+		f.hello(0)
+		answers := []func(*p11Enc){
+			nil, nil,
+			func(e *p11Enc) { e.byte(0); e.uint32(3) }, // the length
+			func(e *p11Enc) { e.byteArray([]byte("sig")) },
+		}
+		for i, call := range []p11Call{p11CallSignInit, p11CallLogin, p11CallSign, p11CallSign} {
+			id, args := f.read()
+			calls = append(calls, id)
+			if call == p11CallLogin {
+				login = args
+			}
+			f.send(p11rpcAnswer(call, answers[i]))
+		}
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := []byte("123456")
+	if sig, err := c.Sign(5, p11Mechanism{Type: ckmRSAPKCS}, 6, []byte("x"), pin); err != nil || string(sig) != "sig" {
+		t.Fatalf("sign: %q, %v", sig, err)
+	}
+	c.Close()
+	want := []uint32{p11CallSignInit.id, p11CallLogin.id, p11CallSign.id, p11CallSign.id}
+	if !slices.Equal(calls, want) {
+		t.Errorf("calls %v, want %v", calls, want)
+	}
+	wantLogin := append(append(p11Ulong(5), p11Ulong(ckuContextSpecific)...), 1, 0, 0, 0, 6)
+	if !bytes.Equal(login, append(wantLogin, pin...)) {
+		t.Errorf("C_Login arguments %x, want session 5, CKU_CONTEXT_SPECIFIC and the PIN", login)
 	}
 }
 

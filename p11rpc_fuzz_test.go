@@ -57,7 +57,7 @@ var p11rpcFuzzOps = []func(c *p11Client) error{
 		return err
 	},
 	func(c *p11Client) error {
-		sig, err := c.Sign(1, p11Mechanism{Type: ckmSHA256RSAPKCS}, 2, []byte("data"))
+		sig, err := c.Sign(1, p11Mechanism{Type: ckmSHA256RSAPKCS}, 2, []byte("data"), nil)
 		if err == nil && len(sig) == 0 {
 			panic("an empty signature")
 		}

@@ -355,14 +355,14 @@ func p11rpcCheckRSA(t *testing.T, c *p11Client, h, key uint64, pub *rsa.PublicKe
 	msg := []byte("signed through p11-kit")
 	digest := sha256.Sum256(msg)
 	digestInfo := append([]byte{0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00, 0x04, 0x20}, digest[:]...)
-	sig, err := c.Sign(h, p11Mechanism{Type: ckmRSAPKCS}, key, digestInfo)
+	sig, err := c.Sign(h, p11Mechanism{Type: ckmRSAPKCS}, key, digestInfo, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig); err != nil {
 		t.Errorf("CKM_RSA_PKCS signature: %v", err)
 	}
-	sig2, err := c.Sign(h, p11Mechanism{Type: ckmSHA256RSAPKCS}, key, msg)
+	sig2, err := c.Sign(h, p11Mechanism{Type: ckmSHA256RSAPKCS}, key, msg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +393,7 @@ func p11rpcEd25519(t *testing.T, c *p11Client, h uint64) {
 		t.Fatalf("Ed25519 public key %x, key type %#x", a[0].Value, kt)
 	}
 	msg := []byte("signed with Ed25519 through p11-kit")
-	sig, err := c.Sign(h, p11Mechanism{Type: ckmEDDSA}, privObj, msg)
+	sig, err := c.Sign(h, p11Mechanism{Type: ckmEDDSA}, privObj, msg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -569,7 +569,7 @@ func TestP11RPCConcurrentSign(t *testing.T) {
 		go func() {
 			var err error
 			for range 10 {
-				if _, err = c.Sign(h, p11Mechanism{Type: ckmSHA256RSAPKCS}, key, []byte("data")); err != nil {
+				if _, err = c.Sign(h, p11Mechanism{Type: ckmSHA256RSAPKCS}, key, []byte("data"), nil); err != nil {
 					break
 				}
 			}
@@ -600,7 +600,7 @@ func BenchmarkP11RPCSign(b *testing.B) {
 	h, key := p11rpcRSAKey(b, c)
 	b.Run("rpc", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := c.Sign(h, p11Mechanism{Type: ckmSHA256RSAPKCS}, key, []byte("data")); err != nil {
+			if _, err := c.Sign(h, p11Mechanism{Type: ckmSHA256RSAPKCS}, key, []byte("data"), nil); err != nil {
 				b.Fatal(err)
 			}
 		}

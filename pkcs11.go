@@ -148,6 +148,9 @@ type p11Key struct {
 	// tokenOnly: the key is about to be generated; ready opens the
 	// session and logs in, and looks for no key.
 	tokenOnly bool
+	// alwaysAuth: the key has CKA_ALWAYS_AUTHENTICATE (OpenSC says so of
+	// a PIV card's slot 9c), so each signature logs in again for itself.
+	alwaysAuth bool
 	// Valid while gen is conn.gen.
 	gen    int
 	slot   uint64
@@ -250,6 +253,15 @@ func (p *p11Conn) use(k *p11Key, fn func(c *p11Client, session uint64) error) er
 		return nil
 	}
 	err = fn(p.client, p.sessions[k.slot])
+	if rv, _ := p11RV(err); rv == ckrUserNotLoggedIn {
+		// The token forgot the login while the module still holds it (a
+		// PIV card does, for every slot, after a signature with a key of
+		// PIN policy "always"): a new connection logs in again, once.
+		p.reset()
+		if err = p.ready(k); err == nil {
+			err = fn(p.client, p.sessions[k.slot])
+		}
+	}
 	if p11Lost(err) {
 		p.reset()
 		return fmt.Errorf("%s: %w (the connection is reopened for the next signature)", tokenName(k.token), err)
@@ -356,7 +368,7 @@ func (p *p11Conn) login(k *p11Key, session uint64) error {
 		delete(p.rejected, k.token.identity())
 		p.loggedIn[k.slot] = true
 		return nil
-	case rv == ckrPINIncorrect || rv == ckrPINInvalid || rv == ckrPINLenRange || rv == ckrPINLocked || rv == ckrPINExpired:
+	case pinRefused(rv):
 		reason := fmt.Sprintf("the token refused it (%s)", p11RVName(rv))
 		if ti, err := c.TokenInfo(k.slot); err == nil {
 			switch {
@@ -406,8 +418,9 @@ func (p *p11Conn) findKey(k *p11Key, session uint64) error {
 	}
 	var match []uint64
 	var keyTypes []uint64
+	var always []bool
 	for _, obj := range objs {
-		attrs, err := c.Attributes(session, obj, ckaID, ckaLabel, ckaKeyType)
+		attrs, err := c.Attributes(session, obj, ckaID, ckaLabel, ckaKeyType, ckaAlwaysAuthenticate)
 		if err != nil {
 			return err
 		}
@@ -416,6 +429,7 @@ func (p *p11Conn) findKey(k *p11Key, session uint64) error {
 		}
 		kt, _ := p11AttrUlong(attrs[2])
 		match, keyTypes = append(match, obj), append(keyTypes, kt)
+		always = append(always, !attrs[3].Missing && len(attrs[3].Value) == 1 && attrs[3].Value[0] != 0)
 	}
 	name := tokenName(k.token)
 	switch {
@@ -426,7 +440,7 @@ func (p *p11Conn) findKey(k *p11Key, session uint64) error {
 	case keyTypes[0] != ckkRSA:
 		return fmt.Errorf("%s: the key with %s is not an RSA key (CKK %#x); UEFI and OpenPGP keys on a token are RSA here", name, k.uri.keyName(), keyTypes[0])
 	}
-	k.handle = match[0]
+	k.handle, k.alwaysAuth = match[0], always[0]
 	if k.pub == nil {
 		pub, err := p.rsaPublic(session, match[0])
 		if err != nil {
@@ -583,13 +597,46 @@ func (k *p11Key) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byt
 	var sig []byte
 	err := k.conn.use(k, func(c *p11Client, session uint64) error {
 		var err error
-		sig, err = c.Sign(session, p11Mechanism{Type: ckmRSAPKCS}, k.handle, append(bytes.Clone(prefix), digest...))
+		sig, err = k.conn.sign(k, session, append(bytes.Clone(prefix), digest...))
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("signing with the key with %s on %s: %w", k.uri.keyName(), tokenName(k.token), err)
 	}
 	return sig, nil
+}
+
+// sign is Sign's call to the token, with p locked. A key with
+// CKA_ALWAYS_AUTHENTICATE gets the PIN again for each signature (C_Login
+// as CKU_CONTEXT_SPECIFIC between C_SignInit and C_Sign), under login's
+// rule: a PIN the token refused is not presented again until it changes.
+func (p *p11Conn) sign(k *p11Key, session uint64, data []byte) ([]byte, error) {
+	mech := p11Mechanism{Type: ckmRSAPKCS}
+	if !k.alwaysAuth {
+		return p.client.Sign(session, mech, k.handle, data, nil)
+	}
+	pin, source, err := k.uri.pin()
+	if err != nil {
+		return nil, err
+	}
+	defer clear(pin)
+	sum := sha256.Sum256(pin)
+	if r, ok := p.rejected[k.token.identity()]; ok && r.sum == sum {
+		return nil, fmt.Errorf("not presenting the PIN from %s again: %s", source, r.reason)
+	}
+	sig, err := p.client.Sign(session, mech, k.handle, data, pin)
+	var pe *p11Error
+	if errors.As(err, &pe) && pe.Call == p11CallLogin.name && pinRefused(pe.RV) {
+		reason := fmt.Sprintf("the token refused it (%s)", p11RVName(pe.RV))
+		p.rejected[k.token.identity()] = rejectedPIN{sum, reason}
+		return nil, fmt.Errorf("wrong PIN in %s for the key's own login (CKA_ALWAYS_AUTHENTICATE): %s; it will not be tried again until it changes", source, reason)
+	}
+	return sig, err
+}
+
+// pinRefused says whether rv is the token refusing a PIN.
+func pinRefused(rv uint64) bool {
+	return rv == ckrPINIncorrect || rv == ckrPINInvalid || rv == ckrPINLenRange || rv == ckrPINLocked || rv == ckrPINExpired
 }
 
 // checkP11KeyMatches signs a random digest on the token and verifies it
