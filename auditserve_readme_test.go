@@ -29,12 +29,7 @@ func TestPublishReadmeWalkthrough(t *testing.T) {
 		t.Fatalf("README.md: publish walk-through blocks on %v", hosts)
 	}
 	w := startLitewitness(t)
-	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(bin, "debusine-signing"), ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildStatic(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,12 @@ import (
 	"testing"
 )
 
+// walkthroughBlock is one shell block of a README walk-through and the
+// host it runs on.
+type walkthroughBlock struct {
+	host, script string
+}
+
 // readmeBlocks returns the README's ```sh blocks that follow a
 // "<!-- MARKER HOST -->" line, in order.
 func readmeBlocks(t *testing.T, marker string) []walkthroughBlock {
@@ -38,6 +44,19 @@ func readmeBlocks(t *testing.T, marker string) []walkthroughBlock {
 	return blocks
 }
 
+// buildStatic builds the static binary the README's walk-throughs run, and
+// returns the directory holding it.
+func buildStatic(t *testing.T) string {
+	t.Helper()
+	bin := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(bin, "debusine-signing"), ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
 // TestReceiptReadmeWalkthrough runs the README's receipt commands as
 // written, with the built binary: on the signing host after a real UEFI
 // signature, then in an empty directory holding only the receipt, the
@@ -51,12 +70,7 @@ func TestReceiptReadmeWalkthrough(t *testing.T) {
 	if len(blocks) != 2 || blocks[0].host != "host" || blocks[1].host != "anywhere" {
 		t.Fatalf("README.md: receipt walk-through blocks %+v", blocks)
 	}
-	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(bin, "debusine-signing"), ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildStatic(t)
 	te := newTestEnv(t)
 	fpr, err := generateUEFIKey(te.store(t), "Secure Boot 2026", nil)
 	if err != nil {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,45 +8,6 @@ import (
 	"strings"
 	"testing"
 )
-
-// walkthroughBlock is one shell block of the README's relay walk-through
-// and the host it runs on.
-type walkthroughBlock struct {
-	host, script string
-}
-
-// readmeWalkthrough returns the README's relay walk-through blocks, in
-// order: each ```sh block after a <!-- relay-walkthrough HOST --> line.
-func readmeWalkthrough(t *testing.T) []walkthroughBlock {
-	t.Helper()
-	f, err := os.Open("README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var blocks []walkthroughBlock
-	var cur *walkthroughBlock
-	inBlock := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case strings.HasPrefix(line, "<!-- relay-walkthrough "):
-			cur = &walkthroughBlock{host: strings.TrimSuffix(strings.TrimPrefix(line, "<!-- relay-walkthrough "), " -->")}
-		case cur != nil && !inBlock && line == "```sh":
-			inBlock = true
-		case cur != nil && inBlock && line == "```":
-			blocks = append(blocks, *cur)
-			cur, inBlock = nil, false
-		case inBlock:
-			cur.script += line + "\n"
-		}
-	}
-	if len(blocks) != 5 {
-		t.Fatalf("README.md: %d relay walk-through blocks, want 5", len(blocks))
-	}
-	return blocks
-}
 
 // TestRelayReadmeWalkthrough follows the README's relay walk-through as
 // written, with the built (static) binary: the hosts' /etc/debusine-signing
@@ -58,13 +18,11 @@ func TestRelayReadmeWalkthrough(t *testing.T) {
 		t.Skip("builds the binary")
 	}
 	requireTool(t, "go", "tar", "bash", "sbverify")
-	blocks := readmeWalkthrough(t)
-	bin := t.TempDir()
-	build := exec.Command("go", "build", "-o", filepath.Join(bin, "debusine-signing"), ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	blocks := readmeBlocks(t, "relay-walkthrough")
+	if len(blocks) != 5 {
+		t.Fatalf("README.md: %d relay walk-through blocks, want 5", len(blocks))
 	}
+	bin := buildStatic(t)
 
 	srv := newFakeServer(t)
 	offline := newTestEnv(t)
