@@ -18,7 +18,6 @@ package main
 import (
 	"bytes"
 	"crypto"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
@@ -647,16 +646,11 @@ func checkP11KeyMatches(k *p11Key, pub crypto.PublicKey, what string) error {
 	if !ok {
 		return fmt.Errorf("%s: its key is %T, and keys on a PKCS#11 token are RSA here", what, pub)
 	}
-	var challenge [32]byte
-	if _, err := rand.Read(challenge[:]); err != nil {
+	verified, err := testSignature(k, rsaPub)
+	if err != nil {
 		return err
 	}
-	digest := sha256.Sum256(append([]byte("debusine-signing key check "), challenge[:]...))
-	sig, err := k.Sign(rand.Reader, digest[:], crypto.SHA256)
-	if err != nil {
-		return fmt.Errorf("test signature: %w", err)
-	}
-	if err := rsa.VerifyPKCS1v15(rsaPub, crypto.SHA256, digest[:], sig); err != nil {
+	if !verified {
 		return fmt.Errorf("%s does not belong to the key with %s on %s: a test signature does not verify with it", what, k.uri.keyName(), tokenName(k.token))
 	}
 	return nil

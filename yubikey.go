@@ -498,19 +498,30 @@ func checkTokenKeyMatches(k *tokenKey, cert *x509.Certificate) error {
 	if !ok {
 		return fmt.Errorf("certificate %q: UEFI keys are RSA, this one is %T", cert.Subject, cert.PublicKey)
 	}
+	verified, err := testSignature(k, pub)
+	if err != nil {
+		return err
+	}
+	if !verified {
+		return fmt.Errorf("certificate %q does not belong to the key in PIV slot %s of YubiKey %d: a test signature does not verify with it", cert.Subject, k.slot, k.token.serial)
+	}
+	return nil
+}
+
+// testSignature signs a random digest with the key on a token and says
+// whether the signature verifies with pub: a certificate or OpenPGP key
+// for another key is never registered.
+func testSignature(k crypto.Signer, pub *rsa.PublicKey) (bool, error) {
 	var challenge [32]byte
 	if _, err := rand.Read(challenge[:]); err != nil {
-		return err
+		return false, err
 	}
 	digest := sha256.Sum256(append([]byte("debusine-signing key check "), challenge[:]...))
 	sig, err := k.Sign(rand.Reader, digest[:], crypto.SHA256)
 	if err != nil {
-		return fmt.Errorf("test signature: %w", err)
+		return false, fmt.Errorf("test signature: %w", err)
 	}
-	if err := rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig); err != nil {
-		return fmt.Errorf("certificate %q does not belong to the key in PIV slot %s of YubiKey %d: a test signature does not verify with it", cert.Subject, k.slot, k.token.serial)
-	}
-	return nil
+	return rsa.VerifyPKCS1v15(pub, crypto.SHA256, digest[:], sig) == nil, nil
 }
 
 // generateYubiKeyKey makes an RSA-2048 key on a YubiKey, certifies it with a
