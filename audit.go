@@ -175,7 +175,15 @@ func queryAuditRows(db interface {
 		args = append(args, *f.WorkRequest)
 		q += fmt.Sprintf(" AND created_by_work_request_id = $%d", len(args))
 	}
-	rows, err := db.Query(q+" ORDER BY id", args...)
+	return selectAuditRows(db, q+" ORDER BY id", args...)
+}
+
+// selectAuditRows runs query, which selects auditColumns (or columns in
+// their order), and reads every row it returns.
+func selectAuditRows(db interface {
+	Query(string, ...any) (*sql.Rows, error)
+}, query string, args ...any) ([]AuditRow, error) {
+	rows, err := db.Query(query, args...)
 	if err != nil {
 		return nil, fmt.Errorf("audit log: %w", sqliteError(err))
 	}

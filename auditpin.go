@@ -208,21 +208,8 @@ func (s *Store) refuseV1(tx *sql.Tx) error {
 		return nil
 	}
 	// Version 1 rows have no program_version or mac.
-	rows, err := tx.Query("SELECT id, event, purpose, fingerprint, data, created_at, created_by_work_request_id, '', prev_hash, hash, '' FROM audit_log ORDER BY id")
+	v1, err := selectAuditRows(tx, "SELECT id, event, purpose, fingerprint, data, created_at, created_by_work_request_id, '', prev_hash, hash, '' FROM audit_log ORDER BY id")
 	if err != nil {
-		return fmt.Errorf("audit log: %w", sqliteError(err))
-	}
-	var v1 []AuditRow
-	for rows.Next() {
-		r, err := scanAuditRow(rows)
-		if err != nil {
-			rows.Close()
-			return err
-		}
-		v1 = append(v1, r)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
 		return err
 	}
 	v, err := verifyChain(v1)

@@ -259,17 +259,12 @@ func (s *Store) VerifyKeys() ([]keyProblem, error) {
 // registeredKeys returns the generate and register rows of the audit log
 // that name a signing key, oldest first, leaving out imported history.
 func registeredKeys(q querier) ([]AuditRow, error) {
-	rows, err := q.Query("SELECT " + auditColumns + " FROM audit_log WHERE event IN ('generate', 'register') AND purpose IN ('uefi', 'openpgp') ORDER BY id")
+	all, err := selectAuditRows(q, "SELECT "+auditColumns+" FROM audit_log WHERE event IN ('generate', 'register') AND purpose IN ('uefi', 'openpgp') ORDER BY id")
 	if err != nil {
-		return nil, fmt.Errorf("audit log: %w", sqliteError(err))
+		return nil, err
 	}
-	defer rows.Close()
 	var out []AuditRow
-	for rows.Next() {
-		r, err := scanAuditRow(rows)
-		if err != nil {
-			return nil, err
-		}
+	for _, r := range all {
 		var d struct {
 			Import *struct {
 				ID *int64 `json:"id"`
@@ -280,7 +275,7 @@ func registeredKeys(q querier) ([]AuditRow, error) {
 		}
 		out = append(out, r)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // keyProblemsError joins the problems into one error.
