@@ -40,15 +40,9 @@ func within(t *testing.T, limit time.Duration, what string, fn func() error) (ti
 // one-line error.
 func TestPCSCGetResponseBounded(t *testing.T) {
 	d := newFakePCSCD(t, 4)
-	card := d.addCard(t, testTokenSerial)
-	uri, pub := fakeKeyURI(t, card, 1)
-	signer, err := tokenSigner(YubiKeyConfig{}, uri)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, signer, pub := fakeTokenSigner(t, d)
 	var n atomic.Int64
-	d.mu.Lock()
-	d.onTransmit = func(apdu, resp []byte) *fakeAnswer {
+	d.setTransmit(func(apdu, resp []byte) *fakeAnswer {
 		if apdu[0] != 0 || (apdu[1] != insAuthenticate && apdu[1] != insGetResponse) {
 			return nil
 		}
@@ -57,16 +51,13 @@ func TestPCSCGetResponseBounded(t *testing.T) {
 			return &fakeAnswer{data: []byte{0x6f, 0x00}}
 		}
 		return &fakeAnswer{data: []byte{0x61, 0x10}}
-	}
-	d.mu.Unlock()
-	_, err = within(t, time.Minute, "endless GET RESPONSE", func() error { _, _, err := signDigest(t, signer, "x"); return err })
+	})
+	_, err := within(t, time.Minute, "endless GET RESPONSE", func() error { _, _, err := signDigest(t, signer, "x"); return err })
 	oneLine(t, "endless GET RESPONSE", err, fmt.Sprintf("YubiKey %d", testTokenSerial), "still announced more data after 65 chunks")
 	if got := n.Load(); got > pivMaxChunks+1 {
 		t.Errorf("%d APDUs sent, want at most %d", got, pivMaxChunks+1)
 	}
-	d.mu.Lock()
-	d.onTransmit = nil
-	d.mu.Unlock()
+	d.setTransmit(nil)
 	signVerified(t, signer, pub, "after the endless chain")
 }
 

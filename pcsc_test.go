@@ -86,6 +86,14 @@ func newFakePCSCD(t testing.TB, minor int32) *fakePCSCD {
 	return d
 }
 
+// setTransmit makes hook answer the APDUs the cards are sent (nil: the
+// cards answer).
+func (d *fakePCSCD) setTransmit(hook func(apdu, resp []byte) *fakeAnswer) {
+	d.mu.Lock()
+	d.onTransmit = hook
+	d.mu.Unlock()
+}
+
 // addCard puts a fresh virtual YubiKey (or, with serial 0, an empty reader)
 // in a new reader.
 func (d *fakePCSCD) addCard(t testing.TB, serial uint32) *virtualYubiKey {
@@ -252,6 +260,19 @@ func fakeKeyURI(t testing.TB, card *virtualYubiKey, policy byte) (string, *rsa.P
 	return uri, &priv.PublicKey
 }
 
+// fakeTokenSigner puts a virtual YubiKey with a key in slot 9c in a new
+// reader of d, and opens a signer on that key.
+func fakeTokenSigner(t testing.TB, d *fakePCSCD) (*virtualYubiKey, crypto.Signer, *rsa.PublicKey) {
+	t.Helper()
+	card := d.addCard(t, testTokenSerial)
+	uri, pub := fakeKeyURI(t, card, 1)
+	signer, err := tokenSigner(YubiKeyConfig{}, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return card, signer, pub
+}
+
 func pinConfig(t testing.TB, pin string) YubiKeyConfig {
 	t.Helper()
 	f := filepath.Join(t.TempDir(), "pin")
@@ -357,12 +378,7 @@ func TestPCSCWhatIsFound(t *testing.T) {
 // line, and the session is not kept on a wrong footing.
 func TestPCSCMalformed(t *testing.T) {
 	d := newFakePCSCD(t, 4)
-	card := d.addCard(t, testTokenSerial)
-	uri, pub := fakeKeyURI(t, card, 1)
-	signer, err := tokenSigner(YubiKeyConfig{}, uri)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, signer, pub := fakeTokenSigner(t, d)
 	// The last APDU of a signature (the first is chained), or a GET
 	// RESPONSE that follows it.
 	isSign := func(apdu []byte) bool {
@@ -401,15 +417,11 @@ func TestPCSCMalformed(t *testing.T) {
 			return &fakeAnswer{data: []byte{0x6f, 0x00}}
 		}, "the card answered 6f00 to instruction 87"},
 	} {
-		d.mu.Lock()
-		d.onTransmit = tc.hook
-		d.mu.Unlock()
+		d.setTransmit(tc.hook)
 		_, _, err := signDigest(t, signer, "x")
 		oneLine(t, tc.name, err, fmt.Sprintf("YubiKey %d", testTokenSerial), tc.want)
 	}
-	d.mu.Lock()
-	d.onTransmit = nil
-	d.mu.Unlock()
+	d.setTransmit(nil)
 	signVerified(t, signer, pub, "after the garbage")
 }
 
@@ -418,12 +430,7 @@ func TestPCSCMalformed(t *testing.T) {
 // signing again once it is back.
 func TestPCSCReaderVanishes(t *testing.T) {
 	d := newFakePCSCD(t, 5)
-	card := d.addCard(t, testTokenSerial)
-	uri, pub := fakeKeyURI(t, card, 1)
-	signer, err := tokenSigner(YubiKeyConfig{}, uri)
-	if err != nil {
-		t.Fatal(err)
-	}
+	card, signer, pub := fakeTokenSigner(t, d)
 	for _, pcscdDies := range []bool{false, true} {
 		d.mu.Lock()
 		readers := d.readers
