@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -162,13 +161,7 @@ func workDirsIn(dir string) int {
 // killed task's work directory is gone, and the retried work request runs.
 func TestWorkerKilledLeavesNoWorkDir(t *testing.T) {
 	srv := newFakeServer(t)
-	te := newTestEnv(t)
-	tok, _ := newSecret()
-	srv.addWorker(tok, true)
-	tokenFile := filepath.Join(te.dir, "token")
-	os.WriteFile(tokenFile, []byte(tok), 0o600)
-	te.writeConfig(t, fmt.Sprintf("database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n[worker]\napi_url = %q\ntoken_file = %q\nca_file = %q\n",
-		srv.apiURL(), tokenFile, srv.caFile(te.dir)))
+	te, _ := workerProcessEnv(t, srv, "")
 	tmp := t.TempDir()
 	inTask := make(chan struct{})
 	srv.stallArtifactCreation(func() { close(inTask) }, 20*time.Second)

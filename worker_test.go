@@ -738,6 +738,26 @@ func TestSigningTomlExampleWorker(t *testing.T) {
 	}
 }
 
+// workerProcessEnv is a store whose configuration has a [worker] table for
+// srv, with the token it returns (srv knows it and has enabled it), and
+// the worker keys in extra: for tests that run the worker as a process.
+func workerProcessEnv(t *testing.T, srv *fakeServer, extra string) (*testEnv, string) {
+	t.Helper()
+	te := newTestEnv(t)
+	tok, err := newSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.addWorker(tok, true)
+	tokenFile := filepath.Join(te.dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	te.writeConfig(t, fmt.Sprintf("database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n[worker]\napi_url = %q\ntoken_file = %q\nca_file = %q\n%s",
+		srv.apiURL(), tokenFile, srv.caFile(te.dir), extra))
+	return te, tok
+}
+
 // TestWorkerProcessSIGTERM runs `debusine-signing worker` as a process (this
 // test binary, re-executed) and sends it SIGTERM in the middle of a task:
 // it must exit 0 at once without reporting the task.
@@ -746,13 +766,7 @@ func TestWorkerProcessSIGTERM(t *testing.T) {
 		return
 	}
 	srv := newFakeServer(t)
-	te := newTestEnv(t)
-	tok, _ := newSecret()
-	srv.addWorker(tok, true)
-	tokenFile := filepath.Join(te.dir, "token")
-	os.WriteFile(tokenFile, []byte(tok), 0o600)
-	te.writeConfig(t, fmt.Sprintf("database = \"signing.sqlite3\"\nservice_keys = [\"service-key\"]\n[worker]\napi_url = %q\ntoken_file = %q\nca_file = %q\nlog_level = \"debug\"\n",
-		srv.apiURL(), tokenFile, srv.caFile(te.dir)))
+	te, tok := workerProcessEnv(t, srv, "log_level = \"debug\"\n")
 	inTask := make(chan struct{})
 	srv.stallArtifactCreation(func() { close(inTask) }, 10*time.Second)
 	id := srv.addWorkRequest("noop", map[string]any{"result": true}, nil)
