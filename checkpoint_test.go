@@ -14,15 +14,7 @@ func TestWorkerWritesCheckpoint(t *testing.T) {
 	w, _ := testWorker(t, srv)
 	registered(t, srv, w)
 	w.checkpointFile = filepath.Join(t.TempDir(), "checkpoint")
-	k, _ := uefiSignSetup(t, srv, w)
-	in := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "test-signed"},
-		map[string][]byte{"boot.efi": testPE{plus: true, sections: []int{0x400}}.build()})
-	id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": []string{"a"}, "key": k.Fingerprint},
-		map[string]any{"unsigned_ids": []int64{in}, "unsigned_binary_package_names": []string{"test-signed"}})
-	runOnce(t, w)
-	if c := srv.waitCompleted(t, id); c.Result != "success" {
-		t.Fatalf("result %s", c.Result)
-	}
+	signOnePE(t, srv, w)
 	note, err := os.ReadFile(w.checkpointFile)
 	if err != nil {
 		t.Fatal(err)
@@ -34,6 +26,20 @@ func TestWorkerWritesCheckpoint(t *testing.T) {
 	rows := auditRows(t, w.st, AuditFilter{})
 	if cp.Size != int64(v.Rows) || cp.Size != int64(len(rows)) || rows[len(rows)-1].Event != "sign" {
 		t.Errorf("checkpoint covers %d rows, the log has %d (last %s)", cp.Size, v.Rows, rows[len(rows)-1].Event)
+	}
+}
+
+// signOnePE has w take and complete one UEFI sign work request.
+func signOnePE(t *testing.T, srv *fakeServer, w *worker) {
+	t.Helper()
+	k, _ := uefiSignSetup(t, srv, w)
+	in := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "test-signed"},
+		map[string][]byte{"boot.efi": testPE{plus: true, sections: []int{0x400}}.build()})
+	id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": []string{"a"}, "key": k.Fingerprint},
+		map[string]any{"unsigned_ids": []int64{in}, "unsigned_binary_package_names": []string{"test-signed"}})
+	runOnce(t, w)
+	if c := srv.waitCompleted(t, id); c.Result != "success" {
+		t.Fatalf("result %s", c.Result)
 	}
 }
 
@@ -54,15 +60,7 @@ func TestWorkerCheckpointWitnesses(t *testing.T) {
 	origin, _, _ := strings.Cut(vkey, "+")
 	lw.addLog(t, origin, vkey)
 	w.st.witnesses = []WitnessConfig{{URL: "http://127.0.0.1:1", Key: lw.vkey}, {URL: lw.url, Key: lw.vkey}}
-	k, _ := uefiSignSetup(t, srv, w)
-	in := srv.addArtifact("debusine:signing-input", map[string]any{"binary_package_name": "test-signed"},
-		map[string][]byte{"boot.efi": testPE{plus: true, sections: []int{0x400}}.build()})
-	id := srv.addWorkRequest("sign", map[string]any{"purpose": "uefi", "unsigned": []string{"a"}, "key": k.Fingerprint},
-		map[string]any{"unsigned_ids": []int64{in}, "unsigned_binary_package_names": []string{"test-signed"}})
-	runOnce(t, w)
-	if c := srv.waitCompleted(t, id); c.Result != "success" {
-		t.Fatalf("result %s", c.Result)
-	}
+	signOnePE(t, srv, w)
 	policy := witnessPolicy{keys: stringList{lw.vkey}}
 	if err := policy.parse(); err != nil {
 		t.Fatal(err)
