@@ -622,16 +622,7 @@ func TestWorkerPKCS11(t *testing.T) {
 	if c := srv.waitCompleted(t, id); c.Result != "success" {
 		t.Fatalf("result %s: %s", c.Result, srv.debugLog(t, id, "execution.log"))
 	}
-	outs := srv.artifactsOf(id, "debusine:signing-output")
-	if len(outs) != 1 || outs[0].Files["shimx64.efi.sig"] == nil {
-		t.Fatalf("signing outputs %+v", outs)
-	}
-	dir := t.TempDir()
-	img := writeFile(t, dir, "shimx64.efi", files["shimx64.efi"])
-	sig := writeFile(t, dir, "shimx64.efi.sig", outs[0].Files["shimx64.efi.sig"].content)
-	if out, ok := sbverify(t, certPath, img, sig); !ok {
-		t.Errorf("sbverify: %s", out)
-	}
+	sbverifyShimOutput(t, srv, id, files["shimx64.efi"], certPath)
 
 	release := []byte("Origin: test\nSuite: unstable\n")
 	in = srv.addArtifact("debian:repository-index", map[string]any{"path": "Release"}, map[string][]byte{"Release": release})
@@ -641,7 +632,7 @@ func TestWorkerPKCS11(t *testing.T) {
 	if c := srv.waitCompleted(t, id); c.Result != "success" {
 		t.Fatalf("signrepositoryindex: result %s: %s", c.Result, srv.debugLog(t, id, "fetch_input.log")+srv.debugLog(t, id, "execution.log"))
 	}
-	outs = srv.artifactsOf(id, "debian:repository-index")
+	outs := srv.artifactsOf(id, "debian:repository-index")
 	if len(outs) != 1 || outs[0].Files["InRelease"] == nil {
 		t.Fatalf("signrepositoryindex outputs %+v", outs)
 	}
@@ -649,7 +640,7 @@ func TestWorkerPKCS11(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inRelease := writeFile(t, dir, "InRelease", outs[0].Files["InRelease"].content)
+	inRelease := writeFile(t, t.TempDir(), "InRelease", outs[0].Files["InRelease"].content)
 	if fprs, err := gpgv(t, keyringFile(t, k.PublicKey), inRelease); err != nil || !slices.Equal(fprs, []string{pgpFpr}) {
 		t.Errorf("gpgv InRelease: %v %v", fprs, err)
 	}
@@ -739,16 +730,7 @@ func TestRelayPKCS11(t *testing.T) {
 	if c := r.srv.completionsOf(id); len(c) != 1 || c[0].Result != "success" {
 		t.Fatalf("completions %+v: %s", c, r.srv.debugLog(t, id, "execution.log"))
 	}
-	outs := r.srv.artifactsOf(id, "debusine:signing-output")
-	if len(outs) != 1 || outs[0].Files["shimx64.efi.sig"] == nil {
-		t.Fatalf("signing outputs %+v", outs)
-	}
-	dir := t.TempDir()
-	img := writeFile(t, dir, "shimx64.efi", efi["shimx64.efi"])
-	sig := writeFile(t, dir, "shimx64.efi.sig", outs[0].Files["shimx64.efi.sig"].content)
-	if out, ok := sbverify(t, certPath, img, sig); !ok {
-		t.Errorf("sbverify: %s", out)
-	}
+	sbverifyShimOutput(t, r.srv, id, efi["shimx64.efi"], certPath)
 }
 
 func appendFile(t *testing.T, path, text string) {

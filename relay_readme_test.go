@@ -92,13 +92,5 @@ public_key_file = "sb2026.pem"
 	if c := srv.completionsOf(id); len(c) != 1 || c[0].Result != "success" {
 		t.Fatalf("completions %+v", c)
 	}
-	outs := srv.artifactsOf(id, "debusine:signing-output")
-	if len(outs) != 1 || outs[0].Files["shimx64.efi.sig"] == nil {
-		t.Fatalf("outputs %+v", outs)
-	}
-	dir := t.TempDir()
-	img, sig := writeFile(t, dir, "shimx64.efi", shim), writeFile(t, dir, "shimx64.efi.sig", outs[0].Files["shimx64.efi.sig"].content)
-	if o, err := exec.Command("sbverify", "--cert", filepath.Join(connected, "sb2026.pem"), "--detached", sig, img).CombinedOutput(); err != nil {
-		t.Errorf("sbverify: %v\n%s", err, o)
-	}
+	sbverifyShimOutput(t, srv, id, shim, filepath.Join(connected, "sb2026.pem"))
 }

@@ -398,6 +398,22 @@ var (
 	osslCalculated    = regexp.MustCompile(`Calculated message digest : ([0-9A-F]{64})`)
 )
 
+// sbverifyShimOutput checks that work request id has one signing output,
+// a detached signature of shim that sbverify accepts with certPath.
+func sbverifyShimOutput(t *testing.T, srv *fakeServer, id int64, shim []byte, certPath string) {
+	t.Helper()
+	outs := srv.artifactsOf(id, "debusine:signing-output")
+	if len(outs) != 1 || outs[0].Files["shimx64.efi.sig"] == nil {
+		t.Fatalf("signing outputs %+v", outs)
+	}
+	dir := t.TempDir()
+	img := writeFile(t, dir, "shimx64.efi", shim)
+	sig := writeFile(t, dir, "shimx64.efi.sig", outs[0].Files["shimx64.efi.sig"].content)
+	if out, ok := sbverify(t, certPath, img, sig); !ok {
+		t.Errorf("sbverify: %s", out)
+	}
+}
+
 // sbverifyImageHash is the image hash sbverify computes for image, which
 // it prints only when a signature does not match: zeroSigPath is a
 // signature over a zero hash (zeroHashSignature).

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -55,17 +54,7 @@ func TestWorkerYubiKey(t *testing.T) {
 	if c := srv.waitCompleted(t, id); c.Result != "success" {
 		t.Fatalf("result %s: %s", c.Result, srv.debugLog(t, id, "execution.log"))
 	}
-	outs := srv.artifactsOf(id, "debusine:signing-output")
-	if len(outs) != 1 || outs[0].Files["shimx64.efi.sig"] == nil {
-		t.Fatalf("signing outputs %+v", outs)
-	}
-	dir := t.TempDir()
-	img, sig := filepath.Join(dir, "shimx64.efi"), filepath.Join(dir, "shimx64.efi.sig")
-	os.WriteFile(img, files["shimx64.efi"], 0o644)
-	os.WriteFile(sig, outs[0].Files["shimx64.efi.sig"].content, 0o644)
-	if out, err := exec.Command("sbverify", "--cert", certPath, "--detached", sig, img).CombinedOutput(); err != nil {
-		t.Errorf("sbverify: %v\n%s", err, out)
-	}
+	sbverifyShimOutput(t, srv, id, files["shimx64.efi"], certPath)
 	if n := len(signAudits(t, w.st)); n != 1 {
 		t.Fatalf("%d sign audit rows, want 1", n)
 	}
