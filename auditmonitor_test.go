@@ -118,7 +118,7 @@ func TestAuditMonitor(t *testing.T) {
 	}
 }
 
-// TestAuditWitnessEndToEnd: the log's own checkpoints, from `audit
+// TestAuditWitnessEndToEndBothEngines: the log's own checkpoints, from `audit
 // checkpoint`, go to litewitness with their consistency proofs and come
 // back cosigned; `audit verify` and `audit monitor` take them under
 // --witness --quorum 1, on both engines. A second log under the same key

@@ -28,9 +28,10 @@ func pageTestRows(t *testing.T, s *serveTest) {
 	s.te.mustRun(t, "audit", "checkpoint", "--output", s.cpf)
 }
 
-// TestAuditPage: the page lists the rows, filtered by key, purpose, work
-// request and user, escapes what the rows hold, plots signatures per day
-// and key, and says whether the log verifies, on both engines.
+// TestAuditPageBothEngines: the page lists the rows, filtered by key,
+// purpose, work request and user, escapes what the rows hold, plots
+// signatures per day and key, and says whether the log verifies, on both
+// engines.
 func TestAuditPageBothEngines(t *testing.T) {
 	engines(t, testAuditPage)
 }

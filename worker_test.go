@@ -121,7 +121,7 @@ func keep[T any](all []T, want func(T) bool) []T {
 	return out
 }
 
-// completionOf returns the completions the server received for id.
+// completionsOf returns the completions the server received for id.
 func (s *fakeServer) completionsOf(id int64) []fakeCompletion {
 	s.mu.Lock()
 	defer s.mu.Unlock()
