@@ -31,6 +31,16 @@ var p11rpcModules = []string{
 	"/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
 }
 
+// dialRemote runs p11-kit remote on module as a child, and connects to it.
+func dialRemote(t testing.TB, module string) *p11Client {
+	t.Helper()
+	c, err := dialP11(`exec:command="p11-kit remote ` + module + `"`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // p11rpcSoftHSM makes a SoftHSM2 token "test" (user PIN 1234, SO PIN 5678)
 // in a throw-away directory under root ("" for the host, else a root that
 // commands run in with chroot), points SOFTHSM2_CONF at it and returns the
@@ -431,10 +441,7 @@ func TestP11RPCPkcs11Tool(t *testing.T) {
 	if err != nil {
 		t.Fatalf("pkcs11-tool's public key: %v", err)
 	}
-	c, err := dialP11(`exec:command="p11-kit remote ` + module + `"`)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialRemote(t, module)
 	defer c.Close()
 	_, h := p11rpcLogin(t, c)
 	keys, err := c.FindObjects(h, []p11Attr{{Type: ckaClass, Value: p11Ulong(ckoPrivateKey)}, {Type: ckaID, Value: []byte{0xa1, 0xb2}}}, 2)
@@ -450,10 +457,7 @@ func TestP11RPCPkcs11Tool(t *testing.T) {
 func TestP11RPCChildKilled(t *testing.T) {
 	needTool(t, "p11-kit")
 	module := p11rpcSoftHSM(t, "")
-	c, err := dialP11(`exec:command="p11-kit remote ` + module + `"`)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialRemote(t, module)
 	defer c.Close()
 	pid := c.cmd.Process.Pid
 	// Stopped, the child cannot answer: the call is under way when it dies.
@@ -465,6 +469,7 @@ func TestP11RPCChildKilled(t *testing.T) {
 	}()
 	time.Sleep(200 * time.Millisecond)
 	syscall.Kill(pid, syscall.SIGKILL)
+	var err error
 	select {
 	case err = <-done:
 	case <-time.After(10 * time.Second):
@@ -481,10 +486,7 @@ func TestP11RPCChildKilled(t *testing.T) {
 		t.Error("the dead child was not reaped")
 	}
 	// A new connection works.
-	c2, err := dialP11(`exec:command="p11-kit remote ` + module + `"`)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c2 := dialRemote(t, module)
 	p11rpcLogin(t, c2)
 	c2.Close()
 	if c2.cmd.ProcessState == nil || !c2.cmd.ProcessState.Success() {
@@ -558,10 +560,7 @@ func p11rpcRSAKey(t testing.TB, c *p11Client) (h, key uint64) {
 func TestP11RPCConcurrentSign(t *testing.T) {
 	needTool(t, "p11-kit")
 	module := p11rpcSoftHSM(t, "")
-	c, err := dialP11(`exec:command="p11-kit remote ` + module + `"`)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialRemote(t, module)
 	defer c.Close()
 	h, key := p11rpcRSAKey(t, c)
 	errs := make(chan error, 4)
@@ -592,10 +591,7 @@ func BenchmarkP11RPCSign(b *testing.B) {
 		b.Skip("p11-kit is not installed")
 	}
 	module := p11rpcSoftHSM(b, "")
-	c, err := dialP11(`exec:command="p11-kit remote ` + module + `"`)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := dialRemote(b, module)
 	defer c.Close()
 	h, key := p11rpcRSAKey(b, c)
 	b.Run("rpc", func(b *testing.B) {
