@@ -220,7 +220,10 @@ func TestAuditCheckpoint(t *testing.T) {
 // TestAuditCheckpointPyNaCl checks the note's Ed25519 signature with
 // PyNaCl from the note text and the printed verifier key alone.
 func TestAuditCheckpointPyNaCl(t *testing.T) {
-	if err := exec.Command("python3", "-c", "import nacl.signing").Run(); err != nil {
+	// Debian's python3, where python3-nacl installs: not a python3 earlier
+	// on PATH (pyenv's, say) that lacks it and would skip the test.
+	const python = "/usr/bin/python3"
+	if err := exec.Command(python, "-c", "import nacl.signing").Run(); err != nil {
 		t.Skip("python3 with nacl (python3-nacl) is not installed")
 	}
 	te := newTestEnv(t)
@@ -230,7 +233,7 @@ func TestAuditCheckpointPyNaCl(t *testing.T) {
 	const script = `
 import base64, hashlib, struct, sys, nacl.signing
 note, vkey = open(sys.argv[1]).read(), sys.argv[2]
-name, khash, kdata = vkey.split("+")
+name, khash, kdata = vkey.split("+", 2)
 kdata = base64.b64decode(kdata)
 assert kdata[0] == 1 and len(kdata) == 33, "not an Ed25519 key"
 assert hashlib.sha256(name.encode() + b"\n" + kdata).digest()[:4] == bytes.fromhex(khash), "key hash"
@@ -246,17 +249,19 @@ for line in sigs.splitlines():
         ok = True
 assert ok, "no signature by the key"
 lines = text.split("\n")
-print(lines[1], lines[2])
+assert lines[0] == name, "origin is the key name"
+assert lines[3].startswith("chain-head "), "chain head extension line"
+print(lines[1], lines[3].split(" ")[1])
 `
 	notePath := writeFile(t, te.dir, "note", []byte(note))
-	out, err := exec.Command("python3", "-c", script, notePath, vkey).CombinedOutput()
+	out, err := exec.Command(python, "-c", script, notePath, vkey).CombinedOutput()
 	head := auditRows(t, te.store(t), AuditFilter{})[1].Hash
 	if err != nil || strings.TrimSpace(string(out)) != "2 "+head {
 		t.Fatalf("PyNaCl: %v %s", err, out)
 	}
 	// And a changed text fails PyNaCl's check: the test can fail.
 	bad := writeFile(t, te.dir, "bad", []byte(strings.Replace(note, "\n2\n", "\n1\n", 1)))
-	if out, err := exec.Command("python3", "-c", script, bad, vkey).CombinedOutput(); err == nil {
+	if out, err := exec.Command(python, "-c", script, bad, vkey).CombinedOutput(); err == nil {
 		t.Fatalf("PyNaCl accepted an altered note: %s", out)
 	}
 }
