@@ -580,12 +580,10 @@ func signOpenPGPBatch(st *Store, keys []*Key, entities []*openpgp.Entity, files 
 	}()
 	var entries []AuditEntry
 	for i, file := range files {
-		tmp, err := createOutputTemp(outs[i])
-		if err != nil {
-			return fmt.Errorf("writing %s: %w", outs[i], err)
+		tmp, sum, err := signOpenPGPFile(entities, file, outs[i], mode)
+		if tmp != nil {
+			tmps = append(tmps, tmp)
 		}
-		tmps = append(tmps, tmp)
-		sum, err := signOpenPGPFile(entities, file, tmp, mode)
 		if err != nil {
 			return err
 		}
@@ -610,17 +608,24 @@ func signOpenPGPBatch(st *Store, keys []*Key, entities []*openpgp.Entity, files 
 	return nil
 }
 
-// signOpenPGPFile signs the file in into tmp and returns the SHA-256 of the
-// bytes signed.
-func signOpenPGPFile(entities []*openpgp.Entity, in string, tmp *os.File, mode string) ([32]byte, error) {
+// signOpenPGPFile signs the file in into a temporary file beside out, which
+// it returns (for the caller to commit or remove) with the SHA-256 of the
+// bytes signed. The input is opened, and refused if not a regular file,
+// before the output is made, so a bad input is named as such even where out
+// cannot be written.
+func signOpenPGPFile(entities []*openpgp.Entity, in, out, mode string) (*os.File, [32]byte, error) {
 	f, _, err := openInput(in)
 	if err != nil {
-		return [32]byte{}, err
+		return nil, [32]byte{}, err
 	}
 	defer f.Close()
+	tmp, err := createOutputTemp(out)
+	if err != nil {
+		return nil, [32]byte{}, fmt.Errorf("writing %s: %w", out, err)
+	}
 	sum, err := signOpenPGPStream(entities, f, tmp, mode, time.Now())
 	if err != nil {
-		return sum, fmt.Errorf("%s: %w", in, err)
+		return tmp, sum, fmt.Errorf("%s: %w", in, err)
 	}
-	return sum, nil
+	return tmp, sum, nil
 }
