@@ -814,7 +814,9 @@ func needVirtualReader(t testing.TB) {
 			t.Skipf("%s absent: install pcscd and vsmartcard-vpcd to run the PC/SC tests", f)
 		}
 	}
-	lock, err := os.OpenFile(os.TempDir()+"/debusine-signing-vpcd.lock", os.O_CREATE|os.O_RDWR, 0o600)
+	// Read-only and readable by all: flock needs no more, and a lock file
+	// left by root's test run must not stop another user's.
+	lock, err := os.OpenFile(os.TempDir()+"/debusine-signing-vpcd.lock", os.O_CREATE|os.O_RDONLY, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
