@@ -73,12 +73,9 @@ func cmdAuditVerify(e *env, args []string) error {
 	if len(policy.witnesses) > 0 && *checkpoint == "" {
 		return usagef("--witness applies to the checkpoint of --checkpoint FILE")
 	}
-	var msg []byte
-	if *checkpoint != "" {
-		var err error
-		if msg, err = readInput(*checkpoint, "checkpoint", maxKeyFileSize); err != nil {
-			return err
-		}
+	msg, err := readCheckpointFlag(*checkpoint)
+	if err != nil {
+		return err
 	}
 	st, err := e.openStore()
 	if err != nil {

@@ -398,6 +398,15 @@ func (s *Store) VerifyCheckpoint(msg []byte) (AuditVerification, AuditCheckpoint
 	return v, cp, nil
 }
 
+// readCheckpointFlag reads the checkpoint a --checkpoint flag names, nil
+// when it names none.
+func readCheckpointFlag(path string) ([]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	return readInput(path, "checkpoint", maxKeyFileSize)
+}
+
 // writeCheckpointFile replaces path (if not "") with a new checkpoint,
 // cosigned by the configured witnesses, so that whatever ships it off the
 // host always finds a whole one. A witness that does not cosign is among

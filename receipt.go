@@ -222,12 +222,9 @@ func cmdAuditProve(e *env, args []string) error {
 		}
 		*sum = h
 	}
-	var msg []byte
-	if *checkpoint != "" {
-		var err error
-		if msg, err = readInput(*checkpoint, "checkpoint", maxKeyFileSize); err != nil {
-			return err
-		}
+	msg, err := readCheckpointFlag(*checkpoint)
+	if err != nil {
+		return err
 	}
 	st, err := e.openStore()
 	if err != nil {
